@@ -1,0 +1,71 @@
+"""Curriculum schedules: pure functions of the global step, so resume needs no state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from loopformer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``min(end, start + (step // interval) * inc)``."""
+
+    start: int
+    end: int
+    inc: int = 0
+    interval: int = 1
+
+    def at(self, step: int) -> int:
+        if self.inc == 0 or self.end == self.start:
+            return self.start
+        return min(self.end, self.start + (step // self.interval) * self.inc)
+
+    def validate(self, key: str) -> None:
+        """Raise a ConfigError naming ``key`` (e.g. ``curriculum.points``) if ill-formed."""
+        if self.end < self.start:
+            raise ConfigError(f"{key}.end={self.end} is below {key}.start={self.start}; "
+                              f"use {key}.end >= {self.start}")
+        if self.end > self.start and self.inc <= 0:
+            raise ConfigError(f"{key}.inc={self.inc} must be > 0 when {key}.end > {key}.start")
+        if self.interval <= 0:
+            raise ConfigError(f"{key}.interval={self.interval} must be > 0")
+        if self.start < 1:
+            raise ConfigError(f"{key}.start={self.start} must be >= 1")
+
+    @property
+    def final(self) -> int:
+        return self.end
+
+
+@dataclass(frozen=True)
+class CurriculumState:
+    n_dims: int
+    n_points: int
+    n_loops: int
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    """Active dims, points per prompt and loop count as schedules of the global step."""
+
+    dims: Schedule
+    points: Schedule
+    loops: Schedule = field(default_factory=lambda: Schedule(1, 1))
+    window: int = 1
+
+    def at(self, step: int) -> CurriculumState:
+        return CurriculumState(self.dims.at(step), self.points.at(step), self.loops.at(step))
+
+    @property
+    def final(self) -> CurriculumState:
+        return CurriculumState(self.dims.end, self.points.end, self.loops.end)
+
+    def validate(self) -> None:
+        for name in ("dims", "points", "loops"):
+            getattr(self, name).validate(f"curriculum.{name}")
+        if self.window < 1:
+            raise ConfigError(f"curriculum.window={self.window} must be >= 1")
+        if self.window > self.loops.end:
+            raise ConfigError(f"curriculum.window={self.window} exceeds the maximum loop count "
+                              f"curriculum.loops.end={self.loops.end}; use 1..{self.loops.end}")

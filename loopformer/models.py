@@ -1,0 +1,329 @@
+"""Transformer, weight-tied and looped transformer models for in-context regression.
+
+All families share the prompt encoding (``x1, (y1,0..0), x2, ...`` -> read-in -> position
+embedding), the pre-LayerNorm GPT-2 block, the final LayerNorm and the read-out; predictions
+are read at the ``x`` tokens, so the prediction at index ``k`` has seen ``k`` examples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from loopformer.errors import ConfigError
+
+FAMILIES = ("looped", "transformer", "tied")
+MIXERS = ("attention", "ssm")
+INJECTIONS = ("add", "mul")
+
+
+@dataclass
+class ModelConfig:
+    family: str = "looped"  # looped | transformer | tied
+    n_dims: int = 20  # input dimension d of x
+    n_positions: int = 101  # longest prompt, in points (the embedding table holds 2n+1)
+    n_embd: int = 256  # width
+    n_layer: int = 1  # layers of the block (looped), stack depth (transformer, tied)
+    n_head: int = 8  # attention heads (also SSM heads)
+    mixer: str = "attention"  # attention | ssm: the token mixer inside each block
+    injection: str = "add"  # add: z = f(z + e), mul: z = f(z * e)   (looped only)
+    keep_tokens: float = 0  # state tokens fed back: 0 all, N>=1 last N, N<0 drop first |N|,
+    #                         0<N<1 last round(N * sequence length)   (looped only)
+    inject_every_layer: bool = False  # inject the prompt before every layer of the block
+    skip_connection: bool = False  # also inject the state of two iterations back
+    dropout: float = 0.0  # GPT-2 dropout (0 in all reference runs)
+    ssm_d_state: int = 16  # state size of the SSM mixer
+    ssm_d_conv: int = 4  # causal convolution width of the SSM mixer
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def choice(key, value, allowed):
+            if value not in allowed:
+                raise ConfigError(f"model.{key}={value!r} is unknown; choose one of "
+                                  f"{', '.join(allowed)}")
+
+        choice("family", self.family, FAMILIES)
+        choice("mixer", self.mixer, MIXERS)
+        choice("injection", self.injection, INJECTIONS)
+        for key in ("n_dims", "n_positions", "n_embd", "n_layer", "n_head"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"model.n_embd={self.n_embd} is not divisible by "
+                              f"model.n_head={self.n_head}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        keep_mask_len(self.keep_tokens, 2 * self.n_positions, self.n_positions)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model keys {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None) -> int:
+    """Number of leading state tokens replaced by the neutral element for ``keep_tokens``.
+
+    Raises ConfigError when the value is malformed or keeps no token of a prompt of
+    ``seq_len`` tokens (``n_points`` only improves the message)."""
+    what = f"a {n_points}-point prompt" if n_points else f"a {seq_len}-token sequence"
+    hint = f"use -{seq_len - 1}..{seq_len} or a fraction in (0,1)"
+    if keep >= 1 and keep != int(keep):
+        raise ConfigError(f"model.keep_tokens={keep} is not an integer; {hint}")
+    if keep == 0:
+        return 0
+    if keep >= 1:
+        return max(0, seq_len - int(keep))
+    if keep < 0:
+        drop = int(-keep)
+        if keep != -drop:
+            raise ConfigError(f"model.keep_tokens={keep} is not an integer; {hint}")
+        if drop >= seq_len:
+            raise ConfigError(f"model.keep_tokens={keep} drops all {seq_len} tokens of {what}; "
+                              f"{hint}")
+        return drop
+    kept = round(keep * seq_len)
+    if kept < 1:
+        raise ConfigError(f"model.keep_tokens={keep} keeps no token of {what}; {hint}")
+    return seq_len - kept
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in (q, k, v))  # (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        # tanh approximation, as GPT-2's "gelu_new"
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+def build_mixer(cfg: ModelConfig) -> nn.Module:
+    if cfg.mixer == "ssm":
+        from loopformer.ssm import SSMMixer
+
+        return SSMMixer(cfg.n_embd, cfg.n_head, d_state=cfg.ssm_d_state, d_conv=cfg.ssm_d_conv)
+    return CausalSelfAttention(cfg)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm GPT-2 block: ``x + mix(ln(x))``, then ``x + mlp(ln(x))``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = build_mixer(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        x = x + self.drop(self.attn(self.ln_1(x)))
+        return x + self.mlp(self.ln_2(x))
+
+
+# ----------------------------------------------------------------------------- models
+
+
+class InContextModel(nn.Module):
+    """Shared prompt encoding, blocks, final LayerNorm and read-out. Subclasses define how
+    the blocks are applied; ``forward`` returns stacked predictions ``(K, B, n)``."""
+
+    def __init__(self, cfg: ModelConfig, n_blocks: int):
+        super().__init__()
+        self.cfg = cfg
+        self.read_in = nn.Linear(cfg.n_dims, cfg.n_embd)
+        self.wpe = nn.Embedding(2 * cfg.n_positions + 1, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(n_blocks))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.read_out = nn.Linear(cfg.n_embd, 1)
+        self._init_weights(n_blocks)
+
+    def _init_weights(self, n_blocks: int) -> None:
+        # GPT-2 init inside the backbone; read-in/read-out keep PyTorch's default, as the
+        # reference's linear heads do
+        for name, m in self.named_modules():
+            if name in ("read_in", "read_out"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_blocks))
+        for m in self.modules():
+            if hasattr(m, "reset_ssm_parameters"):
+                m.reset_ssm_parameters()
+
+    def embed(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """Interleave ``x1, (y1,0,..), x2, ...`` and read in: (B,n,d), (B,n) -> (B, 2n, C)."""
+        B, n, d = xs.shape
+        if n > self.cfg.n_positions:
+            raise ConfigError(f"a prompt of {n} points exceeds model.n_positions="
+                              f"{self.cfg.n_positions}")
+        if d != self.cfg.n_dims:
+            raise ConfigError(f"inputs have {d} dims but model.n_dims={self.cfg.n_dims}")
+        ys_wide = F.pad(ys.unsqueeze(-1), (0, d - 1))  # (B, n, d)
+        tokens = torch.stack((xs, ys_wide), dim=2).view(B, 2 * n, d)  # (B, 2n, d)
+        return self.read_in(tokens)  # (B, 2n, C)
+
+    def position(self, T: int, device) -> torch.Tensor:
+        return self.wpe(torch.arange(T, device=device))  # (T, C)
+
+    def read(self, h: torch.Tensor) -> torch.Tensor:
+        """Predictions at the x tokens: (B, 2n, C) -> (B, n)."""
+        return self.read_out(h[:, ::2]).squeeze(-1)
+
+    def backbone(self, h: torch.Tensor, blocks=None) -> torch.Tensor:
+        h = self.drop(h + self.position(h.shape[1], h.device))
+        for block in self.blocks if blocks is None else blocks:
+            h = block(h)
+        return self.ln_f(h)
+
+    @torch.no_grad()
+    def predict(self, xs, ys, n_loops: int | None = None, **kw) -> torch.Tensor:
+        """Predictions ``(B, n)`` without gradient."""
+        return self(xs, ys, n_loops=n_loops, window=1, **kw)[-1]
+
+
+class Transformer(InContextModel):
+    """The Garg et al. baseline: a plain stack of ``n_layer`` blocks."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, cfg.n_layer)
+
+    def forward(self, xs, ys, n_loops=None, window=None):
+        return self.read(self.backbone(self.embed(xs, ys))).unsqueeze(0)  # (1, B, n)
+
+
+class TiedTransformer(InContextModel):
+    """One block applied ``n_layer`` times, no injection (the reference's weight-tied model)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, 1)
+
+    def forward(self, xs, ys, n_loops=None, window=None):
+        h = self.backbone(self.embed(xs, ys), blocks=[self.blocks[0]] * self.cfg.n_layer)
+        return self.read(h).unsqueeze(0)  # (1, B, n)
+
+
+class LoopedTransformer(InContextModel):
+    """``z_{t+1} = Backbone(inject(keep(z_t), e, s_t))``, with a prediction per iteration.
+
+    ``e`` is the read-in embedding, ``s_t = z_{t-1}`` with skip connections, ``inject`` is
+    ``+`` (``z0 = 0``) or ``*`` (``z0 = 1``); the backbone re-adds the position embedding
+    and applies the final LayerNorm every iteration."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, cfg.n_layer)
+        self.neutral = 0.0 if cfg.injection == "add" else 1.0
+
+    def inject(self, z, e, s):
+        if self.cfg.injection == "add":
+            return z + e if s is None else z + e + s
+        return z * e if s is None else z * e * s
+
+    def keep(self, z):
+        n_masked = keep_mask_len(self.cfg.keep_tokens, z.shape[1]) if self.cfg.keep_tokens else 0
+        if n_masked == 0:
+            return z
+        if n_masked >= z.shape[1]:
+            return torch.full_like(z, self.neutral)
+        neutral = torch.full_like(z[:, :n_masked], self.neutral)
+        return torch.cat((neutral, z[:, n_masked:]), dim=1)  # (B, T, C)
+
+    def step(self, z, e, s):
+        """One loop iteration: (B, T, C) -> (B, T, C)."""
+        z = self.keep(z)
+        if not self.cfg.inject_every_layer:
+            return self.backbone(self.inject(z, e, s))
+        h = z
+        for i, block in enumerate(self.blocks):
+            h = self.inject(h, e, s)
+            if i == 0:
+                h = self.drop(h + self.position(h.shape[1], h.device))
+            h = block(h)
+        return self.ln_f(h)
+
+    def forward(self, xs, ys, n_loops: int | None = None, window: int | None = None,
+                tol: float | None = None):
+        """Run ``n_loops`` iterations; return the predictions of the last ``window`` ones,
+        ``(window, B, n)``. Iterations before them run without gradient and store nothing.
+        With ``tol`` (inference), stop once predictions change by less than ``tol``."""
+        b = n_loops if n_loops is not None else 1
+        window = b if window is None else min(window, b)
+        if b < 1 or window < 1:
+            raise ConfigError(f"n_loops={b} and window={window} must be >= 1")
+        e = self.embed(xs, ys)  # (B, 2n, C)
+        z = torch.full_like(e, self.neutral)
+        s = torch.full_like(e, self.neutral) if self.cfg.skip_connection else None
+        preds, prev = [], None
+        for t in range(b):
+            grad = t >= b - window and torch.is_grad_enabled()
+            with torch.set_grad_enabled(grad):
+                z, s = self.step(z, e, s), (z if s is not None else None)
+            if t >= b - window:
+                preds.append(self.read(z))
+            elif tol is not None:
+                cur = self.read(z)
+                if prev is not None and (cur - prev).abs().max() < tol:
+                    return cur.unsqueeze(0)
+                prev = cur
+        return torch.stack(preds)  # (window, B, n)
+
+
+MODELS = {"looped": LoopedTransformer, "transformer": Transformer, "tied": TiedTransformer}
+
+
+def build_model(cfg: ModelConfig | dict) -> InContextModel:
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    return MODELS[cfg.family](cfg)
+
+
+def count_parameters(model: InContextModel) -> int:
+    """Parameters comparable with the reference: blocks and final LayerNorm, excluding the
+    position embedding, read-in and read-out."""
+    excluded = {id(p) for m in (model.wpe, model.read_in, model.read_out)
+                for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in excluded)
