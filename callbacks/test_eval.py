@@ -1,0 +1,98 @@
+"""Periodic evaluation on a fixed test set (the seed study's test loss)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torchmetrics import Metric
+
+from loopformer.curriculum import Curriculum
+from loopformer.data import generator
+from loopformer.tasks import Batch, Task
+
+
+class PositionwiseSquaredError(Metric):
+    """Sum of squared errors per position and prompt count; reduces by sum across ranks."""
+
+    full_state_update = False
+
+    def __init__(self, n_points: int):
+        super().__init__()
+        self.add_state("sum_sq", torch.zeros(n_points, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        self.sum_sq += (preds.double() - target.double()).square().sum(0)  # (n,)
+        self.count += preds.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.sum_sq / self.count  # (n,) mean squared error per position
+
+
+class FixedTestSet:
+    """``size`` prompts at the curriculum's final shape, drawn once from their own seed in
+    chunks of ``batch_size``; chunk ``i`` belongs to rank ``i % world_size``."""
+
+    def __init__(self, task: Task, curriculum: Curriculum, size: int, batch_size: int,
+                 seed: int):
+        self.task, self.shape = task, curriculum.final
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self._cache: dict = {}
+
+    def shard(self, rank: int, world_size: int, device) -> list[Batch]:
+        key = (rank, world_size, str(device))
+        if key not in self._cache:
+            self._cache = {key: [self.chunk(i, device) for i in
+                                 range(rank, self.n_chunks, world_size)]}
+        return self._cache[key]
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def chunk(self, i: int, device) -> Batch:
+        n = min(self.batch_size, self.size - i * self.batch_size)
+        g = generator(torch.device(device), self.seed, i)
+        return self.task.sample(n, self.shape.n_points, self.shape.n_dims, g)
+
+
+@torch.no_grad()
+def evaluate_test_set(model, test_set: FixedTestSet, n_loops, rank: int, world_size: int,
+                      device, context=None) -> dict[str, float]:
+    """Test loss of ``model`` (at ``n_loops``) over the whole test set, reduced over ranks."""
+    metric = PositionwiseSquaredError(test_set.shape.n_points).to(device)
+    was_training = model.training
+    model.eval()
+    for batch in test_set.shard(rank, world_size, device):
+        if context is not None:
+            with context():
+                preds = model.predict(batch.xs, batch.ys, n_loops=n_loops)
+        else:
+            preds = model.predict(batch.xs, batch.ys, n_loops=n_loops)
+        metric.update(preds, batch.ys)
+    model.train(was_training)
+    per_pos = metric.compute().cpu()  # (n,), summed over ranks
+    norm = test_set.task.normalizer(test_set.shape.n_dims)
+    out = {"test/loss": float(per_pos.mean()), "test/error": float(per_pos.mean() / norm)}
+    out.update({f"test/error_pos/{k:03d}": float(v / norm) for k, v in enumerate(per_pos)})
+    return out
+
+
+class FixedTestSetEvaluation(L.Callback):
+    """Every ``every_n_steps`` global steps, evaluates the model on the fixed test set at the
+    current loop count and logs ``test/loss``, ``test/error`` (normalised) and the normalised
+    error per position."""
+
+    def __init__(self, test_set: FixedTestSet, every_n_steps: int):
+        self.test_set, self.every = test_set, every_n_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every <= 0 or step % self.every or trainer.fit_loop._should_accumulate():
+            return
+        metrics = evaluate_test_set(
+            pl_module.model, self.test_set, pl_module.n_loops, trainer.global_rank,
+            trainer.world_size, pl_module.device, trainer.precision_plugin.forward_context)
+        pl_module.last_test_metrics = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)

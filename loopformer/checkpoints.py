@@ -1,0 +1,58 @@
+"""Checkpoint files: atomic writes and safe loads (no code runs from a checkpoint)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from loopformer.errors import ConfigError
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over
+    ``path``: a crash at any moment leaves either the old or the new file, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, so a
+    crafted file cannot execute code. Unreadable files raise a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"checkpoint {path} was refused: it holds objects other than "
+                          f"tensors and plain containers ({first})") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ConfigError(f"checkpoint {path} is truncated or corrupt and cannot be loaded "
+                          f"({type(e).__name__}); use another checkpoint") from e
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O with atomic saves and ``weights_only`` loads."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return safe_load(path, map_location=map_location or "cpu")

@@ -1,0 +1,163 @@
+"""Turn a composed Hydra config into validated, typed run settings.
+
+Everything a run needs is checked here, before any directory is written or any step is
+trained; each error names the override to change and the values it accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+from loopformer.curriculum import Curriculum, Schedule
+from loopformer.errors import ConfigError
+from loopformer.models import ModelConfig, keep_mask_len
+from loopformer.tasks import Task, build_task
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"  # constant | cosine
+    warmup_steps: int = 0  # linear warm-up from 0
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+
+
+@dataclass(frozen=True)
+class TestSetConfig:
+    every_n_steps: int = 10000  # 0 disables
+    size: int = 100000  # prompts
+    batch_size: int = 1000  # prompts per evaluation batch
+    seed: int = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The validated settings of one training run."""
+
+    model: ModelConfig
+    task: Task
+    task_params: dict
+    curriculum: Curriculum
+    batch_size: int
+    optim: OptimConfig
+    test: TestSetConfig
+    checkpoint_every: int
+    keep_every: int
+    seed: int
+    max_steps: int
+
+    @property
+    def looped(self) -> bool:
+        return self.model.family == "looped"
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value is None or (value < 0 if allow_zero else value <= 0):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value} must be {bound}")
+
+
+def _int(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    return value
+
+
+def _schedule(cfg: DictConfig, key: str) -> Schedule:
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        raise ConfigError(f"{key} is missing; give {key}.start and {key}.end")
+    fields = {k: _int(f"{key}.{k}", node.get(k, d)) for k, d in
+              (("start", None), ("end", None), ("inc", 0), ("interval", 1))}
+    sched = Schedule(**fields)
+    sched.validate(key)
+    return sched
+
+
+def model_config(cfg: DictConfig) -> ModelConfig:
+    d = OmegaConf.to_container(cfg.model, resolve=True)
+    try:
+        return ModelConfig.from_dict(d)
+    except TypeError as e:  # a wrong type such as model.n_layer=abc
+        raise ConfigError(f"model: {e}") from e
+
+
+def curriculum_config(cfg: DictConfig) -> Curriculum:
+    cur = Curriculum(
+        dims=_schedule(cfg, "curriculum.dims"),
+        points=_schedule(cfg, "curriculum.points"),
+        loops=_schedule(cfg, "curriculum.loops"),
+        window=_int("curriculum.window", cfg.curriculum.window),
+    )
+    cur.validate()
+    return cur
+
+
+def build_spec(cfg: DictConfig) -> RunSpec:
+    """Validate ``cfg`` (the composed config) and return typed settings."""
+    try:
+        return _build_spec(cfg)
+    except ConfigError:
+        raise
+    except Exception as e:  # interpolation or type errors from OmegaConf
+        raise ConfigError(f"invalid configuration: {e}") from e
+
+
+def _build_spec(cfg: DictConfig) -> RunSpec:
+    model = model_config(cfg)
+    cur = curriculum_config(cfg)
+    task_params = OmegaConf.to_container(cfg.task, resolve=True)
+    task_name = task_params.pop("name", None)
+    task = build_task(task_name, model.n_dims, **task_params)
+
+    if cur.dims.end > model.n_dims:
+        raise ConfigError(f"curriculum.dims.end={cur.dims.end} exceeds model.n_dims="
+                          f"{model.n_dims}; use 1..{model.n_dims}")
+    task.check_active_dims(cur.dims.start)
+    if cur.points.end > model.n_positions:
+        raise ConfigError(f"curriculum.points.end={cur.points.end} exceeds model.n_positions="
+                          f"{model.n_positions}; raise model.n_positions or lower the points")
+    if model.family == "looped":
+        keep_mask_len(model.keep_tokens, 2 * cur.points.end, cur.points.end)
+
+    optim_cfg = cfg.optimizer
+    optim = OptimConfig(
+        lr=float(optim_cfg.lr), weight_decay=float(optim_cfg.weight_decay),
+        betas=tuple(float(b) for b in optim_cfg.betas),
+        schedule=str(optim_cfg.get("schedule", "constant")),
+        warmup_steps=_int("optimizer.warmup_steps", optim_cfg.get("warmup_steps", 0)),
+        min_lr_ratio=float(optim_cfg.get("min_lr_ratio", 0.0)),
+    )
+    _positive("optimizer.lr", optim.lr)
+    _positive("optimizer.weight_decay", optim.weight_decay, allow_zero=True)
+    _positive("optimizer.warmup_steps", optim.warmup_steps, allow_zero=True)
+    if optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optimizer.schedule={optim.schedule!r} is unknown; choose one of "
+                          f"{', '.join(SCHEDULES)}")
+
+    test = TestSetConfig(**{k: _int(f"test.{k}", cfg.test[k]) for k in
+                            ("every_n_steps", "size", "batch_size", "seed")})
+    _positive("test.every_n_steps", test.every_n_steps, allow_zero=True)
+    _positive("test.size", test.size)
+    _positive("test.batch_size", test.batch_size)
+
+    spec = RunSpec(
+        model=model, task=task, task_params=task_params, curriculum=cur,
+        batch_size=_int("data.batch_size", cfg.data.batch_size), optim=optim, test=test,
+        checkpoint_every=_int("checkpoint.every_n_steps", cfg.checkpoint.every_n_steps),
+        keep_every=_int("checkpoint.keep_every_n_steps", cfg.checkpoint.keep_every_n_steps),
+        seed=_int("seed", cfg.seed), max_steps=_int("trainer.max_steps", cfg.trainer.max_steps),
+    )
+    _positive("data.batch_size", spec.batch_size)
+    _positive("trainer.max_steps", spec.max_steps)
+    _positive("checkpoint.every_n_steps", spec.checkpoint_every)
+    _positive("checkpoint.keep_every_n_steps", spec.keep_every, allow_zero=True)
+    return spec

@@ -1,0 +1,87 @@
+"""The LightningModule: owns the step math (loop window loss), optimizer and logging."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from loopformer.config import RunSpec, build_spec
+from loopformer.models import build_model
+from loopformer.tasks import Batch
+
+# per-position loss and per-parameter grad norms are logged this many times less often
+DETAIL_EVERY = 10
+
+
+def is_log_step(trainer, every: int = 1) -> bool:
+    """Whether the current batch's metrics reach the loggers: Lightning flushes them at the
+    batches with ``(global_step + 1) % log_every_n_steps == 0`` (``every`` multiplies that)."""
+    n = trainer.log_every_n_steps * every
+    return n > 0 and (trainer.global_step + 1) % n == 0
+
+
+class LoopformerModule(L.LightningModule):
+    """Trains a model from :mod:`loopformer.models` on streamed prompts.
+
+    ``config`` is the resolved run config (a plain dict, saved in every checkpoint)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec: RunSpec = build_spec(OmegaConf.create(config))
+        self.model = build_model(self.spec.model)
+        # set every step by callbacks.curriculum.CurriculumCallback
+        self.n_loops = self.spec.curriculum.loops.start
+
+    def forward(self, xs, ys):
+        return self.model(xs, ys, n_loops=self.n_loops, window=self.spec.curriculum.window)
+
+    def _log_now(self, every: int = 1) -> bool:
+        return is_log_step(self.trainer, every)
+
+    def training_step(self, batch: Batch, batch_idx: int):
+        preds = self(batch.xs, batch.ys)  # (K, B, n)
+        sq = (preds - batch.ys).square()  # (K, B, n), ys broadcast over the K iterations
+        loss = sq.mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self._log_now(DETAIL_EVERY):
+            per_pos = sq.detach().mean(dim=(0, 1))  # (n,)
+            self.log_dict({f"train/loss_pos/{k:03d}": v for k, v in enumerate(per_pos)},
+                          on_step=True, on_epoch=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        if not self._log_now():
+            return  # grad norms cost a reduction; computed only when they are logged
+        named = [(n, p.grad) for n, p in self.named_parameters() if p.grad is not None]
+        norms = torch._foreach_norm([g for _, g in named])  # on device, no host sync here
+        self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)),
+                 on_step=True, on_epoch=False)
+        if self._log_now(DETAIL_EVERY):
+            self.log_dict({f"grad_norm/{n}": v for (n, _), v in zip(named, norms)},
+                          on_step=True, on_epoch=False)
+
+    def configure_optimizers(self):
+        o = self.spec.optim
+        opt = torch.optim.Adam(self.parameters(), lr=o.lr, betas=o.betas,
+                               weight_decay=o.weight_decay, foreach=True)
+        total = self.spec.max_steps
+
+        def factor(step: int) -> float:
+            if step < o.warmup_steps:
+                return (step + 1) / o.warmup_steps
+            if o.schedule == "constant":
+                return 1.0
+            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self._log_now():
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True,
+                     on_epoch=False)

@@ -1,0 +1,246 @@
+"""``run(cfg)``: validate a composed config, then train (and evaluate) in its run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
+from callbacks.test_eval import FixedTestSet
+from loopformer.checkpoints import SafeCheckpointIO, safe_load
+from loopformer.config import RunSpec, build_spec
+from loopformer.csvlog import CSVMetricsLogger
+from loopformer.data import PromptDataModule
+from loopformer.errors import ConfigError
+from loopformer.module import LoopformerModule
+
+log = logging.getLogger(__name__)
+
+# the model fields a checkpoint must agree on to be resumed
+SHAPE_FIELDS = ("family", "n_dims", "n_positions", "n_embd", "n_layer", "n_head", "mixer",
+                "ssm_d_state", "ssm_d_conv")
+PRECISIONS_GPU_ONLY = ("16", "16-mixed", "16-true")
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("lf_run_dir"):
+        # hydra.run.dir: the pinned run_dir, else a timestamped default
+        OmegaConf.register_new_resolver("lf_run_dir", lambda pinned, default: pinned or default)
+
+
+_register_resolvers()
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    global_step: int
+    test_metrics: dict = field(default_factory=dict)
+    eval_results: dict | None = None
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _device_count(accelerator: str) -> int:
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.device_count()
+    if accelerator == "mps":
+        return int(torch.backends.mps.is_available())
+    return os.cpu_count() or 1
+
+
+def check_trainer(cfg: DictConfig) -> str:
+    """Validate device settings before anything starts; returns the accelerator in use."""
+    t = cfg.trainer
+    acc = str(t.get("accelerator", "auto"))
+    allowed = ("auto", "cpu", "gpu", "cuda", "mps")
+    if acc not in allowed:
+        raise ConfigError(f"trainer.accelerator={acc!r} is unknown; choose one of "
+                          f"{', '.join(allowed)}")
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={t.accelerator} but no CUDA device is visible; "
+                          f"use trainer.accelerator=cpu (or auto)")
+    precision = str(t.get("precision", "32-true"))
+    if acc == "cpu" and precision in PRECISIONS_GPU_ONLY:
+        raise ConfigError(f"trainer.precision={precision} (fp16) needs a GPU; on CPU use "
+                          f"32-true or bf16-mixed")
+    devices = t.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        available = _device_count(acc)
+        if devices < 1 and devices != -1:
+            raise ConfigError(f"trainer.devices={devices} must be >= 1, -1 or auto")
+        if devices > available:
+            raise ConfigError(f"trainer.devices={devices} but only {available} {acc} device(s) "
+                              f"exist; use trainer.devices=1..{available}")
+    return acc
+
+
+def check_compatible(saved: dict, cfg: DictConfig, path: Path) -> None:
+    """Refuse to resume ``path`` with a model of a different shape."""
+    old, new = saved.get("model", {}), OmegaConf.to_container(cfg.model, resolve=True)
+    diff = [f"model.{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}"
+            for k in SHAPE_FIELDS if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(f"ckpt_path={path} was trained with another model shape ("
+                          + "; ".join(diff) + "); resume with the same model settings")
+
+
+# ----------------------------------------------------------------------------- run dir
+
+
+def _hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return None
+
+
+def resolve_paths(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (or None)."""
+    ckpt = cfg.get("ckpt_path")
+    run_dir = cfg.get("run_dir")
+    if ckpt not in (None, "", "last"):
+        p = Path(str(ckpt))
+        if p.is_dir():  # a run directory: continue it in place
+            return p, p / "checkpoints" / "last.ckpt"
+        if not p.is_file():
+            raise ConfigError(f"ckpt_path={ckpt} is neither a checkpoint file nor a run "
+                              f"directory")
+        if run_dir is None and p.parent.name == "checkpoints":
+            run_dir = p.parent.parent
+    if run_dir is None:
+        if ckpt == "last":
+            raise ConfigError("ckpt_path=last needs the run to continue: add run_dir=PATH, or "
+                              "pass ckpt_path=PATH_TO_RUN_DIR")
+        run_dir = _hydra_output_dir() or Path("logs/runs") / datetime.now().strftime(
+            "%Y-%m-%d_%H-%M-%S")
+    run_dir = Path(str(run_dir))
+    if ckpt == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to "
+                              f"start a new run")
+        return run_dir, last
+    return run_dir, (Path(str(ckpt)) if ckpt else None)
+
+
+def _wandb_id(run_dir: Path) -> str:
+    meta = run_dir / "run.json"
+    if meta.exists():
+        return json.loads(meta.read_text())["wandb_id"]
+    return uuid.uuid4().hex[:8]
+
+
+def _write_meta(run_dir: Path, cfg: DictConfig, wandb_id: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "run.json").write_text(json.dumps({"wandb_id": wandb_id}))
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None, wandb_id: str):
+    loggers = []
+    lcfg = cfg.get("logger") or {}
+    if lcfg.get("csv", True):
+        loggers.append(CSVMetricsLogger(run_dir / "metrics.csv", resume_step=resume_step))
+    w = lcfg.get("wandb")
+    if w and w.get("mode", "offline") != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        loggers.append(WandbLogger(
+            save_dir=str(run_dir), project=w.get("project", "loopformer"),
+            entity=w.get("entity"), name=cfg.get("name"), id=wandb_id, resume="allow",
+            mode=w.get("mode", "offline"), tags=list(w.get("tags") or []),
+            notes=w.get("notes"), config=OmegaConf.to_container(cfg, resolve=True)))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig, spec: RunSpec, run_dir: Path) -> list[L.Callback]:
+    test_set = FixedTestSet(spec.task, spec.curriculum, spec.test.size, spec.test.batch_size,
+                            spec.test.seed)
+    cbs = [
+        CurriculumCallback(spec.curriculum, looped=spec.looped),
+        FixedTestSetEvaluation(test_set, spec.test.every_n_steps),
+        StepCheckpoint(run_dir / "checkpoints", spec.checkpoint_every, spec.keep_every),
+    ]
+    for name, c in (cfg.get("callbacks") or {}).items():
+        try:
+            cbs.append(instantiate(c))
+        except Exception as e:
+            raise ConfigError(f"callbacks.{name} could not be built: {e}") from e
+    return cbs
+
+
+def build_trainer(cfg: DictConfig, spec: RunSpec, run_dir: Path, loggers, callbacks):
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    kwargs.update(max_steps=spec.max_steps, max_epochs=-1, logger=loggers or False,
+                  callbacks=callbacks, default_root_dir=str(run_dir),
+                  enable_checkpointing=False, plugins=[SafeCheckpointIO()],
+                  num_sanity_val_steps=0, limit_val_batches=0)
+    try:
+        return L.Trainer(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"trainer: {e}") from e
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run directory?")
+    return OmegaConf.load(path)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Train the run described by ``cfg``; every check happens before anything is written."""
+    spec = build_spec(cfg)
+    check_trainer(cfg)
+    run_dir, ckpt = resolve_paths(cfg)
+    resume_step = None
+    if ckpt is not None:
+        state = safe_load(ckpt)
+        saved_cfg = (state.get("hyper_parameters") or {}).get("config", {})
+        check_compatible(saved_cfg, cfg, ckpt)
+        resume_step = int(state.get("global_step", 0))
+        del state
+    if ckpt is None and (run_dir / "checkpoints" / "last.ckpt").exists():
+        raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with "
+                          f"ckpt_path=last or choose another run_dir")
+
+    L.seed_everything(spec.seed, workers=True, verbose=False)
+    module = LoopformerModule(OmegaConf.to_container(cfg, resolve=True))
+    data = PromptDataModule(spec.task, spec.curriculum, spec.batch_size, spec.seed)
+    wandb_id = _wandb_id(run_dir)
+    loggers = build_loggers(cfg, run_dir, resume_step, wandb_id)
+    callbacks = build_callbacks(cfg, spec, run_dir)
+    trainer = build_trainer(cfg, spec, run_dir, loggers, callbacks)
+    if trainer.is_global_zero:
+        _write_meta(run_dir, cfg, wandb_id)
+    log.info("run directory: %s", run_dir)
+
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    result = RunResult(run_dir, trainer.global_step, getattr(module, "last_test_metrics", {}))
+    if cfg.get("eval", {}).get("at_end", False) and trainer.is_global_zero:
+        from loopformer.evaluate import evaluate_run
+
+        result.eval_results = evaluate_run(run_dir, cfg=cfg, model=module.model)
+    return result

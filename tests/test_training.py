@@ -1,0 +1,146 @@
+"""The training app: config tree, streaming data, curriculum, test set, checkpoints, resume."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, ROOT, compose_cfg
+
+from loopformer import build_model
+from loopformer.checkpoints import safe_load
+from loopformer.config import build_spec
+from loopformer.csvlog import read_metrics
+from loopformer.curriculum import Schedule
+from loopformer.training import run
+
+GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml"))
+          for g in ("model", "task", "curriculum", "trainer", "logger", "callbacks")}
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes_and_builds(group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    spec = build_spec(cfg)
+    model = build_model(spec.model)
+    assert model.cfg == spec.model
+
+
+def test_default_config_is_the_seed_configuration():
+    cfg = compose_cfg()
+    spec = build_spec(cfg)
+    m = spec.model
+    assert (m.family, m.n_embd, m.n_layer, m.n_head, m.n_dims, m.n_positions) == (
+        "looped", 256, 1, 8, 20, 101)
+    c = spec.curriculum
+    assert c.dims == Schedule(5, 20, 1, 5000)
+    assert c.points == Schedule(11, 41, 2, 5000)
+    assert c.loops == Schedule(15, 30, 2, 500) and c.window == 15
+    assert (spec.batch_size, spec.optim.lr, spec.optim.weight_decay) == (64, 1e-4, 0.0)
+    assert (spec.max_steps, spec.test.size, spec.test.every_n_steps) == (100000, 100000, 10000)
+    assert (spec.checkpoint_every, spec.keep_every, spec.seed) == (1000, 5000, 42)
+    assert cfg.task.name == "linear_regression"
+
+
+def test_long_curriculum_is_the_seed_base_loop():
+    c = build_spec(compose_cfg("curriculum=long")).curriculum
+    assert c.loops == Schedule(20, 350, 2, 500) and c.window == 20
+
+
+def test_fixed_curriculum_is_constant_at_the_final_shape():
+    spec = build_spec(compose_cfg("curriculum=fixed", "task=decision_tree"))
+    c = spec.curriculum
+    assert c.at(0) == c.at(10**6) == c.final
+    assert c.final.n_points == 101 and c.final.n_dims == 20
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_trains_two_steps(experiment, tiny, tmp_path):
+    cfg = compose_cfg(f"experiment={experiment}", *tiny, "trainer.max_steps=2",
+                      run_dir=tmp_path / "run")
+    result = run(cfg)
+    assert result.global_step == 2
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_metrics_follow_the_curriculum_and_test_loss_at_its_steps(tiny, tmp_path):
+    cfg = compose_cfg(*tiny, "trainer.max_steps=12", "test.every_n_steps=5",
+                      run_dir=tmp_path / "run")
+    run(cfg)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    spec = build_spec(cfg)
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert len(train_rows) == 12
+    for r in train_rows:
+        s = spec.curriculum.at(int(r["step"]))
+        assert (r["curriculum/n_dims"], r["curriculum/n_points"], r["curriculum/n_loops"]) == (
+            s.n_dims, s.n_points, s.n_loops)
+    assert [int(r["step"]) for r in rows if "test/loss" in r] == [5, 10]
+    assert {"train/grad_norm", "train/lr"} <= set(train_rows[0])
+
+
+def _tensors(ckpt):
+    state = safe_load(ckpt)
+    opt = state["optimizer_states"][0]["state"]
+    return state["global_step"], state["state_dict"], opt
+
+
+def test_resume_equals_uninterrupted(tiny, tmp_path):
+    straight = compose_cfg(*tiny, "trainer.max_steps=8", "checkpoint.every_n_steps=4",
+                           "test.every_n_steps=4", run_dir=tmp_path / "a")
+    run(straight)
+    first = compose_cfg(*tiny, "trainer.max_steps=4", "checkpoint.every_n_steps=4",
+                        "test.every_n_steps=4", run_dir=tmp_path / "b")
+    run(first)
+    resumed = compose_cfg(*tiny, "trainer.max_steps=8", "checkpoint.every_n_steps=4",
+                          "test.every_n_steps=4", "ckpt_path=last", run_dir=tmp_path / "b")
+    run(resumed)
+    step_a, weights_a, opt_a = _tensors(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    step_b, weights_b, opt_b = _tensors(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == 8
+    for k in weights_a:
+        assert torch.equal(weights_a[k], weights_b[k]), k
+    for i in opt_a:
+        for k in opt_a[i]:
+            assert torch.equal(torch.as_tensor(opt_a[i][k]), torch.as_tensor(opt_b[i][k]))
+    rows_a = read_metrics(tmp_path / "a" / "metrics.csv")
+    rows_b = read_metrics(tmp_path / "b" / "metrics.csv")
+    assert rows_a == rows_b
+
+
+def test_seeds_give_different_data_same_seed_same_run(tiny, tmp_path):
+    losses = {}
+    for name, seed in (("a", 1), ("b", 2), ("c", 1)):
+        run(compose_cfg(*tiny, "trainer.max_steps=3", f"seed={seed}", run_dir=tmp_path / name))
+        losses[name] = [r["train/loss"] for r in read_metrics(tmp_path / name / "metrics.csv")
+                        if "train/loss" in r]
+    assert losses["a"] == losses["c"]
+    assert losses["a"] != losses["b"]
+
+
+@pytest.mark.slow
+def test_multirun_over_seeds_gives_separate_run_dirs(tiny, tmp_path):
+    cmd = [sys.executable, "train.py", "-m", "seed=1,2,3", *tiny, "trainer.max_steps=3",
+           f"hydra.sweep.dir={tmp_path}"]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    runs = sorted(p for p in tmp_path.iterdir() if (p / "metrics.csv").exists())
+    assert len(runs) == 3
+    losses = [tuple(r["train/loss"] for r in read_metrics(p / "metrics.csv") if "train/loss" in r)
+              for p in runs]
+    assert len(set(losses)) == 3
+
+
+def test_wandb_offline_run_needs_no_network(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_cfg(*tiny, "logger=wandb", "trainer.max_steps=2", run_dir=tmp_path / "run")
+    run(cfg)
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert offline, "W&B wrote no offline run"
+    # resuming keeps the W&B run id
+    run(compose_cfg(*tiny, "logger=wandb", "trainer.max_steps=4", "ckpt_path=last",
+                    run_dir=tmp_path / "run"))
+    ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "run" / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1
