@@ -67,10 +67,10 @@ def ssd_scan(u, dt, A, B, C, chunk_size: int = 64) -> torch.Tensor:
     Lmat = segsum(logA).exp()  # (B, H, nc, L, L)
     y_diag = (Lmat * (C @ B.transpose(-1, -2))) @ xdt  # (B, H, nc, L, P)
     # state at each chunk's end from its own inputs; last row of L is the decay s -> end
-    states = (xdt * Lmat[..., -1, :, None]).transpose(-1, -2) @ B  # (B, H, nc, P, N)
+    states = xdt.transpose(-1, -2) @ (B * Lmat[..., -1, :, None])  # (B, H, nc, P, N)
     logA_cum = torch.cumsum(logA, dim=-1)  # (B, H, nc, L), all <= 0
     entering = _carry_states(states, logA_cum[..., -1])  # (B, H, nc, P, N)
-    y_off = (C @ entering.transpose(-1, -2)) * logA_cum.exp().unsqueeze(-1)  # (B, H, nc, L, P)
+    y_off = (C * logA_cum.exp().unsqueeze(-1)) @ entering.transpose(-1, -2)  # (B, H, nc, L, P)
     y = (y_diag + y_off).permute(0, 2, 3, 1, 4)  # (B, nc, L, H, P)
     y = y.reshape(y.size(0), n_chunks * chunk, *y.shape[3:])[:, :T]  # (B, T, H, P)
     return y.to(out_dtype)
@@ -79,8 +79,15 @@ def ssd_scan(u, dt, A, B, C, chunk_size: int = 64) -> torch.Tensor:
 class SSMMixer(nn.Module):
     """Mamba-2 style selective SSM mixer: (B, T, n_embd) -> (B, T, n_embd), strictly causal."""
 
-    def __init__(self, n_embd: int, n_head: int, d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, chunk_size: int = 64):
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        chunk_size: int = 64,
+    ):
         super().__init__()
         d_inner = expand * n_embd
         assert d_inner % n_head == 0, "expand * n_embd must be divisible by n_head"
@@ -104,8 +111,10 @@ class SSMMixer(nn.Module):
         dev = self.A_log.device
         A = torch.empty(self.n_head, device=dev).uniform_(1.0, 16.0)
         self.A_log.copy_(A.log())
-        dt = torch.exp(torch.rand(self.n_head, device=dev)
-                       * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = torch.exp(
+            torch.rand(self.n_head, device=dev) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
+        )
         dt = dt.clamp(min=1e-4)
         self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
         self.D.fill_(1.0)
@@ -118,7 +127,8 @@ class SSMMixer(nn.Module):
         B and C (B, T, d_state), dt (B, T, H) > 0."""
         Bsz, T, _ = x.shape
         z, xBC, dt = self.in_proj(x).split(
-            [self.d_inner, self.d_inner + 2 * self.d_state, self.n_head], dim=-1)
+            [self.d_inner, self.d_inner + 2 * self.d_state, self.n_head], dim=-1
+        )
         xBC = F.pad(xBC.transpose(1, 2), (self.d_conv - 1, 0))  # (B, conv_dim, d_conv-1+T)
         xBC = F.silu(self.conv1d(xBC)).transpose(1, 2)  # (B, T, conv_dim)
         u, B, C = xBC.split([self.d_inner, self.d_state, self.d_state], dim=-1)
