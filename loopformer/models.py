@@ -73,11 +73,13 @@ class ModelConfig:
         return cls(**d)
 
 
-def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None) -> int:
+def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None,
+                  strict: bool = True) -> int:
     """Number of leading state tokens replaced by the neutral element for ``keep_tokens``.
 
-    Raises ConfigError when the value is malformed or keeps no token of a prompt of
-    ``seq_len`` tokens (``n_points`` only improves the message)."""
+    Raises ConfigError when the value is malformed or (``strict``) keeps no token of a prompt
+    of ``seq_len`` tokens (``n_points`` only improves the message). Non-strict (a prompt
+    shorter than the longest one) a value that keeps no token masks them all."""
     what = f"a {n_points}-point prompt" if n_points else f"a {seq_len}-token sequence"
     hint = f"use -{seq_len - 1}..{seq_len} or a fraction in (0,1)"
     if keep >= 1 and keep != int(keep):
@@ -91,11 +93,15 @@ def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None) -> int
         if keep != -drop:
             raise ConfigError(f"model.keep_tokens={keep} is not an integer; {hint}")
         if drop >= seq_len:
+            if not strict:
+                return seq_len
             raise ConfigError(f"model.keep_tokens={keep} drops all {seq_len} tokens of {what}; "
                               f"{hint}")
         return drop
     kept = round(keep * seq_len)
     if kept < 1:
+        if not strict:
+            return seq_len
         raise ConfigError(f"model.keep_tokens={keep} keeps no token of {what}; {hint}")
     return seq_len - kept
 
@@ -232,7 +238,7 @@ class Transformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.n_layer)
 
-    def forward(self, xs, ys, n_loops=None, window=None):
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None):
         return self.read(self.backbone(self.embed(xs, ys))).unsqueeze(0)  # (1, B, n)
 
 
@@ -242,7 +248,7 @@ class TiedTransformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, 1)
 
-    def forward(self, xs, ys, n_loops=None, window=None):
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None):
         h = self.backbone(self.embed(xs, ys), blocks=[self.blocks[0]] * self.cfg.n_layer)
         return self.read(h).unsqueeze(0)  # (1, B, n)
 
@@ -264,7 +270,8 @@ class LoopedTransformer(InContextModel):
         return z * e if s is None else z * e * s
 
     def keep(self, z):
-        n_masked = keep_mask_len(self.cfg.keep_tokens, z.shape[1]) if self.cfg.keep_tokens else 0
+        n_masked = (keep_mask_len(self.cfg.keep_tokens, z.shape[1], strict=False)
+                    if self.cfg.keep_tokens else 0)
         if n_masked == 0:
             return z
         if n_masked >= z.shape[1]:
