@@ -1,0 +1,201 @@
+"""Evaluate a trained run against baselines (Garg et al. / Yang et al. protocol).
+
+``python -m loopformer.evaluate run=RUN_DIR [ckpt=last] [n_prompts=1280] [seed=0]
+[extra_loops=[500]] [baselines=[least_squares,averaging]] [device=cpu]``
+
+Writes ``RUN_DIR/eval/results.json``, ``error_vs_examples.png``, ``error_vs_loops.png``
+(looped models) and logs a table of normalised error per number of in-context examples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from loopformer.baselines import build_baselines, default_baselines
+from loopformer.checkpoints import safe_load
+from loopformer.config import RunSpec, build_spec
+from loopformer.data import generator
+from loopformer.errors import ConfigError
+from loopformer.models import InContextModel, build_model
+from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops
+from loopformer.stats import bootstrap_band
+
+log = logging.getLogger(__name__)
+
+EVAL_DEFAULTS = {"n_prompts": 1280, "seed": 0, "extra_loops": None, "baselines": "default",
+                 "ckpt": "last", "batch_size": 256, "device": None, "n_resamples": 1000}
+
+
+def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path:
+    """``last``, ``step=N`` / ``N`` or a path -> a checkpoint file of the run."""
+    ckpt = str(ckpt or "last")
+    ckdir = Path(run_dir) / "checkpoints"
+    if ckpt == "last":
+        return ckdir / "last.ckpt"
+    if ckpt.isdigit() or ckpt.startswith("step="):
+        return ckdir / f"step={ckpt.removeprefix('step=')}.ckpt"
+    return Path(ckpt)
+
+
+def load_model(run_dir: Path, spec: RunSpec, ckpt: str | None = "last") -> InContextModel:
+    path = checkpoint_path(run_dir, ckpt)
+    state = safe_load(path)["state_dict"]
+    model = build_model(spec.model)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return model.eval()
+
+
+def default_extra_loops(spec: RunSpec) -> list[int]:
+    return [200] if spec.task.name == "decision_tree" else [500]
+
+
+@torch.no_grad()
+def model_errors(model: InContextModel, xs, ys, norm: float, spec: RunSpec,
+                 loops: list[int], batch_size: int) -> dict[str, torch.Tensor]:
+    """Normalised squared errors ``(P, n)`` of the model at each loop count in ``loops`` (the
+    first is the trained count), and ``loop_curve``: last-position error ``(P, L_max)``."""
+    out: dict[str, list] = {}
+    trained = loops[0]
+    L = max(loops)
+    for i in range(0, xs.shape[0], batch_size):
+        x, y = xs[i:i + batch_size], ys[i:i + batch_size]
+        if spec.looped:
+            # one pass: the predictions after every iteration, nothing else kept
+            preds = model(x, y, n_loops=L, window=L)  # (L, b, n)
+            err = (preds - y).square() / norm  # (L, b, n)
+            out.setdefault("model", []).append(err[trained - 1])
+            for extra in loops[1:]:
+                out.setdefault(f"model@{extra}", []).append(err[extra - 1])
+            out.setdefault("loop_curve", []).append(err[:, :, -1].T)  # (b, L)
+        else:
+            preds = model(x, y)[-1]  # (b, n)
+            out.setdefault("model", []).append((preds - y).square() / norm)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def evaluate(model: InContextModel, spec: RunSpec, n_prompts: int = 1280, seed: int = 0,
+             extra_loops: list[int] | None = None, baselines="default",
+             batch_size: int = 256, device=None, n_resamples: int = 1000) -> dict:
+    """Score ``model`` and the baselines on ``n_prompts`` fresh prompts at the final shape."""
+    device = torch.device(device or next(model.parameters()).device)
+    model = model.to(device).eval()
+    shape = spec.curriculum.final
+    xs, ys = spec.task.sample(n_prompts, shape.n_points, shape.n_dims,
+                              generator(device, seed, 0))
+    norm = spec.task.normalizer(shape.n_dims)
+    loops = [shape.n_loops]
+    if spec.looped:
+        extra = default_extra_loops(spec) if extra_loops is None else list(extra_loops)
+        loops += [int(x) for x in extra if int(x) != shape.n_loops]
+    errors = model_errors(model, xs, ys, norm, spec, loops, batch_size)
+
+    if baselines == "default":
+        predictors = default_baselines(spec.task.name, spec.task_params)
+    else:
+        predictors = build_baselines(list(baselines or []), spec.task.name, spec.task_params)
+    xs_cpu, ys_cpu = xs.cpu(), ys.cpu()
+    for p in predictors:
+        log.info("baseline %s", p.name)
+        errors[p.name] = (p(xs_cpu, ys_cpu) - ys_cpu).square() / norm
+
+    band = lambda e: bootstrap_band(e.cpu(), n_resamples=n_resamples, seed=seed).to_dict()
+    loop_curve = errors.pop("loop_curve", None)
+    results = {
+        "task": spec.task.name, "task_params": spec.task_params, "family": spec.model.family,
+        "active_dims": shape.n_dims, "n_points": shape.n_points, "normalizer": norm,
+        "n_prompts": n_prompts, "seed": seed,
+        "trained_loops": shape.n_loops if spec.looped else None,
+        "extra_loops": loops[1:],
+        "curves": {name: band(e) for name, e in errors.items()},
+    }
+    if loop_curve is not None:
+        results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
+                                 **band(loop_curve)}
+    return results
+
+
+def format_table(results: dict, columns: list[int] | None = None) -> str:
+    """Normalised error (mean) per curve at chosen numbers of in-context examples."""
+    n = results["n_points"]
+    if columns is None:
+        d = results["active_dims"]
+        columns = list(range(n)) if n <= 12 else sorted({0, 1, d // 2, d, 2 * d, n - 1} &
+                                                         set(range(n)))
+    names = list(results["curves"])
+    width = max(12, *(len(s) for s in names))
+    lines = [f"normalised error by number of in-context examples ({results['task']}, "
+             f"d={results['active_dims']}, {results['n_prompts']} prompts)",
+             f"{'':<{width}}" + "".join(f"{k:>10d}" for k in columns)]
+    for name in names:
+        mean = results["curves"][name]["mean"]
+        lines.append(f"{name:<{width}}" + "".join(f"{mean[k]:>10.4f}" for k in columns))
+    return "\n".join(lines)
+
+
+def write_results(results: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    title = f"{results['task']} (d={results['active_dims']})"
+    plot_error_vs_examples(results["curves"], out_dir / "error_vs_examples.png", title=title)
+    if "loop_curve" in results:
+        plot_error_vs_loops(results["loop_curve"], results["trained_loops"],
+                            out_dir / "error_vs_loops.png")
+
+
+def evaluate_run(run_dir: str | Path, cfg: DictConfig | None = None,
+                 model: InContextModel | None = None, **overrides) -> dict:
+    """Evaluate a run directory (its checkpoint, or ``model`` if given) and write
+    ``RUN_DIR/eval``. ``overrides`` take precedence over the run's ``eval`` settings."""
+    run_dir = Path(run_dir)
+    if cfg is None:
+        path = run_dir / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run "
+                              f"directory?")
+        cfg = OmegaConf.load(path)
+    spec = build_spec(cfg)
+    opts = dict(EVAL_DEFAULTS)
+    opts.update({k: v for k, v in (OmegaConf.to_container(cfg.get("eval") or {}) or {}).items()
+                 if k in EVAL_DEFAULTS})
+    unknown = sorted(set(overrides) - set(EVAL_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown evaluation options {unknown}; allowed: "
+                          f"{sorted(EVAL_DEFAULTS)} and run")
+    opts.update(overrides)
+    if model is None:
+        model = load_model(run_dir, spec, opts["ckpt"])
+    if opts["device"] is not None:
+        model = model.to(opts["device"])
+    results = evaluate(model, spec, opts["n_prompts"], opts["seed"], opts["extra_loops"],
+                       opts["baselines"], opts["batch_size"], opts["device"],
+                       opts["n_resamples"])
+    results["run_dir"] = str(run_dir)
+    results["checkpoint"] = str(opts["ckpt"])
+    write_results(results, run_dir / "eval")
+    log.info("%s\nwrote %s", format_table(results), run_dir / "eval")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = OmegaConf.to_container(OmegaConf.from_cli(argv if argv is not None else sys.argv[1:]))
+    run_dir = args.pop("run", None)
+    if run_dir is None:
+        log.error("error: give the run directory: python -m loopformer.evaluate run=RUN_DIR")
+        return 2
+    try:
+        evaluate_run(run_dir, **args)
+    except ConfigError as e:
+        log.error("error: %s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

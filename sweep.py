@@ -1,0 +1,32 @@
+"""Run a study and aggregate it: ``python sweep.py study=NAME [aggregate_only=true]``."""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from loopformer.errors import ConfigError
+from loopformer.study import Study, aggregate, launch
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sweep")
+def main(cfg: DictConfig) -> None:
+    try:
+        study = Study.from_config(cfg.study)
+        study_dir = Path(cfg.study_dir)
+        if not cfg.aggregate_only:
+            launch(study, study_dir, cfg.launcher, tuple(cfg.overrides))
+        aggregate(study, study_dir)
+        print((study_dir / "report.md").read_text())
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:
+        logging.getLogger("loopformer").error("%s", e)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

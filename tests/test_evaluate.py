@@ -1,0 +1,98 @@
+"""End-to-end evaluation of a trained run, and studies through sweep.py."""
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import pytest
+from conftest import ROOT, compose_cfg
+
+from loopformer.evaluate import evaluate_run, main
+from loopformer.training import run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _valid_png(path):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    img = mpimg.imread(path)
+    assert img.shape[0] > 100 and img.shape[1] > 100
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import TINY
+
+    run_dir = tmp_path_factory.mktemp("eval") / "run"
+    run(compose_cfg(*TINY, "trainer.max_steps=4", run_dir=run_dir))
+    return run_dir
+
+
+def test_evaluate_writes_every_field_and_both_plots(trained_run):
+    main([f"run={trained_run}", "n_prompts=64", "extra_loops=[6]", "n_resamples=200"])
+    out = trained_run / "eval"
+    res = json.loads((out / "results.json").read_text())
+    for key in ("task", "active_dims", "normalizer", "n_prompts", "seed", "curves",
+                "loop_curve", "trained_loops"):
+        assert key in res, key
+    assert res["n_prompts"] == 64 and res["task"] == "linear_regression"
+    assert res["normalizer"] == res["active_dims"] == 4
+    n = 9  # TINY: 9-point prompts
+    for name in ("model", "model@6", "least_squares", "nearest_neighbors_3", "averaging"):
+        c = res["curves"][name]
+        assert len(c["mean"]) == len(c["low"]) == len(c["high"]) == n
+        assert all(lo <= m <= hi for lo, m, hi in zip(c["low"], c["mean"], c["high"]))
+    assert res["loop_curve"]["loops"] == list(range(1, 7))
+    # least squares is exact once k >= d, whatever the model learned
+    assert max(res["curves"]["least_squares"]["mean"][4:]) < 1e-6
+    _valid_png(out / "error_vs_examples.png")
+    _valid_png(out / "error_vs_loops.png")
+
+
+def test_model_curve_matches_the_runs_trained_loop_count(trained_run):
+    res = evaluate_run(trained_run, n_prompts=32, extra_loops=[3], baselines=[],
+                       n_resamples=100)
+    # TINY trains at b = 3 loops, so the extra count equal to it adds no new curve
+    assert res["trained_loops"] == 3 and set(res["curves"]) == {"model"}
+
+
+def test_unknown_run_dir_is_a_clear_error(tmp_path, caplog):
+    assert main([f"run={tmp_path / 'nope'}"]) == 2
+    assert "config.yaml" in caplog.text
+
+
+@pytest.mark.slow
+def test_micro_study_through_sweep(tmp_path):
+    from conftest import TINY
+
+    base = [*TINY, "trainer.max_steps=3", "eval.at_end=true", "eval.n_prompts=32",
+            "eval.extra_loops=[4]"]
+    conf = tmp_path / "conf" / "study"
+    conf.mkdir(parents=True)
+    study = {"name": "micro", "base": base, "seeds": [1, 2], "examples": [2, 4],
+             "variants": {"plain": [], "skip": ["model.skip_connection=true"]}}
+    (conf / "micro.yaml").write_text(json.dumps(study))  # JSON is YAML
+    args = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "study=micro",
+            f"study_dir={tmp_path / 'micro'}"]
+    proc = subprocess.run([sys.executable, "sweep.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (tmp_path / "micro" / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    for variant in ("plain", "skip"):
+        row = next(r for r in rows if r.startswith(f"| {variant} | 2 |"))
+        assert row.count("[") == 2  # mean [min, max] for each of the 2 columns
+    _valid_png(tmp_path / "micro" / "error_vs_examples.png")
+    # the report's numbers are the seeds' own results
+    runs = tmp_path / "micro" / "runs" / "plain"
+    means = [json.loads((runs / f"seed={s}" / "eval" / "results.json").read_text())
+             ["curves"]["model"]["mean"][2] for s in (1, 2)]
+    assert f"{sum(means) / 2:.4f} [{min(means):.4f}, {max(means):.4f}]" in report
+    # finished runs are skipped: a second sweep only aggregates
+    proc = subprocess.run([sys.executable, "sweep.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "4 finished, 0 to run" in proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "sweep.py", *args, "aggregate_only=true"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and (tmp_path / "micro" / "report.md").read_text() == report
