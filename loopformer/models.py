@@ -220,8 +220,9 @@ class InContextModel(nn.Module):
         """Predictions at the x tokens: (B, 2n, C) -> (B, n)."""
         return self.read_out(h[:, ::2]).squeeze(-1)
 
-    def backbone(self, h: torch.Tensor, blocks=None) -> torch.Tensor:
-        h = self.drop(h + self.position(h.shape[1], h.device))
+    def backbone(self, h: torch.Tensor, blocks=None, pos=None) -> torch.Tensor:
+        pos = self.position(h.shape[1], h.device) if pos is None else pos
+        h = self.drop(h + pos)
         for block in self.blocks if blocks is None else blocks:
             h = block(h)
         return self.ln_f(h)
@@ -279,16 +280,17 @@ class LoopedTransformer(InContextModel):
         neutral = torch.full_like(z[:, :n_masked], self.neutral)
         return torch.cat((neutral, z[:, n_masked:]), dim=1)  # (B, T, C)
 
-    def step(self, z, e, s):
+    def step(self, z, e, s, pos=None):
         """One loop iteration: (B, T, C) -> (B, T, C)."""
         z = self.keep(z)
         if not self.cfg.inject_every_layer:
-            return self.backbone(self.inject(z, e, s))
+            return self.backbone(self.inject(z, e, s), pos=pos)
+        pos = self.position(z.shape[1], z.device) if pos is None else pos
         h = z
         for i, block in enumerate(self.blocks):
             h = self.inject(h, e, s)
             if i == 0:
-                h = self.drop(h + self.position(h.shape[1], h.device))
+                h = self.drop(h + pos)
             h = block(h)
         return self.ln_f(h)
 
@@ -304,11 +306,12 @@ class LoopedTransformer(InContextModel):
         e = self.embed(xs, ys)  # (B, 2n, C)
         z = torch.full_like(e, self.neutral)
         s = torch.full_like(e, self.neutral) if self.cfg.skip_connection else None
+        pos = self.position(e.shape[1], e.device)  # (2n, C), looked up once for all iterations
         preds, prev = [], None
         for t in range(b):
             grad = t >= b - window and torch.is_grad_enabled()
             with torch.set_grad_enabled(grad):
-                z, s = self.step(z, e, s), (z if s is not None else None)
+                z, s = self.step(z, e, s, pos), (z if s is not None else None)
             if t >= b - window:
                 preds.append(self.read(z))
             elif tol is not None:

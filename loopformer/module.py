@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from loopformer.config import RunSpec, build_spec
+from loopformer.config import OptimConfig, RunSpec, build_spec
 from loopformer.models import build_model
 from loopformer.tasks import Batch
 
@@ -21,6 +21,17 @@ def is_log_step(trainer, every: int = 1) -> bool:
     batches with ``(global_step + 1) % log_every_n_steps == 0`` (``every`` multiplies that)."""
     n = trainer.log_every_n_steps * every
     return n > 0 and (trainer.global_step + 1) % n == 0
+
+
+def make_adam(params, o: OptimConfig) -> torch.optim.Adam:
+    """Adam with the fused kernel (one kernel for all parameters, CPU and CUDA), falling back
+    to the multi-tensor implementation where the fused one is unavailable."""
+    params = list(params)
+    kw = dict(lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    try:
+        return torch.optim.Adam(params, fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, foreach=True, **kw)
 
 
 class LoopformerModule(L.LightningModule):
@@ -66,8 +77,7 @@ class LoopformerModule(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.spec.optim
-        opt = torch.optim.Adam(self.parameters(), lr=o.lr, betas=o.betas,
-                               weight_decay=o.weight_decay, foreach=True)
+        opt = make_adam(self.parameters(), o)
         total = self.spec.max_steps
 
         def factor(step: int) -> float:
