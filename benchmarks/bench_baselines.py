@@ -1,0 +1,118 @@
+"""Time the in-context baselines at evaluation size.
+
+* least squares on 1280 prompts x 41 points, d = 20 (the linear-regression eval);
+* the full decision-tree suite (least squares, 3-NN, averaging, greedy tree of depth 4,
+  xgboost) on 1280 prompts x 101 points, d = 20. ``--prompts`` times fewer prompts and
+  extrapolates linearly (the CPU-fitted baselines cost the same per prompt);
+* optionally (``--reference-prompts``) the naive loop of Garg et al. -- a fresh
+  ``DecisionTreeRegressor`` / default ``XGBRegressor`` per prompt and prefix, one process --
+  on a few prompts, extrapolated to 1280.
+
+    python benchmarks/bench_baselines.py                   # full size
+    python benchmarks/bench_baselines.py --prompts 256     # extrapolate from 256 prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from loopformer import baselines as B
+from loopformer.tasks import build_task
+
+FULL_PROMPTS = 1280
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def sample(task: str, prompts: int, points: int, dims: int, seed: int, **params):
+    g = torch.Generator().manual_seed(seed)
+    return build_task(task, dims, **params).sample(prompts, points, generator=g)
+
+
+def bench_least_squares(args) -> None:
+    xs, ys = sample("linear_regression", FULL_PROMPTS, args.ls_points, args.dims, args.seed)
+    ls = B.LeastSquares()
+    runs = [timed(ls, xs, ys)[1] for _ in range(args.repeats)]
+    print(f"least_squares  {FULL_PROMPTS} x {args.ls_points} x d={args.dims}: "
+          f"best {min(runs):.3f} s, median {np.median(runs):.3f} s over {args.repeats} runs "
+          f"(torch threads {torch.get_num_threads()})")
+
+
+def naive_reference(xs: torch.Tensor, ys: torch.Tensor) -> float:
+    """Garg et al.'s loops: fresh estimators per prompt and prefix, default settings."""
+    import xgboost as xgb
+    from sklearn.tree import DecisionTreeRegressor
+
+    x, y = xs.numpy(), ys.numpy()
+    t0 = time.perf_counter()
+    for b in range(x.shape[0]):
+        for k in range(1, x.shape[1]):
+            DecisionTreeRegressor(max_depth=4).fit(x[b, :k], y[b, :k]).predict(x[b, k:k + 1])
+            xgb.XGBRegressor(n_jobs=1).fit(x[b, :k], y[b, :k]).predict(x[b, k:k + 1])
+    return time.perf_counter() - t0
+
+
+def bench_tree_suite(args) -> None:
+    xs, ys = sample("decision_tree", args.prompts, args.tree_points, args.dims, args.seed,
+                    depth=4)
+    scale = FULL_PROMPTS / args.prompts
+    suite = B.default_baselines("decision_tree", {"depth": 4}, n_jobs=args.jobs)
+    # start the worker processes once, outside the timings (reused by every later call)
+    _, startup = timed(B.DecisionTree(4, n_jobs=args.jobs), xs[: 2 * args.jobs, :3],
+                       ys[: 2 * args.jobs, :3])
+    print(f"\ndecision-tree suite, {args.prompts} prompts x {args.tree_points} points x "
+          f"d={args.dims}, n_jobs={args.jobs} (worker start-up {startup:.1f} s, not counted)")
+    total = 0.0
+    for baseline in suite:
+        _, sec = timed(baseline, xs, ys)
+        total += sec
+        print(f"  {baseline.name:28s} {sec:8.2f} s   -> {sec * scale:8.1f} s for {FULL_PROMPTS}")
+    full = total * scale
+    print(f"  {'total':28s} {total:8.2f} s   -> {full:8.1f} s = {full / 60:.2f} min for "
+          f"{FULL_PROMPTS} prompts")
+    print(f"  vs 47 min: {47 * 60 / full:.1f}x faster")
+    if args.reference_prompts:
+        n = args.reference_prompts
+        sec = naive_reference(xs[:n], ys[:n])
+        ref = sec * FULL_PROMPTS / n
+        print(f"  naive per-prefix loop (tree + default xgboost, 1 process) on {n} prompts: "
+              f"{sec:.1f} s -> {ref / 60:.1f} min for {FULL_PROMPTS}; this suite is "
+              f"{ref / full:.1f}x faster")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--prompts", type=int, default=FULL_PROMPTS,
+                   help="prompts for the tree suite (extrapolated linearly to 1280)")
+    p.add_argument("--dims", type=int, default=20)
+    p.add_argument("--ls-points", type=int, default=41)
+    p.add_argument("--tree-points", type=int, default=101)
+    p.add_argument("--jobs", type=int, default=2, help="joblib workers for the CPU fits")
+    p.add_argument("--repeats", type=int, default=5, help="least-squares timing runs")
+    p.add_argument("--reference-prompts", type=int, default=0,
+                   help="also time the naive per-prefix loop on this many prompts")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--skip-tree", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"cpus {os.cpu_count()}, load average {os.getloadavg()}")
+    bench_least_squares(args)
+    if not args.skip_tree:
+        bench_tree_suite(args)
+    print(f"load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

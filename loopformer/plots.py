@@ -1,0 +1,159 @@
+"""Figures in the style of Garg et al. (2022) and Yang et al. (2024); files only (Agg).
+
+Curves are dicts ``{"mean": [...], "low": [...], "high": [...]}`` (``Curve.to_dict()``),
+indexed by the number of in-context examples unless an ``"x"`` list is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # never open a display, also on headless cluster nodes
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+CurveDict = Mapping[str, Sequence[float]]
+_BASELINE_PREFIXES = ("least_squares", "averaging", "nearest_neighbors", "ridge", "lasso",
+                      "decision_tree", "gd_2layer_nn", "xgboost", "zero")
+_MODEL_COLORS = plt.get_cmap("tab10").colors
+_BASELINE_COLORS = plt.get_cmap("Dark2").colors
+_BASELINE_STYLES = ("--", "-.", ":", (0, (5, 1, 1, 1)))
+
+
+def _as_dict(curve: Any) -> CurveDict:
+    return curve.to_dict() if hasattr(curve, "to_dict") else curve
+
+
+def _xs(curve: CurveDict) -> np.ndarray:
+    n = len(curve["mean"])
+    return np.asarray(curve["x"], dtype=float) if "x" in curve else np.arange(n, dtype=float)
+
+
+def _positive(values: Sequence[float], floor: float) -> np.ndarray:
+    """Clip to ``floor`` so that exact zeros (e.g. least squares past d) stay on a log axis."""
+    return np.maximum(np.asarray(values, dtype=float), floor)
+
+
+def is_baseline_name(name: str) -> bool:
+    return name.startswith(_BASELINE_PREFIXES)
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, path: str | Path, legend: bool = True) -> Path:
+    if legend:
+        # outside on the right: many baselines would otherwise cover the curves
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    log.info("wrote %s", path)
+    return path
+
+
+def _band(ax: plt.Axes, x: np.ndarray, curve: CurveDict, floor: float, label: str,
+          color: Any, **line_kw: Any) -> None:
+    ax.plot(x, _positive(curve["mean"], floor), color=color, label=label, **line_kw)
+    if "low" in curve and "high" in curve:
+        ax.fill_between(x, _positive(curve["low"], floor), _positive(curve["high"], floor),
+                        color=color, alpha=0.2, linewidth=0)
+
+
+def plot_error_vs_examples(curves: Mapping[str, Any], path: str | Path,
+                           title: str = "", model_keys: Sequence[str] | None = None,
+                           n_dims: int | None = None, ylabel: str = "squared error (normalised)",
+                           floor: float = 1e-3) -> Path:
+    """Error vs number of in-context examples: models with bootstrap bands, baselines as
+    lines, the zero predictor as a dashed line at 1, log-scale y.
+
+    ``model_keys`` picks the curves drawn as models; by default every key that is not a
+    baseline name. ``n_dims`` adds a dotted vertical line at ``k = d``. Values below
+    ``floor`` are drawn at ``floor``.
+    """
+    if model_keys is None:
+        model_keys = [k for k in curves if not is_baseline_name(k)]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, key in enumerate(model_keys):  # first, so that models lead the legend
+        c = _as_dict(curves[key])
+        _band(ax, _xs(c), c, floor, key, _MODEL_COLORS[i % 10], linewidth=2.2, zorder=3)
+    for i, key in enumerate(k for k in curves if k not in model_keys):
+        c = _as_dict(curves[key])
+        ax.plot(_xs(c), _positive(c["mean"], floor), color=_BASELINE_COLORS[i % 8],
+                linestyle=_BASELINE_STYLES[i % len(_BASELINE_STYLES)], linewidth=1.4, label=key)
+    ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="zero predictor")
+    if n_dims is not None:
+        ax.axvline(n_dims, color="0.6", linestyle=":", linewidth=1, label=f"k = d = {n_dims}")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of in-context examples")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _finish(fig, ax, path)
+
+
+def _loop_arrays(loop_curve: Mapping[str, Any]) -> tuple[np.ndarray, CurveDict]:
+    """Accept ``{"loops": [...], "mean": [...], ...}`` or ``{loops: {"mean": m, ...} | m}``."""
+    if "loops" in loop_curve:
+        return np.asarray(loop_curve["loops"], dtype=float), loop_curve
+    items = sorted(((int(k), v) for k, v in loop_curve.items()), key=lambda kv: kv[0])
+    loops = np.array([k for k, _ in items], dtype=float)
+    if all(isinstance(v, Mapping) for _, v in items):
+        curve = {key: [float(v[key]) for _, v in items] for key in ("mean", "low", "high")
+                 if all(key in v for _, v in items)}
+    else:
+        curve = {"mean": [float(v) for _, v in items]}
+    return loops, curve
+
+
+def plot_error_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, path: str | Path,
+                        title: str = "", ylabel: str = "error at the last position",
+                        floor: float = 1e-4) -> Path:
+    """Error at the last in-context position vs the number of loop iterations at test time,
+    with a vertical marker at the loop count used in training (Yang et al., Fig. 3 style).
+
+    ``loop_curve`` is ``{"loops": [...], "mean": [...], "low": [...], "high": [...]}`` or a
+    mapping from loop count to ``{"mean", "low", "high"}`` (or to a number).
+    """
+    loops, curve = _loop_arrays(loop_curve)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _band(ax, loops, curve, floor, "looped transformer", _MODEL_COLORS[0], linewidth=2.2,
+          marker="o", markersize=3)
+    ax.axvline(trained_loops, color="C3", linestyle="--", linewidth=1.2,
+               label=f"trained loops b = {trained_loops}")
+    ax.set_yscale("log")
+    ax.set_xlabel("loop iterations at test time")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _finish(fig, ax, path)
+
+
+def plot_study(curves_by_variant: Mapping[str, Any], path: str | Path, title: str = "",
+               xlabel: str = "number of in-context examples",
+               ylabel: str = "squared error (normalised)", log_y: bool = True,
+               floor: float = 1e-3, reference: float | None = 1.0,
+               reference_label: str = "zero predictor") -> Path:
+    """One curve with its band per variant (an ablation or sweep); a dashed line at
+    ``reference`` (the zero predictor's 1 by default, ``None`` for none)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cmap = plt.get_cmap("viridis")
+    n = max(1, len(curves_by_variant) - 1)
+    for i, (name, curve) in enumerate(curves_by_variant.items()):
+        c = _as_dict(curve)
+        # ordered colours: variants are usually a sweep (loops, depth, width, ...)
+        _band(ax, _xs(c), c, floor if log_y else -np.inf, str(name), cmap(0.9 * i / n),
+              linewidth=2)
+    if reference is not None:
+        ax.axhline(reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _finish(fig, ax, path)

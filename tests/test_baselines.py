@@ -1,0 +1,305 @@
+"""Baselines, error statistics and plots, checked against slow references and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from loopformer import baselines as B
+from loopformer.errors import ConfigError
+from loopformer.stats import Curve, bootstrap_band, squared_error
+from loopformer.tasks import build_task
+
+
+def sample(task: str, n_prompts: int, n_points: int, n_dims: int, seed: int = 0,
+           active_dims: int | None = None, **params):
+    t = build_task(task, n_dims, **params)
+    g = torch.Generator().manual_seed(seed)
+    xs, ys = t.sample(n_prompts, n_points, active_dims=active_dims, generator=g)
+    return t, xs, ys
+
+
+def prompt_means(err: torch.Tensor) -> tuple[float, float]:
+    """Mean over prompts and its standard error (prompts are the independent units)."""
+    return float(err.mean()), float(err.std() / math.sqrt(err.shape[0]))
+
+
+def lstsq_reference(xs: torch.Tensor, ys: torch.Tensor) -> np.ndarray:
+    x, y = xs.double().numpy(), ys.double().numpy()
+    out = np.zeros(y.shape)
+    for b in range(x.shape[0]):
+        for k in range(1, x.shape[1]):
+            w = np.linalg.lstsq(x[b, :k], y[b, :k], rcond=None)[0]  # min-norm when k < d
+            out[b, k] = x[b, k] @ w
+    return out
+
+
+# ---------------------------------------------------------------- least squares / ridge
+
+
+def test_least_squares_exact_from_d_examples_and_projection_error_below():
+    d, n = 8, 14
+    task, xs, ys = sample("linear_regression", 3000, n, d)
+    err = squared_error(B.LeastSquares()(xs, ys), ys, task.normalizer())  # (P, n)
+    assert err[:, d:].mean() < 1e-6
+    # min-norm solution = projection of w on span(x_1..x_k): error (d - k) / d
+    for k in range(d):
+        mean, se = prompt_means(err[:, k])
+        assert abs(mean - (d - k) / d) < 5 * se + 1e-9, (k, mean, se)
+
+
+@pytest.mark.parametrize("active_dims", [None, 3])
+def test_least_squares_matches_numpy_min_norm_lstsq(active_dims):
+    _, xs, ys = sample("noisy_linear_regression", 12, 15, 6, seed=1, active_dims=active_dims,
+                       noise_std=0.5)
+    ref = lstsq_reference(xs, ys)
+    got = B.LeastSquares()(xs, ys).double().numpy()
+    np.testing.assert_allclose(got, ref, atol=2e-4 * np.abs(ref).max(), rtol=0)
+
+
+def test_ridge_matches_closed_form_and_tiny_alpha_is_least_squares():
+    d, n, alpha = 5, 12, 0.7
+    _, xs, ys = sample("noisy_linear_regression", 6, n, d, seed=2, noise_std=0.3)
+    x, y = xs.double().numpy(), ys.double().numpy()
+    ref = np.zeros(y.shape)
+    for b in range(x.shape[0]):
+        for k in range(1, n):
+            w = np.linalg.solve(x[b, :k].T @ x[b, :k] + alpha * np.eye(d), x[b, :k].T @ y[b, :k])
+            ref[b, k] = x[b, k] @ w
+    np.testing.assert_allclose(B.Ridge(alpha)(xs, ys).double().numpy(), ref, atol=1e-4)
+    tiny = B.Ridge(1e-8)(xs, ys)
+    ls = B.LeastSquares()(xs, ys)
+    torch.testing.assert_close(tiny[:, d + 1:], ls[:, d + 1:], atol=1e-4, rtol=1e-4)
+
+
+def test_ridge_at_noise_variance_beats_least_squares_on_noisy_lr():
+    d, n, noise = 8, 16, 0.5
+    task, xs, ys = sample("noisy_linear_regression", 2000, n, d, noise_std=noise)
+    ridge = squared_error(B.Ridge(noise**2)(xs, ys), ys, task.normalizer())
+    ls = squared_error(B.LeastSquares()(xs, ys), ys, task.normalizer())
+    # Bayes-optimal: never worse on average, and far better around k = d (LS blows up)
+    assert (ridge.mean(0) <= ls.mean(0) + 1e-3).all()
+    assert ridge[:, d].mean() < 0.5 * ls[:, d].mean()
+
+
+# ---------------------------------------------------------------- averaging / neighbours
+
+
+def test_averaging_one_example_closed_form():
+    # pred = x2.(y1 x1) = x2^T x1 x1^T w; error E|(x1 x1^T - I) w|^2 = (d + 2 - 2 + 1) E|w|^2
+    # = (d + 1) d, normalised by d: d + 1
+    d = 5
+    task, xs, ys = sample("linear_regression", 40_000, 2, d, seed=3)
+    err = squared_error(B.Averaging()(xs, ys), ys, task.normalizer())[:, 1]
+    mean, se = prompt_means(err)
+    assert abs(mean - (d + 1)) < 5 * se, (mean, se)
+
+
+def test_averaging_matches_loop_reference():
+    _, xs, ys = sample("linear_regression", 4, 9, 3, seed=4)
+    ref = torch.zeros(ys.shape, dtype=torch.float64)
+    for b in range(4):
+        for k in range(1, 9):
+            w = sum(ys[b, i].double() * xs[b, i].double() for i in range(k)) / k
+            ref[b, k] = xs[b, k].double() @ w
+    torch.testing.assert_close(B.Averaging()(xs, ys).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_nearest_neighbors_matches_loop_reference():
+    _, xs, ys = sample("relu_2nn_regression", 6, 12, 3, seed=5)
+    ref = np.zeros(ys.shape)
+    x, y = xs.double().numpy(), ys.double().numpy()
+    for b in range(6):
+        for k in range(1, 12):
+            dist = np.linalg.norm(x[b, :k] - x[b, k], axis=1)
+            ref[b, k] = y[b, np.argsort(dist)[: min(3, k)]].mean()
+    got = B.NearestNeighbors(3)(xs, ys).double().numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- generic properties
+
+
+FAST = [B.LeastSquares(), B.Ridge(0.1), B.Averaging(), B.NearestNeighbors(3),
+        B.GD2LayerNN(hidden_size=8, steps=5)]
+
+
+@pytest.mark.parametrize("baseline", FAST, ids=lambda b: b.name)
+def test_prediction_k_uses_only_earlier_examples(baseline):
+    _, xs, ys = sample("linear_regression", 3, 10, 4, seed=6)
+    base = baseline(xs, ys)
+    assert base.shape == ys.shape and base.dtype == ys.dtype
+    assert (base[:, 0] == 0).all()
+    k = 5
+    xs2, ys2 = xs.clone(), ys.clone()
+    xs2[:, k + 1:] += 3.0  # later inputs, and the target at k and after
+    ys2[:, k:] -= 7.0
+    torch.testing.assert_close(baseline(xs2, ys2)[:, : k + 1], base[:, : k + 1])
+
+
+@pytest.mark.parametrize("task,params", [
+    ("linear_regression", {}),
+    ("noisy_linear_regression", {"noise_std": 0.1}),
+    ("sparse_linear_regression", {"sparsity": 2}),
+    ("relu_2nn_regression", {"hidden_layer_size": 50}),
+    ("decision_tree", {"depth": 3}),
+])
+def test_zero_predictor_scores_one_for_every_task(task, params):
+    t, xs, ys = sample(task, 3000, 6, 5, seed=7, **params)
+    err = squared_error(torch.zeros_like(ys), ys, t.normalizer()).mean(1)  # per prompt
+    mean, se = prompt_means(err)
+    expected = 1 + params.get("noise_std", 0) ** 2 / 5  # noise is not in the normalizer
+    assert abs(mean - expected) < 5 * se, (mean, se)
+
+
+# ---------------------------------------------------------------- CPU-fitted baselines
+
+
+def test_lasso_matches_sklearn_and_recovers_sparse_w():
+    from sklearn.linear_model import Lasso
+
+    task, xs, ys = sample("sparse_linear_regression", 6, 24, 10, seed=8, sparsity=2)
+    got = B.Lasso(0.01, n_jobs=1)(xs, ys)
+    assert got.shape == ys.shape
+    x, y = xs.double().numpy(), ys.double().numpy()
+    for b in range(2):
+        for k in (1, 5, 23):
+            est = Lasso(alpha=0.01, fit_intercept=False, max_iter=100_000).fit(x[b, :k], y[b, :k])
+            assert abs(got[b, k].item() - x[b, k] @ est.coef_) < 1e-4
+    err = squared_error(got, ys, task.normalizer())
+    assert err[:, -4:].mean() < 0.05  # zero predictor: 1
+
+
+def test_decision_tree_matches_sklearn_and_beats_zero():
+    from sklearn.tree import DecisionTreeRegressor
+
+    task, xs, ys = sample("decision_tree", 8, 50, 4, seed=9, depth=2)
+    got = B.DecisionTree(max_depth=4, n_jobs=1, seed=0)(xs, ys)
+    assert got.shape == ys.shape
+    x, y = xs.numpy(), ys.double().numpy()
+    for b in range(2):
+        rng = np.random.RandomState(b)  # prompt b's seed, drawn in the same order
+        for k in range(1, 50):
+            est = DecisionTreeRegressor(max_depth=4, random_state=rng).fit(x[b, :k], y[b, :k])
+            assert abs(got[b, k].item() - est.predict(x[b, k: k + 1])[0]) < 1e-5
+    err = squared_error(got, ys, task.normalizer())
+    assert err[:, -15:].mean() < 0.5
+
+
+def test_xgboost_one_booster_per_prompt_equals_separate_fits_and_beats_zero():
+    pytest.importorskip("xgboost")
+    task, xs, ys = sample("decision_tree", 3, 40, 4, seed=10, depth=2)
+    fast = B.XGBoost(n_estimators=6, max_depth=3, n_jobs=1)(xs, ys)
+    assert fast.shape == ys.shape
+    slow = B.XGBoost(n_estimators=6, max_depth=3, strategy="per_prefix", n_jobs=1)(xs[:2], ys[:2])
+    torch.testing.assert_close(fast[:2], slow, atol=1e-5, rtol=1e-5)
+    assert squared_error(fast, ys, task.normalizer())[:, -10:].mean() < 0.5
+
+
+def test_gd_2layer_nn_fits_relu_task_and_runs_under_inference_mode():
+    # small enough (< 32k hidden activations) that no op is split over threads
+    task, xs, ys = sample("relu_2nn_regression", 4, 16, 3, seed=11, hidden_layer_size=20)
+    net = B.GD2LayerNN(hidden_size=16, steps=100, lr=2e-2)
+    with torch.inference_mode():
+        preds = net(xs, ys)
+    assert preds.shape == ys.shape and (preds[:, 0] == 0).all()
+    assert squared_error(preds, ys, task.normalizer())[:, -6:].mean() < 0.5
+    torch.testing.assert_close(net(xs, ys), preds)  # seeded init: deterministic
+
+
+def test_parallel_over_prompts_equals_serial():
+    _, xs, ys = sample("decision_tree", 6, 12, 3, seed=12, depth=2)
+    serial = B.DecisionTree(max_depth=3, n_jobs=1)(xs, ys)
+    torch.testing.assert_close(B.DecisionTree(max_depth=3, n_jobs=2)(xs, ys), serial)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_build_baselines_from_names_and_mappings():
+    built = B.build_baselines(["least_squares", "nearest_neighbors_3", "lasso_0.1", "ridge_0.25",
+                               "decision_tree_4", "decision_tree", "averaging",
+                               {"name": "gd_2layer_nn", "hidden_size": 16, "steps": 3}])
+    assert [b.name for b in built] == ["least_squares", "nearest_neighbors_3", "lasso_0.1",
+                                       "ridge_0.25", "decision_tree_4", "decision_tree",
+                                       "averaging", "gd_2layer_nn_h16_steps3_lr0.005"]
+    assert built[4].max_depth == 4 and built[5].max_depth is None
+
+
+@pytest.mark.parametrize("spec", ["ordinary_least_squares", "lasso", "averaging_3",
+                                  {"name": "lasso_0.1", "gamma": 1}, {"alpha": 1}])
+def test_build_baselines_rejects_unknown(spec):
+    with pytest.raises(ConfigError, match="eval.baselines"):
+        B.build_baselines([spec])
+
+
+def test_default_suites_follow_garg():
+    names = {t: [b.name for b in B.build_baselines("default", t, p)] for t, p in [
+        ("linear_regression", {}), ("noisy_linear_regression", {"noise_std": 0.5}),
+        ("sparse_linear_regression", {"sparsity": 3}), ("relu_2nn_regression", {}),
+        ("decision_tree", {"depth": 4})]}
+    common = ["least_squares", "nearest_neighbors_3", "averaging"]
+    assert names["linear_regression"] == common
+    assert names["noisy_linear_regression"] == common + ["ridge_0.25"]
+    assert names["sparse_linear_regression"][:3] == common
+    assert {n for n in names["sparse_linear_regression"][3:]} == {
+        f"lasso_{a:g}" for a in B.LASSO_ALPHAS}
+    assert names["relu_2nn_regression"][3].startswith("gd_2layer_nn")
+    assert names["decision_tree"][3] == "decision_tree_4"
+    with pytest.raises(ConfigError, match="task.name"):
+        B.default_baselines("quadratic_regression", {})
+
+
+# ---------------------------------------------------------------- stats and plots
+
+
+def test_bootstrap_band_contains_mean_narrows_and_is_seeded():
+    g = torch.Generator().manual_seed(13)
+    errors = torch.rand(4000, 7, generator=g) * torch.arange(1, 8)  # (P, n)
+    wide = bootstrap_band(errors[:100])
+    narrow = bootstrap_band(errors)
+    for c in (wide, narrow):
+        assert all(lo <= m <= hi for m, lo, hi in zip(c.mean, c.low, c.high, strict=True))
+    width = lambda c: np.subtract(c.high, c.low)  # noqa: E731
+    assert (width(narrow) < 0.5 * width(wide)).all()  # ~ 1/sqrt(40)
+    assert bootstrap_band(errors[:100], seed=3) == bootstrap_band(errors[:100], seed=3)
+    assert bootstrap_band(errors[:100], seed=3) != bootstrap_band(errors[:100], seed=4)
+    torch.testing.assert_close(torch.tensor(narrow.mean, dtype=torch.float64),
+                               errors.double().mean(0))
+    d = narrow.to_dict()
+    assert set(d) == {"mean", "low", "high"} and Curve.from_dict(d) == narrow
+
+
+def _assert_png(path):
+    import matplotlib.image as mpimg
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_plots_write_readable_pngs(tmp_path):
+    from loopformer import plots
+
+    n = 12
+    k = np.arange(n)
+    curve = lambda scale: {"mean": list(scale / (1 + k)), "low": list(0.8 * scale / (1 + k)),  # noqa: E731
+                           "high": list(1.2 * scale / (1 + k))}
+    curves = {"looped_b12": curve(1.0), "least_squares": {"mean": [1.0] * 5 + [0.0] * 7},
+              "averaging": curve(2.0)}
+    p1 = plots.plot_error_vs_examples(curves, tmp_path / "a.png", title="LR", n_dims=5)
+    loops = {"loops": [1, 2, 4, 8, 12, 16, 24], "mean": [1, .5, .2, .05, .01, .011, .02]}
+    loops |= {"low": [0.9 * m for m in loops["mean"]], "high": [1.1 * m for m in loops["mean"]]}
+    p2 = plots.plot_error_vs_loops(loops, trained_loops=12, path=tmp_path / "sub" / "b.png")
+    p3 = plots.plot_study({"b=4": curve(1.0), "b=8": bootstrap_band(torch.rand(50, n))},
+                          tmp_path / "c.png", title="loops")
+    p4 = plots.plot_error_vs_loops({1: 0.5, 2: 0.1, 4: 0.05}, 2, tmp_path / "d.png")
+    p5 = plots.plot_error_vs_loops({"1": {"mean": 0.5, "low": 0.4, "high": 0.6},
+                                    "3": {"mean": 0.2, "low": 0.1, "high": 0.3}}, 3,
+                                   tmp_path / "e.png")
+    for p in (p1, p2, p3, p4, p5):
+        _assert_png(p)
