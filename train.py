@@ -1,23 +1,22 @@
 """Train a model: ``python train.py [group=option ...] [key=value ...]`` (see README)."""
 
-import logging
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from loopformer.errors import ConfigError
-from loopformer.training import run
+from loopformer.errors import ConfigError, NonFiniteError
+from loopformer.training import discard_unused_output_dir, run
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except ConfigError as e:
-        logging.getLogger("loopformer").error("config error: %s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (ConfigError, NonFiniteError) as e:  # expected: one line on stderr, no traceback
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        discard_unused_output_dir()  # a rejected command leaves no run directory behind
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from loopformer.errors import NonFiniteError
+
 log = logging.getLogger(__name__)
 
-
-class NonFiniteError(RuntimeError):
-    """Training produced non-finite weights or loss."""
+__all__ = ["NonFiniteError", "StepCheckpoint", "weights_finite"]
 
 
 def weights_finite(module: torch.nn.Module) -> bool:
@@ -23,37 +23,68 @@ def weights_finite(module: torch.nn.Module) -> bool:
 class StepCheckpoint(L.Callback):
     """Writes ``dirpath/last.ckpt`` every ``every_n_steps`` global steps and at the end of
     training, and ``dirpath/step=N.ckpt`` every ``keep_every_n_steps`` (0: never). Writes go
-    through the trainer's checkpoint I/O (atomic). Non-finite weights are never written:
-    training stops with a message naming the step, and the last good checkpoint stays."""
+    through the trainer's checkpoint I/O (atomic). Non-finite weights are never written, and
+    the training loss is checked at every logging step (where Lightning syncs with the device
+    anyway, so no extra per-step sync): either way training stops with a NonFiniteError naming
+    the step, and the last good checkpoint stays."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int, keep_every_n_steps: int = 0):
         self.dirpath = Path(dirpath)
         self.every, self.keep_every = every_n_steps, keep_every_n_steps
         self._saved_step = -1
+        self._good_step: int | None = None  # step of the last checkpoint written or resumed
 
     @property
     def last_path(self) -> Path:
         return self.dirpath / "last.ckpt"
+
+    def _stop(self, what: str, step: int) -> NonFiniteError:
+        kept = (f"the last good checkpoint {self.last_path} (step {self._good_step}) was kept"
+                if self._good_step is not None else "no checkpoint had been written yet")
+        return NonFiniteError(f"{what} at step {step}: training stopped; {kept}; lower "
+                              f"optimizer.lr or set trainer.gradient_clip_val")
+
+    def on_fit_start(self, trainer, pl_module):
+        # a write killed half-way leaves only its temporary file; the checkpoint it would
+        # have replaced is intact, so the leftover is dropped
+        if trainer.is_global_zero:
+            for tmp in self.dirpath.glob(".*.ckpt.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def on_train_start(self, trainer, pl_module):
+        if trainer.global_step > 0:  # resumed: the checkpoint it came from is good
+            self._good_step = trainer.global_step
 
     def _save(self, trainer, pl_module) -> None:
         step = trainer.global_step
         if step == self._saved_step:
             return
         if not weights_finite(pl_module):
-            raise NonFiniteError(
-                f"non-finite weights at step {step}: training stopped; the last good "
-                f"checkpoint {self.last_path} was kept (lower optimizer.lr or set "
-                f"trainer.gradient_clip_val)")
+            raise self._stop("non-finite weights", step)
         if step % self.every == 0 or trainer.global_step >= (trainer.max_steps or 0):
-            trainer.save_checkpoint(self.last_path)
+            trainer.save_checkpoint(self.last_path, weights_only=False)
+            self._good_step = step
         if self.keep_every and step % self.keep_every == 0:
-            trainer.save_checkpoint(self.dirpath / f"step={step}.ckpt")
+            trainer.save_checkpoint(self.dirpath / f"step={step}.ckpt", weights_only=False)
         self._saved_step = step
+
+    def _check_loss(self, trainer, outputs) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        finite = bool(torch.isfinite(loss.detach()).all())
+        # decided by all ranks together, so that every rank stops at the same step
+        if not trainer.strategy.reduce_boolean_decision(finite, all=True):
+            # the loss of the update just taken, logged under the step it started from
+            raise self._stop("non-finite train/loss", trainer.global_step - 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if trainer.fit_loop._should_accumulate():
             return
+        n = trainer.log_every_n_steps
+        if n > 0 and step % n == 0:  # a logging step: the loss reaches the host anyway
+            self._check_loss(trainer, outputs)
         if step % self.every == 0 or (self.keep_every and step % self.keep_every == 0):
             self._save(trainer, pl_module)
 

@@ -390,7 +390,8 @@ def _tree_prompt(x: np.ndarray, y: np.ndarray, seed: int, max_depth: int | None)
         for k in range(1, len(y)):
             est = DecisionTreeRegressor(max_depth=max_depth, random_state=rng)
             est.fit(x32[:k], y[:k], check_input=False)
-            preds[k] = est.predict(x32[k:k + 1], check_input=False)[0]
+            # the fitted tree's own predict: est.predict re-checks fitting on every call
+            preds[k] = est.tree_.predict(x32[k:k + 1]).item()
     return preds
 
 

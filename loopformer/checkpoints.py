@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,14 +38,24 @@ def safe_load(path: str | os.PathLike, map_location="cpu") -> dict:
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # keep the one-line error the only output
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # e.g. "Unsupported global: GLOBAL io.open was not an allowed global by default"
+        reason = str(e).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]
+        reason = reason.split(". ")[0]
+        if "Unsupported global" not in reason:
+            raise _corrupt(path, reason) from e
         raise ConfigError(f"checkpoint {path} was refused: it holds objects other than "
-                          f"tensors and plain containers ({first})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ConfigError(f"checkpoint {path} is truncated or corrupt and cannot be loaded "
-                          f"({type(e).__name__}); use another checkpoint") from e
+                          f"tensors and plain containers ({reason})") from e
+    except Exception as e:  # torn archives and garbage fail in many ways (EOFError, KeyError..)
+        raise _corrupt(path, type(e).__name__) from e
+
+
+def _corrupt(path: Path, reason: str) -> ConfigError:
+    return ConfigError(f"checkpoint {path} is truncated or corrupt and was not loaded "
+                       f"({reason}); use another checkpoint")
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -71,6 +71,15 @@ def _int(key: str, value) -> int:
     return value
 
 
+def _float(key: str, value) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} must be a number") from None
+
+
 def _schedule(cfg: DictConfig, key: str) -> Schedule:
     node = OmegaConf.select(cfg, key)
     if node is None:
@@ -84,6 +93,12 @@ def _schedule(cfg: DictConfig, key: str) -> Schedule:
 
 def model_config(cfg: DictConfig) -> ModelConfig:
     d = OmegaConf.to_container(cfg.model, resolve=True)
+    n_embd, n_head = d.get("n_embd"), d.get("n_head")
+    if (isinstance(n_embd, int) and isinstance(n_head, int) and n_embd >= 1 and n_head >= 1
+            and n_embd % n_head):
+        divisors = [h for h in range(1, n_embd + 1) if n_embd % h == 0]
+        raise ConfigError(f"model.n_head={n_head} does not divide model.n_embd={n_embd}; use "
+                          f"model.n_head in {divisors[:12]}")
     try:
         return ModelConfig.from_dict(d)
     except TypeError as e:  # a wrong type such as model.n_layer=abc
@@ -108,7 +123,8 @@ def build_spec(cfg: DictConfig) -> RunSpec:
     except ConfigError:
         raise
     except Exception as e:  # interpolation or type errors from OmegaConf
-        raise ConfigError(f"invalid configuration: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"invalid configuration: {first}") from e
 
 
 def _build_spec(cfg: DictConfig) -> RunSpec:
@@ -124,17 +140,24 @@ def _build_spec(cfg: DictConfig) -> RunSpec:
     task.check_active_dims(cur.dims.start)
     if cur.points.end > model.n_positions:
         raise ConfigError(f"curriculum.points.end={cur.points.end} exceeds model.n_positions="
-                          f"{model.n_positions}; raise model.n_positions or lower the points")
+                          f"{model.n_positions}; use curriculum.points.end <= "
+                          f"{model.n_positions} or raise model.n_positions")
     if model.family == "looped":
-        keep_mask_len(model.keep_tokens, 2 * cur.points.end, cur.points.end)
+        seq_len = 2 * cur.points.end  # tokens of the longest prompt
+        keep_mask_len(model.keep_tokens, seq_len, cur.points.end)
+        if model.keep_tokens > seq_len:  # would silently keep everything
+            raise ConfigError(f"model.keep_tokens={model.keep_tokens} exceeds the {seq_len} "
+                              f"tokens of a {cur.points.end}-point prompt; use "
+                              f"-{seq_len - 1}..{seq_len} or a fraction in (0,1)")
 
     optim_cfg = cfg.optimizer
     optim = OptimConfig(
-        lr=float(optim_cfg.lr), weight_decay=float(optim_cfg.weight_decay),
-        betas=tuple(float(b) for b in optim_cfg.betas),
+        lr=_float("optimizer.lr", optim_cfg.lr),
+        weight_decay=_float("optimizer.weight_decay", optim_cfg.weight_decay),
+        betas=tuple(_float("optimizer.betas", b) for b in optim_cfg.betas),
         schedule=str(optim_cfg.get("schedule", "constant")),
         warmup_steps=_int("optimizer.warmup_steps", optim_cfg.get("warmup_steps", 0)),
-        min_lr_ratio=float(optim_cfg.get("min_lr_ratio", 0.0)),
+        min_lr_ratio=_float("optimizer.min_lr_ratio", optim_cfg.get("min_lr_ratio", 0.0)),
     )
     _positive("optimizer.lr", optim.lr)
     _positive("optimizer.weight_decay", optim.weight_decay, allow_zero=True)

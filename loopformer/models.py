@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from loopformer.errors import ConfigError
 
@@ -264,6 +265,8 @@ class LoopedTransformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.n_layer)
         self.neutral = 0.0 if cfg.injection == "add" else 1.0
+        # recompute each window iteration in backward instead of storing its activations
+        self.checkpoint_window = False
 
     def inject(self, z, e, s):
         if self.cfg.injection == "add":
@@ -311,7 +314,11 @@ class LoopedTransformer(InContextModel):
         for t in range(b):
             grad = t >= b - window and torch.is_grad_enabled()
             with torch.set_grad_enabled(grad):
-                z, s = self.step(z, e, s, pos), (z if s is not None else None)
+                if grad and self.checkpoint_window:
+                    z_new = checkpoint(self.step, z, e, s, pos, use_reentrant=False)
+                else:
+                    z_new = self.step(z, e, s, pos)
+                z, s = z_new, (z if s is not None else None)
             if t >= b - window:
                 preds.append(self.read(z))
             elif tol is not None:

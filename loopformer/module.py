@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from omegaconf import OmegaConf
 
 from loopformer.config import OptimConfig, RunSpec, build_spec
+from loopformer.errors import ConfigError
 from loopformer.models import build_model
 from loopformer.tasks import Batch
 
@@ -21,6 +23,36 @@ def is_log_step(trainer, every: int = 1) -> bool:
     batches with ``(global_step + 1) % log_every_n_steps == 0`` (``every`` multiplies that)."""
     n = trainer.log_every_n_steps * every
     return n > 0 and (trainer.global_step + 1) % n == 0
+
+
+@dataclass(frozen=True)
+class PerfConfig:
+    compile: bool = False  # torch.compile every block (CUDA or CPU with a C++ compiler)
+    activation_checkpointing: bool = False  # recompute window iterations in backward
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    matmul_precision: str = "highest"  # float32 matmuls: highest | high (TF32) | medium
+
+    def __post_init__(self):
+        allowed = ("highest", "high", "medium")
+        if self.matmul_precision not in allowed:
+            raise ConfigError(f"perf.matmul_precision={self.matmul_precision!r} is unknown; "
+                              f"choose one of {', '.join(allowed)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"perf.threads={self.threads} must be >= 1 (or null)")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> PerfConfig:
+        try:
+            return cls(**(d or {}))
+        except TypeError as e:
+            raise ConfigError(f"perf: {e}; allowed keys: compile, activation_checkpointing, "
+                              f"threads, matmul_precision") from e
+
+    def apply(self) -> None:
+        """Process-wide settings, applied before training starts."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        torch.set_float32_matmul_precision(self.matmul_precision)
 
 
 def make_adam(params, o: OptimConfig) -> torch.optim.Adam:
@@ -44,8 +76,20 @@ class LoopformerModule(L.LightningModule):
         self.save_hyperparameters()
         self.spec: RunSpec = build_spec(OmegaConf.create(config))
         self.model = build_model(self.spec.model)
+        self.perf = PerfConfig.from_dict(config.get("perf"))
+        if self.perf.activation_checkpointing and hasattr(self.model, "checkpoint_window"):
+            self.model.checkpoint_window = True
         # set every step by callbacks.curriculum.CurriculumCallback
         self.n_loops = self.spec.curriculum.loops.start
+
+    def setup(self, stage):
+        self.perf.apply()
+
+    def configure_model(self):
+        if self.perf.compile and not getattr(self, "_compiled", False):
+            for block in self.model.blocks:
+                block.compile(dynamic=None)  # in place; recompiles once per new prompt length
+            self._compiled = True
 
     def forward(self, xs, ys):
         return self.model(xs, ys, n_loops=self.n_loops, window=self.spec.curriculum.window)
@@ -72,7 +116,7 @@ class LoopformerModule(L.LightningModule):
         self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)),
                  on_step=True, on_epoch=False)
         if self._log_now(DETAIL_EVERY):
-            self.log_dict({f"grad_norm/{n}": v for (n, _), v in zip(named, norms)},
+            self.log_dict({f"grad_norm/{n}": v for (n, _), v in zip(named, norms, strict=True)},
                           on_step=True, on_epoch=False)
 
     def configure_optimizers(self):

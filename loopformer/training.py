@@ -13,6 +13,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
@@ -85,7 +88,37 @@ def check_trainer(cfg: DictConfig) -> str:
         if devices > available:
             raise ConfigError(f"trainer.devices={devices} but only {available} {acc} device(s) "
                               f"exist; use trainer.devices=1..{available}")
+    strategy = str(t.get("strategy", "auto"))
+    n_procs = _n_devices(devices, acc) * int(t.get("num_nodes", 1))
+    relaunches = strategy.startswith("ddp") and not any(
+        k in strategy for k in ("spawn", "fork", "notebook"))
+    external = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if relaunches and n_procs > 1 and _hydra_multirun() and not external:
+        # Lightning would start the other ranks by re-running the command line, which in a
+        # multirun job starts the whole sweep again
+        raise ConfigError(f"trainer.strategy={strategy} with {n_procs} processes cannot run "
+                          f"inside a multirun on this launcher; use hydra/launcher=slurm with "
+                          f"hydra.launcher.tasks_per_node={n_procs}, or trainer.devices=1")
     return acc
+
+
+def _n_devices(devices, acc: str) -> int:
+    """How many processes Lightning starts per node for ``trainer.devices``."""
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip(",")
+    if text in ("auto", "-1"):  # auto on CPU is one process; -1 is every device
+        return 1 if acc == "cpu" and text == "auto" else _device_count(acc)
+    if "," in text:  # "0,1": those device ids
+        return len(text.split(","))
+    return int(text) if text.isdigit() else 1
+
+
+def _hydra_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def check_compatible(saved: dict, cfg: DictConfig, path: Path) -> None:
@@ -109,6 +142,27 @@ def _hydra_output_dir() -> Path | None:
     return None
 
 
+def discard_unused_output_dir() -> None:
+    """Remove the output directory Hydra made for this job if nothing was written to it: the
+    command was rejected before training. (conf/config.yaml sets ``hydra.output_subdir: null``
+    and a delayed job log, so Hydra itself writes nothing there.)"""
+    out = _hydra_output_dir()
+    if out is not None and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+
+
+def requeued_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint to continue from when SLURM requeued this job (``SLURM_RESTART_COUNT``
+    >= 1: preemption, or a timeout resubmitted by submitit or by Lightning's auto-requeue),
+    which re-runs the very same command: the newest of Lightning's ``hpc_ckpt_N.ckpt`` and
+    our ``checkpoints/last.ckpt``; None when not requeued or nothing was saved yet."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    found = [p for p in (*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt")
+             if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def resolve_paths(cfg: DictConfig) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to resume from (or None)."""
     ckpt = cfg.get("ckpt_path")
@@ -129,6 +183,8 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path | None]:
         run_dir = _hydra_output_dir() or Path("logs/runs") / datetime.now().strftime(
             "%Y-%m-%d_%H-%M-%S")
     run_dir = Path(str(run_dir))
+    if ckpt in (None, "", "last") and (requeued := requeued_checkpoint(run_dir)) is not None:
+        return run_dir, requeued
     if ckpt == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
@@ -180,11 +236,14 @@ def build_callbacks(cfg: DictConfig, spec: RunSpec, run_dir: Path) -> list[L.Cal
         FixedTestSetEvaluation(test_set, spec.test.every_n_steps),
         StepCheckpoint(run_dir / "checkpoints", spec.checkpoint_every, spec.keep_every),
     ]
+    show_progress = cfg.trainer.get("enable_progress_bar", True)
     for name, c in (cfg.get("callbacks") or {}).items():
         try:
-            cbs.append(instantiate(c))
+            cb = instantiate(c)
         except Exception as e:
             raise ConfigError(f"callbacks.{name} could not be built: {e}") from e
+        if show_progress or not isinstance(cb, ProgressBar):
+            cbs.append(cb)
     return cbs
 
 
@@ -196,8 +255,15 @@ def build_trainer(cfg: DictConfig, spec: RunSpec, run_dir: Path, loggers, callba
                   num_sanity_val_steps=0, limit_val_batches=0)
     try:
         return L.Trainer(**kwargs)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, MisconfigurationException) as e:
         raise ConfigError(f"trainer: {e}") from e
+
+
+def _finish_wandb(loggers) -> None:
+    """Close W&B runs, so the next in-process run (a multirun job, a resume) starts its own."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and lg._experiment is not None:
+            lg.experiment.finish()
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
@@ -237,7 +303,10 @@ def run(cfg: DictConfig) -> RunResult:
         _write_meta(run_dir, cfg, wandb_id)
     log.info("run directory: %s", run_dir)
 
-    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
+    finally:
+        _finish_wandb(loggers)
     result = RunResult(run_dir, trainer.global_step, getattr(module, "last_test_metrics", {}))
     if cfg.get("eval", {}).get("at_end", False) and trainer.is_global_zero:
         from loopformer.evaluate import evaluate_run

@@ -42,7 +42,7 @@ def test_evaluate_writes_every_field_and_both_plots(trained_run):
     for name in ("model", "model@6", "least_squares", "nearest_neighbors_3", "averaging"):
         c = res["curves"][name]
         assert len(c["mean"]) == len(c["low"]) == len(c["high"]) == n
-        assert all(lo <= m <= hi for lo, m, hi in zip(c["low"], c["mean"], c["high"]))
+        assert all(lo <= m <= hi for lo, m, hi in zip(c["low"], c["mean"], c["high"], strict=True))
     assert res["loop_curve"]["loops"] == list(range(1, 7))
     # least squares is exact once k >= d, whatever the model learned
     assert max(res["curves"]["least_squares"]["mean"][4:]) < 1e-6

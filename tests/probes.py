@@ -1,0 +1,94 @@
+"""Helpers that run inside the training processes started by the slow tests.
+
+``RecordPrompts`` is a Lightning callback (``+callbacks.probe._target_=probes.RecordPrompts``,
+with ``tests/`` on PYTHONPATH) that appends every rank's prompts to ``PATH/rank<r>.jsonl``.
+
+``python tests/probes.py ARGS...`` runs ``train.py ARGS...`` and, when ``LF_KILL=MOMENT:N`` is
+set, SIGKILLs the process at the N-th such moment:
+  ``step:N``  global step N, after the backward pass, before the optimizer update
+  ``save:N``  the N-th checkpoint write, half of it on disk (a torn temporary file)
+  ``test:N``  the N-th fixed-test-set evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import signal
+import sys
+from pathlib import Path
+
+import lightning as L
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RecordPrompts(L.Callback):
+    def __init__(self, path: str):
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.path.mkdir(parents=True, exist_ok=True)
+        row = {"step": trainer.global_step, "xs": batch.xs.flatten().tolist(),
+               "ys": batch.ys.flatten().tolist()}
+        with open(self.path / f"rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_kill(moment: str, n: int) -> None:
+    import torch
+
+    import callbacks.test_eval as test_eval
+    from loopformer.module import LoopformerModule
+
+    calls = {"n": 0}
+
+    def nth_call() -> bool:
+        calls["n"] += 1
+        return calls["n"] == n
+
+    if moment == "step":
+        original_step = LoopformerModule.on_before_optimizer_step
+
+        def on_before_optimizer_step(self, optimizer):
+            if self.trainer.global_step == n:
+                _die()
+            return original_step(self, optimizer)
+
+        LoopformerModule.on_before_optimizer_step = on_before_optimizer_step
+    elif moment == "save":
+        original_save = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            original_save(obj, f, *args, **kwargs)
+            if nth_call() and hasattr(f, "fileno"):
+                f.flush()
+                os.ftruncate(f.fileno(), f.tell() // 2)  # a write cut half-way
+                _die()
+
+        torch.save = save
+    elif moment == "test":
+        original_eval = test_eval.evaluate_test_set
+
+        def evaluate_test_set(*args, **kwargs):
+            if nth_call():
+                _die()
+            return original_eval(*args, **kwargs)
+
+        test_eval.evaluate_test_set = evaluate_test_set
+    else:
+        raise ValueError(f"LF_KILL={moment}:{n}: moment must be step, save or test")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    if os.environ.get("LF_KILL"):
+        moment, count = os.environ["LF_KILL"].split(":")
+        install_kill(moment, int(count))
+    sys.argv = [str(ROOT / "train.py"), *sys.argv[1:]]
+    runpy.run_path(str(ROOT / "train.py"), run_name="__main__")

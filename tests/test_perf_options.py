@@ -1,0 +1,119 @@
+"""Speed switches (perf.*, precision) change speed or memory, never the result beyond a
+stated tolerance."""
+
+import pytest
+import torch
+from conftest import TINY, compose_cfg
+
+from loopformer import ConfigError, ModelConfig, build_model, build_task
+from loopformer.module import LoopformerModule, PerfConfig
+from loopformer.training import run
+
+CUDA = torch.cuda.is_available()
+
+
+def _model_and_batch(dtype=torch.float32, device="cpu", **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_dims=5, n_positions=11, n_embd=32, n_head=4, **kw)
+    model = build_model(cfg).to(device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(1)
+    xs, ys = build_task("linear_regression", 5).sample(8, 11, 5, g, dtype=dtype)
+    return model, xs, ys
+
+
+def _grads(model, xs, ys, n_loops=6, window=3):
+    model.zero_grad()
+    preds = model(xs, ys, n_loops=n_loops, window=window)
+    loss = (preds - ys).square().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_activation_checkpointing_gives_the_same_gradients(skip):
+    model, xs, ys = _model_and_batch(torch.float64, skip_connection=skip)
+    loss_a, grads_a = _grads(model, xs, ys)
+    model.checkpoint_window = True
+    loss_b, grads_b = _grads(model, xs, ys)
+    assert torch.equal(loss_a, loss_b)
+    for k in grads_a:
+        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-12, atol=1e-14)
+
+
+def test_perf_config_is_applied_and_validated(tiny, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        cfg = compose_cfg(*tiny, "trainer.max_steps=1", "perf.threads=1",
+                          "perf.activation_checkpointing=true", run_dir=tmp_path / "r")
+        run(cfg)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match="perf.matmul_precision"):
+        PerfConfig(matmul_precision="fastest")
+    with pytest.raises(ConfigError, match="perf.threads"):
+        PerfConfig(threads=0)
+    with pytest.raises(ConfigError, match="perf"):
+        PerfConfig.from_dict({"cmopile": True})
+
+
+def test_module_turns_on_window_checkpointing():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose_cfg(*TINY, "perf.activation_checkpointing=true"),
+                                 resolve=True)
+    assert LoopformerModule(cfg).model.checkpoint_window
+
+
+def _bf16_agrees(device):
+    model, xs, ys = _model_and_batch(device=device)
+    with torch.no_grad():
+        ref = model(xs, ys, n_loops=6, window=3)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            low = model(xs, ys, n_loops=6, window=3).float()
+    # bf16 keeps 8 bits of mantissa: a few 1e-2 relative after 6 loop iterations
+    err = (low - ref).norm() / ref.norm()
+    assert err < 5e-2, err
+
+
+def test_bf16_autocast_agrees_with_fp32_on_cpu():
+    _bf16_agrees("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_bf16_autocast_agrees_with_fp32_on_gpu():
+    _bf16_agrees("cuda")
+
+
+def _compiled_agrees(device):
+    model, xs, ys = _model_and_batch(device=device)
+    loss_a, grads_a = _grads(model, xs, ys)
+    for block in model.blocks:
+        block.compile()
+    loss_b, grads_b = _grads(model, xs, ys)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-6)
+    for k in grads_a:
+        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_block_agrees_with_eager_on_cpu():
+    _compiled_agrees("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_compiled_block_agrees_with_eager_on_gpu():
+    _compiled_agrees("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_smoke_training(tmp_path):
+    overrides = [o for o in TINY if not o.startswith("trainer.accelerator")]
+    result = run(compose_cfg(*overrides, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
+                             "perf.compile=true", "trainer.max_steps=20",
+                             "test.every_n_steps=10", run_dir=tmp_path / "gpu"))
+    assert result.global_step == 20
+    assert 0 < result.test_metrics["test/loss"] < float("inf")
