@@ -452,7 +452,7 @@ def _xgb_prompt_per_prefix(x: np.ndarray, y: np.ndarray, seed: int, n_estimators
     return preds
 
 
-class _CpuFitBaseline(Baseline):
+class CpuFitBaseline(Baseline):
     """Per-(prompt, prefix) fits of a CPU library, parallel over prompts with joblib."""
 
     def __init__(self, n_jobs: int | None = -1, seed: int = 0):
@@ -466,7 +466,7 @@ class _CpuFitBaseline(Baseline):
         return _map_prompts(fn, xs, ys, self.n_jobs, self.seed, **kwargs)
 
 
-class Lasso(_CpuFitBaseline):
+class Lasso(CpuFitBaseline):
     """scikit-learn ``Lasso(alpha, fit_intercept=False)`` per prompt and prefix."""
 
     def __init__(self, alpha: float, max_iter: int = 100_000, tol: float = 1e-4,
@@ -484,7 +484,7 @@ class Lasso(_CpuFitBaseline):
         return _lasso_prompt, {"alpha": self.alpha, "max_iter": self.max_iter, "tol": self.tol}
 
 
-class DecisionTree(_CpuFitBaseline):
+class DecisionTree(CpuFitBaseline):
     """scikit-learn greedy ``DecisionTreeRegressor(max_depth)`` per prompt and prefix."""
 
     def __init__(self, max_depth: int | None = None, n_jobs: int | None = -1, seed: int = 0):
@@ -501,7 +501,7 @@ class DecisionTree(_CpuFitBaseline):
         return _tree_prompt, {"max_depth": self.max_depth}
 
 
-class XGBoost(_CpuFitBaseline):
+class XGBoost(CpuFitBaseline):
     """Gradient-boosted trees (xgboost, exact greedy splits, squared error) per prompt and
     prefix.
 
