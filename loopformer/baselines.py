@@ -252,11 +252,14 @@ class GD2LayerNN(Baseline):
     mini-batch of 100 is the full prefix for prompts of up to 101 points).
 
     One independent net per (prompt, prefix), all trained together as tensor code: the nets
-    for prefix ``k`` see every point but their loss is masked to points ``i < k``. Adam is
-    elementwise, so the joint optimiser is exactly one optimiser per net.
+    for prefix ``k`` run on a shared block of points but their loss is masked to points
+    ``i < k``. Adam is elementwise, so the joint optimiser is exactly one optimiser per net.
+    Prefixes are trained in ``_GROUPS`` groups, each on the points up to its longest prefix
+    only, which skips ~40% of the masked-out work.
     """
 
-    _CHUNK_ELEMS = 1 << 23  # hidden activations per chunk, (b, n, n-1, hidden)
+    _CHUNK_ELEMS = 1 << 23  # hidden activations per chunk, (b, points, nets, hidden)
+    _GROUPS = 4
 
     def __init__(self, hidden_size: int = 100, steps: int = 100, lr: float = 5e-3,
                  seed: int = 0):
@@ -277,18 +280,26 @@ class GD2LayerNN(Baseline):
         size = max(1, self._CHUNK_ELEMS // (n * (n - 1) * self.hidden_size))
         gen = torch.Generator(device=xs.device).manual_seed(self.seed)
         out = []
+        bounds = np.linspace(1, n, min(self._GROUPS, n - 1) + 1).round().astype(int)
         # evaluation may run under inference_mode / no_grad; this baseline trains
         with torch.inference_mode(False), torch.enable_grad():
             for i in range(0, B, size):
                 chunk_x = xs[i:i + size].detach().float().clone()
                 chunk_y = ys[i:i + size].detach().float().clone()
-                out.append(self._fit_predict(chunk_x, chunk_y, gen))
+                preds = torch.zeros_like(chunk_y)
+                for first, stop in zip(bounds[:-1], bounds[1:], strict=True):
+                    # prefixes first..stop-1 need points 0..stop-1 only
+                    preds[:, first:stop] = self._fit_predict(
+                        chunk_x[:, :stop], chunk_y[:, :stop], int(first), gen)
+                out.append(preds)
         return torch.cat(out)
 
-    def _fit_predict(self, xs: torch.Tensor, ys: torch.Tensor,
+    def _fit_predict(self, xs: torch.Tensor, ys: torch.Tensor, first: int,
                      gen: torch.Generator) -> torch.Tensor:
+        """Predictions at points ``first..n-1`` of nets fitted to prefixes of those lengths;
+        ``xs`` (b, n, d), ``ys`` (b, n) -> (b, n - first)."""
         b, n, d = xs.shape
-        nets, h = n - 1, self.hidden_size  # net j fits prefix k = j + 1
+        nets, h = n - first, self.hidden_size  # net j fits prefix k = first + j
 
         def uniform(*shape: int, fan_in: int) -> torch.Tensor:
             # torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
@@ -300,8 +311,9 @@ class GD2LayerNN(Baseline):
         w2 = uniform(b, 1, nets, h, fan_in=h)
         b2 = uniform(b, 1, nets, fan_in=h)
         pos = torch.arange(n, device=xs.device)
-        used = pos.view(n, 1) < pos[1:].view(1, nets)  # (n, nets): point i in prefix j+1
-        weight = used / pos[1:].to(xs.dtype)  # per-net mean over its prefix
+        ks = pos[first:]  # (nets,) prefix length of each net
+        used = pos.view(n, 1) < ks.view(1, nets)  # (n, nets): point i in net j's prefix
+        weight = used / ks.to(xs.dtype)  # per-net mean over its prefix
 
         def forward() -> torch.Tensor:
             hidden = torch.relu((xs @ w1).view(b, n, nets, h) + b1)  # (b, n, nets, h)
@@ -315,9 +327,7 @@ class GD2LayerNN(Baseline):
             opt.step()
         with torch.no_grad():
             out = forward()
-        preds = torch.zeros_like(ys)
-        preds[:, 1:] = out[:, pos[1:], pos[:-1]]  # net k-1 evaluated at point k
-        return preds
+        return out[:, ks, pos[:nets]]  # (b, nets): net j evaluated at point first + j
 
 
 # --------------------------------------------------------------------------------------

@@ -37,6 +37,15 @@ def lstsq_reference(xs: torch.Tensor, ys: torch.Tensor) -> np.ndarray:
     return out
 
 
+@pytest.fixture
+def one_thread():
+    """Many tiny ops: with other jobs on the cores, intra-op threads only wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------- least squares / ridge
 
 
@@ -128,7 +137,7 @@ FAST = [B.LeastSquares(), B.Ridge(0.1), B.Averaging(), B.NearestNeighbors(3),
 
 
 @pytest.mark.parametrize("baseline", FAST, ids=lambda b: b.name)
-def test_prediction_k_uses_only_earlier_examples(baseline):
+def test_prediction_k_uses_only_earlier_examples(baseline, one_thread):
     _, xs, ys = sample("linear_regression", 3, 10, 4, seed=6)
     base = baseline(xs, ys)
     assert base.shape == ys.shape and base.dtype == ys.dtype
@@ -199,7 +208,7 @@ def test_xgboost_one_booster_per_prompt_equals_separate_fits_and_beats_zero():
     assert squared_error(fast, ys, task.normalizer())[:, -10:].mean() < 0.5
 
 
-def test_gd_2layer_nn_fits_relu_task_and_runs_under_inference_mode():
+def test_gd_2layer_nn_fits_relu_task_and_runs_under_inference_mode(one_thread):
     # small enough (< 32k hidden activations) that no op is split over threads
     task, xs, ys = sample("relu_2nn_regression", 4, 16, 3, seed=11, hidden_layer_size=20)
     net = B.GD2LayerNN(hidden_size=16, steps=100, lr=2e-2)
