@@ -266,13 +266,6 @@ def _finish_wandb(loggers) -> None:
             lg.experiment.finish()
 
 
-def load_run_config(run_dir: Path) -> DictConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run directory?")
-    return OmegaConf.load(path)
-
-
 # ----------------------------------------------------------------------------- run
 
 
