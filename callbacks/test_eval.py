@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning as L
 import torch
 from torchmetrics import Metric
@@ -64,10 +66,7 @@ def evaluate_test_set(model, test_set: FixedTestSet, n_loops, rank: int, world_s
     was_training = model.training
     model.eval()
     for batch in test_set.shard(rank, world_size, device):
-        if context is not None:
-            with context():
-                preds = model.predict(batch.xs, batch.ys, n_loops=n_loops)
-        else:
+        with (context or contextlib.nullcontext)():  # the trainer's precision context
             preds = model.predict(batch.xs, batch.ys, n_loops=n_loops)
         metric.update(preds, batch.ys)
     model.train(was_training)
