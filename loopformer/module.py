@@ -25,14 +25,22 @@ def is_log_step(trainer, every: int = 1) -> bool:
     return n > 0 and (trainer.global_step + 1) % n == 0
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class PerfConfig:
     compile: bool = False  # torch.compile every block (CUDA or CPU with a C++ compiler)
+    # torch.compile mode; reduce-overhead replays each compiled block as a CUDA graph (GPU only)
+    compile_mode: str = "default"
     activation_checkpointing: bool = False  # recompute window iterations in backward
     threads: int | None = None  # torch intra-op threads; None: torch's default
     matmul_precision: str = "highest"  # float32 matmuls: highest | high (TF32) | medium
 
     def __post_init__(self):
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"perf.compile_mode={self.compile_mode!r} is unknown; "
+                              f"choose one of {', '.join(COMPILE_MODES)}")
         allowed = ("highest", "high", "medium")
         if self.matmul_precision not in allowed:
             raise ConfigError(f"perf.matmul_precision={self.matmul_precision!r} is unknown; "
@@ -45,8 +53,8 @@ class PerfConfig:
         try:
             return cls(**(d or {}))
         except TypeError as e:
-            raise ConfigError(f"perf: {e}; allowed keys: compile, activation_checkpointing, "
-                              f"threads, matmul_precision") from e
+            raise ConfigError(f"perf: {e}; allowed keys: compile, compile_mode, "
+                              f"activation_checkpointing, threads, matmul_precision") from e
 
     def apply(self) -> None:
         """Process-wide settings, applied before training starts."""
@@ -88,7 +96,8 @@ class LoopformerModule(L.LightningModule):
     def configure_model(self):
         if self.perf.compile and not getattr(self, "_compiled", False):
             for block in self.model.blocks:
-                block.compile(dynamic=None)  # in place; recompiles once per new prompt length
+                # in place; recompiles once per new prompt length, then goes dynamic
+                block.compile(dynamic=None, mode=self.perf.compile_mode)
             self._compiled = True
 
     def forward(self, xs, ys):

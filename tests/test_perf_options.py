@@ -86,15 +86,17 @@ def test_bf16_autocast_agrees_with_fp32_on_gpu():
     _bf16_agrees("cuda")
 
 
-def _compiled_agrees(device):
+def _compiled_agrees(device, mode="default"):
     model, xs, ys = _model_and_batch(device=device)
     loss_a, grads_a = _grads(model, xs, ys)
     for block in model.blocks:
-        block.compile()
-    loss_b, grads_b = _grads(model, xs, ys)
-    torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-6)
-    for k in grads_a:
-        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-3, atol=1e-5)
+        block.compile(mode=mode)
+    # three passes: the first compiles, the next ones replay (CUDA graphs record, then replay)
+    for _ in range(3):
+        loss_b, grads_b = _grads(model, xs, ys)
+        torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-6)
+        for k in grads_a:
+            torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.slow
@@ -104,16 +106,19 @@ def test_compiled_block_agrees_with_eager_on_cpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_compiled_block_agrees_with_eager_on_gpu():
-    _compiled_agrees("cuda")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_block_agrees_with_eager_on_gpu(mode):
+    _compiled_agrees("cuda", mode)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_gpu_smoke_training(tmp_path):
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_gpu_smoke_training(tmp_path, mode):
     overrides = [o for o in TINY if not o.startswith("trainer.accelerator")]
     result = run(compose_cfg(*overrides, "trainer.accelerator=gpu", "trainer.precision=bf16-mixed",
-                             "perf.compile=true", "trainer.max_steps=20",
+                             "perf.compile=true", f"perf.compile_mode={mode}",
+                             "trainer.max_steps=20",
                              "test.every_n_steps=10", run_dir=tmp_path / "gpu"))
     assert result.global_step == 20
     assert 0 < result.test_metrics["test/loss"] < float("inf")

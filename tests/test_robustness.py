@@ -55,6 +55,8 @@ BAD_INPUTS = [
     (["trainer.precision=16-mixed"], "trainer.precision=16-mixed"),
     ([f"trainer.devices={(os.cpu_count() or 1) + 1}"], "trainer.devices="),
     (["ckpt_path=last"], "ckpt_path=last"),
+    (["perf.compile_mode=fast"], "perf.compile_mode='fast'"),
+    (["perf.matmul_precision=low"], "perf.matmul_precision='low'"),
 ]
 
 
@@ -75,6 +77,7 @@ def test_bad_input_is_refused_before_anything_is_written(overrides, key, tmp_pat
     (["curriculum.points.end=13"], "curriculum.points.end <= 12"),
     ([*SPARSE, "task.sparsity=4"], "task.sparsity in 1..3"),
     (["model.mixer=rnn"], "attention, ssm"),
+    (["perf.compile_mode=fast"], "default, reduce-overhead, max-autotune"),
 ])
 def test_messages_name_the_allowed_values(overrides, allowed):
     with pytest.raises(ConfigError, match=re.escape(allowed)):
