@@ -64,7 +64,7 @@ train)
     echo "== experiment=seed_lr for $minutes min with: ${extra:-defaults}"
     date -u
     # shellcheck disable=SC2086
-    timeout $((minutes * 60 + 300)) "$PY" train.py experiment=seed_lr \
+    timeout $((minutes * 60 + 150)) "$PY" train.py experiment=seed_lr \
         run_dir="$out/seed_lr" logger=csv callbacks=none trainer.enable_progress_bar=false \
         trainer.max_time="00:00:$(printf %02d "$minutes"):00" \
         test.every_n_steps=2500 test.size=20000 $extra
