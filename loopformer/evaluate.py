@@ -43,6 +43,16 @@ def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path:
     return Path(ckpt)
 
 
+def check_device(device: str) -> str:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"device={device!r} is not a torch device; use cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA device is visible; use device=cpu")
+    return str(dev)
+
+
 def load_model(run_dir: Path, spec: RunSpec, ckpt: str | None = "last") -> InContextModel:
     path = checkpoint_path(run_dir, ckpt)
     state = safe_load(path)["state_dict"]
@@ -168,8 +178,12 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig | None = None,
         raise ConfigError(f"unknown evaluation options {unknown}; allowed: "
                           f"{sorted(EVAL_DEFAULTS)} and run")
     opts.update(overrides)
+    if opts["device"] is not None:
+        opts["device"] = check_device(opts["device"])
     if model is None:
         model = load_model(run_dir, spec, opts["ckpt"])
+        if opts["device"] is None:
+            opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     if opts["device"] is not None:
         model = model.to(opts["device"])
     results = evaluate(model, spec, opts["n_prompts"], opts["seed"], opts["extra_loops"],

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from loopformer.config import OptimConfig, RunSpec, build_spec
 from loopformer.errors import ConfigError
-from loopformer.models import build_model
+from loopformer.models import InContextModel, build_model
 from loopformer.tasks import Batch
 
 # per-position loss and per-parameter grad norms are logged this many times less often
@@ -102,6 +102,16 @@ class LoopformerModule(L.LightningModule):
 
     def forward(self, xs, ys):
         return self.model(xs, ys, n_loops=self.n_loops, window=self.spec.curriculum.window)
+
+    def eager_model(self) -> InContextModel:
+        """The trained model without torch.compile: a copy when the blocks were compiled, so
+        evaluation at new batch sizes and loop counts neither recompiles nor records CUDA
+        graphs (hundreds of loop iterations would each record one)."""
+        if not getattr(self, "_compiled", False):
+            return self.model
+        eager = build_model(self.spec.model).to(self.device)
+        eager.load_state_dict(self.model.state_dict())
+        return eager.eval()
 
     def _log_now(self, every: int = 1) -> bool:
         return is_log_step(self.trainer, every)

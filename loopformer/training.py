@@ -304,5 +304,5 @@ def run(cfg: DictConfig) -> RunResult:
     if cfg.get("eval", {}).get("at_end", False) and trainer.is_global_zero:
         from loopformer.evaluate import evaluate_run
 
-        result.eval_results = evaluate_run(run_dir, cfg=cfg, model=module.model)
+        result.eval_results = evaluate_run(run_dir, cfg=cfg, model=module.eager_model())
     return result

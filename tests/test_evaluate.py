@@ -6,6 +6,7 @@ import sys
 
 import matplotlib.image as mpimg
 import pytest
+import torch
 from conftest import ROOT, compose_cfg
 
 from loopformer.evaluate import evaluate_run, main
@@ -55,6 +56,15 @@ def test_model_curve_matches_the_runs_trained_loop_count(trained_run):
                        n_resamples=100)
     # TINY trains at b = 3 loops, so the extra count equal to it adds no new curve
     assert res["trained_loops"] == 3 and set(res["curves"]) == {"model"}
+
+
+@pytest.mark.parametrize("device,message", [
+    ("gpu0", "device='gpu0' is not a torch device"),
+    *([] if torch.cuda.is_available() else [("cuda", "no CUDA device is visible")]),
+])
+def test_bad_device_is_a_clear_error(trained_run, device, message, caplog):
+    assert main([f"run={trained_run}", f"device={device}"]) == 2
+    assert message in caplog.text
 
 
 def test_unknown_run_dir_is_a_clear_error(tmp_path, caplog):

@@ -57,6 +57,24 @@ def test_perf_config_is_applied_and_validated(tiny, tmp_path):
         PerfConfig.from_dict({"cmopile": True})
 
 
+def test_evaluation_gets_an_uncompiled_copy_of_a_compiled_model():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose_cfg(*TINY), resolve=True)
+    plain = LoopformerModule(cfg)
+    assert plain.eager_model() is plain.model
+    cfg["perf"]["compile"] = True
+    module = LoopformerModule(cfg)
+    module.configure_model()  # compiles every block in place (lazily: nothing runs yet)
+    assert all(b._compiled_call_impl is not None for b in module.model.blocks)
+    eager = module.eager_model()
+    assert eager is not module.model
+    assert all(b._compiled_call_impl is None for b in eager.blocks)
+    for (k, a), (k2, b) in zip(module.model.state_dict().items(), eager.state_dict().items(),
+                               strict=True):
+        assert k == k2 and torch.equal(a, b)
+
+
 def test_module_turns_on_window_checkpointing():
     from omegaconf import OmegaConf
 

@@ -144,3 +144,16 @@ def test_wandb_offline_run_needs_no_network(tiny, tmp_path, monkeypatch):
                     run_dir=tmp_path / "run"))
     ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "run" / "wandb").glob("offline-run-*")}
     assert len(ids) == 1
+
+
+def test_batches_need_no_host_to_device_copy(tiny):
+    """The loader yields plain ints, which Lightning does not move: on a GPU a per-step
+    blocking copy would stall the host until the queued kernels finish."""
+    from loopformer.data import BatchIndexStream, PromptDataModule
+
+    spec = build_spec(compose_cfg(*tiny))
+    dm = PromptDataModule(spec.task, spec.curriculum, spec.batch_size, spec.seed)
+    loader = torch.utils.data.DataLoader(BatchIndexStream(7), batch_size=None)
+    batch = next(iter(loader))
+    # a tensor would be moved (and fail here without CUDA); an int passes through untouched
+    assert dm.transfer_batch_to_device(batch, torch.device("cuda"), 0) == 7
