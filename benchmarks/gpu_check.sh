@@ -6,7 +6,8 @@
 #
 # check: the `gpu` tests, then the training step at the seed's final shape (20 dims, 41 points,
 #   30 loops, window 15, batch 64, 256 wide) in fp32 (Lightning and a plain PyTorch loop), bf16,
-#   bf16 + torch.compile and bf16 + compiled CUDA graphs.
+#   bf16 + torch.compile, bf16 + per-block CUDA graphs (compile_mode=reduce-overhead) and the
+#   whole-step CUDA graph (perf.cuda_graph) in fp32 and bf16.
 #   Writes OUTDIR/check.log, OUTDIR/bench.jsonl and OUTDIR/gpu_tests.xml.
 # train: experiment=seed_lr for TRAIN_MINUTES (default 6) with the fixed test set evaluated every
 #   2500 steps, then the end-of-run evaluation. Its speed settings are TRAIN_EXTRA if set, else
@@ -43,7 +44,7 @@ torch.version.cuda, 'lightning', lightning.__version__, 'hydra', hydra.__version
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" || exit 1
     echo "== gpu tests"
     timeout 300 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml="$out/gpu_tests.xml" \
-        tests/test_perf_options.py tests/test_tasks.py
+        tests/test_perf_options.py tests/test_tasks.py tests/test_graphs.py
     echo "== training step at the $SHAPE shape ($STEPS steps after $WARMUP warm-up steps)"
     rm -f "$out/bench.jsonl"
     timeout 240 "$PY" benchmarks/bench_train.py --shapes "$SHAPE" --paths lightning plain \
@@ -53,6 +54,8 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')
     bench bf16+compile "$SHAPE" trainer.precision=bf16-mixed perf.compile=true
     bench bf16+cudagraphs "$SHAPE" trainer.precision=bf16-mixed perf.compile=true \
         perf.compile_mode=reduce-overhead
+    bench fp32+stepgraph "$SHAPE" perf.cuda_graph=true
+    bench bf16+stepgraph "$SHAPE" trainer.precision=bf16-mixed perf.cuda_graph=true
     echo "== fastest configuration whose tests passed: $("$PY" benchmarks/gpu_pick.py "$out" \
 "$SHAPE")"
     date -u

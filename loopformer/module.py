@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from loopformer.config import OptimConfig, RunSpec, build_spec
 from loopformer.errors import ConfigError
+from loopformer.graphs import StepGraph
 from loopformer.models import InContextModel, build_model
 from loopformer.tasks import Batch
 
@@ -33,6 +34,8 @@ class PerfConfig:
     compile: bool = False  # torch.compile every block (CUDA or CPU with a C++ compiler)
     # torch.compile mode; reduce-overhead replays each compiled block as a CUDA graph (GPU only)
     compile_mode: str = "default"
+    # capture forward + backward of the whole step as one CUDA graph per shape (GPU only)
+    cuda_graph: bool = False
     activation_checkpointing: bool = False  # recompute window iterations in backward
     threads: int | None = None  # torch intra-op threads; None: torch's default
     matmul_precision: str = "highest"  # float32 matmuls: highest | high (TF32) | medium
@@ -41,6 +44,13 @@ class PerfConfig:
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"perf.compile_mode={self.compile_mode!r} is unknown; "
                               f"choose one of {', '.join(COMPILE_MODES)}")
+        if self.cuda_graph and self.compile and self.compile_mode != "default":
+            raise ConfigError(f"perf.cuda_graph=true already replays the step as a CUDA graph; "
+                              f"use perf.compile_mode=default with it, not "
+                              f"{self.compile_mode}")
+        if self.cuda_graph and self.activation_checkpointing:
+            raise ConfigError("perf.cuda_graph=true cannot be combined with "
+                              "perf.activation_checkpointing=true; set one of them to false")
         allowed = ("highest", "high", "medium")
         if self.matmul_precision not in allowed:
             raise ConfigError(f"perf.matmul_precision={self.matmul_precision!r} is unknown; "
@@ -53,7 +63,7 @@ class PerfConfig:
         try:
             return cls(**(d or {}))
         except TypeError as e:
-            raise ConfigError(f"perf: {e}; allowed keys: compile, compile_mode, "
+            raise ConfigError(f"perf: {e}; allowed keys: compile, compile_mode, cuda_graph, "
                               f"activation_checkpointing, threads, matmul_precision") from e
 
     def apply(self) -> None:
@@ -89,9 +99,18 @@ class LoopformerModule(L.LightningModule):
             self.model.checkpoint_window = True
         # set every step by callbacks.curriculum.CurriculumCallback
         self.n_loops = self.spec.curriculum.loops.start
+        # perf.cuda_graph: the step graph runs forward and backward, and training_step calls
+        # the optimizer itself (Lightning's manual optimization)
+        self.automatic_optimization = not self.perf.cuda_graph
+        self.step_graph: StepGraph | None = None
 
     def setup(self, stage):
         self.perf.apply()
+
+    def on_fit_start(self):
+        if self.perf.cuda_graph:
+            self.step_graph = StepGraph(self.model.parameters(), self._loss,
+                                        capture=self.device.type == "cuda")
 
     def configure_model(self):
         if self.perf.compile and not getattr(self, "_compiled", False):
@@ -116,13 +135,25 @@ class LoopformerModule(L.LightningModule):
     def _log_now(self, every: int = 1) -> bool:
         return is_log_step(self.trainer, every)
 
+    def _loss(self, xs, ys, n_loops: int, window: int, per_pos: bool = True):
+        """Mean squared error over the window's predictions, and per position ``(n,)``."""
+        preds = self.model(xs, ys, n_loops=n_loops, window=window)  # (K, B, n)
+        sq = (preds - ys).square()  # (K, B, n), ys broadcast over the K iterations
+        return sq.mean(), (sq.detach().mean(dim=(0, 1)) if per_pos else None)
+
     def training_step(self, batch: Batch, batch_idx: int):
-        preds = self(batch.xs, batch.ys)  # (K, B, n)
-        sq = (preds - batch.ys).square()  # (K, B, n), ys broadcast over the K iterations
-        loss = sq.mean()
+        window = self.spec.curriculum.window
+        detail = self._log_now(DETAIL_EVERY)
+        if self.step_graph is None:
+            loss, per_pos = self._loss(batch.xs, batch.ys, self.n_loops, window, detail)
+        else:
+            loss, per_pos = self.step_graph(batch.xs, batch.ys, self.n_loops, window)
+            # the graph's output buffers are overwritten by the next replay
+            loss, per_pos = loss.clone(), (per_pos.clone() if detail else None)
+            self.optimizers().step()
+            self.lr_schedulers().step()
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        if self._log_now(DETAIL_EVERY):
-            per_pos = sq.detach().mean(dim=(0, 1))  # (n,)
+        if detail:
             self.log_dict({f"train/loss_pos/{k:03d}": v for k, v in enumerate(per_pos)},
                           on_step=True, on_epoch=False)
         return loss

@@ -102,6 +102,33 @@ def check_trainer(cfg: DictConfig) -> str:
     return acc
 
 
+CUDA_GRAPH_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16")
+
+
+def check_cuda_graph(cfg: DictConfig, acc: str) -> None:
+    """perf.cuda_graph replays forward and backward on one GPU with the optimizer outside the
+    graph: refuse the settings it cannot honour, before anything starts."""
+    if not (cfg.get("perf") or {}).get("cuda_graph", False):
+        return
+    t = cfg.trainer
+    if acc not in ("gpu", "cuda"):
+        raise ConfigError(f"perf.cuda_graph=true needs a CUDA device but the run is on {acc}; "
+                          f"use trainer.accelerator=gpu, or perf.cuda_graph=false")
+    if t.get("devices", 1) not in (1, "1") or int(t.get("num_nodes", 1)) != 1:
+        raise ConfigError(f"perf.cuda_graph=true runs on one GPU; got trainer.devices="
+                          f"{t.get('devices')} and trainer.num_nodes={t.get('num_nodes', 1)}")
+    precision = str(t.get("precision", "32-true"))
+    if precision not in CUDA_GRAPH_PRECISIONS:
+        raise ConfigError(f"perf.cuda_graph=true with trainer.precision={precision}; use one "
+                          f"of {', '.join(CUDA_GRAPH_PRECISIONS)}")
+    if int(t.get("accumulate_grad_batches", 1)) != 1:
+        raise ConfigError(f"perf.cuda_graph=true needs trainer.accumulate_grad_batches=1, got "
+                          f"{t.accumulate_grad_batches}")
+    if t.get("gradient_clip_val") is not None:
+        raise ConfigError(f"perf.cuda_graph=true does not clip gradients; set "
+                          f"trainer.gradient_clip_val=null (got {t.gradient_clip_val})")
+
+
 def _n_devices(devices, acc: str) -> int:
     """How many processes Lightning starts per node for ``trainer.devices``."""
     if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
@@ -272,7 +299,7 @@ def _finish_wandb(loggers) -> None:
 def run(cfg: DictConfig) -> RunResult:
     """Train the run described by ``cfg``; every check happens before anything is written."""
     spec = build_spec(cfg)
-    check_trainer(cfg)
+    check_cuda_graph(cfg, check_trainer(cfg))
     run_dir, ckpt = resolve_paths(cfg)
     resume_step = None
     if ckpt is not None:
