@@ -42,7 +42,7 @@ class StepGraph:
         self.warmup = warmup
         self.key = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_xs = self.static_ys = self.static_out = None
+        self.static_xs = self.static_ys = self.static_out = self.static_grads = None
         self.eager_steps = 0   # eager steps at the current key
         self.captures = 0      # graphs captured so far (one per shape / loop count)
         self.replays = 0
@@ -71,7 +71,7 @@ class StepGraph:
                torch.is_autocast_enabled(device_type))
         if key != self.key:  # drop the old graph and its buffers: its memory pool is freed
             self.key, self.graph, self.eager_steps = key, None, 0
-            self.static_xs = self.static_ys = self.static_out = None
+            self.static_xs = self.static_ys = self.static_out = self.static_grads = None
         if not self.capture or self.eager_steps < self.warmup:
             self.eager_steps += 1
             if not self.capture:
@@ -88,10 +88,13 @@ class StepGraph:
             with torch.cuda.graph(graph):
                 self.static_out = self._run(self.static_xs, self.static_ys, *args)
             self.graph = graph
+            self.static_grads = [p.grad for p in self.params]  # the graph writes these
             self.captures += 1
         else:
             self.static_xs.copy_(xs)
             self.static_ys.copy_(ys)
         self.graph.replay()
+        for p, g in zip(self.params, self.static_grads, strict=True):
+            p.grad = g  # in case anything replaced .grad since the last replay (zero_grad)
         self.replays += 1
         return self.static_out
