@@ -56,6 +56,7 @@ BAD_INPUTS = [
     ([f"trainer.devices={(os.cpu_count() or 1) + 1}"], "trainer.devices="),
     (["ckpt_path=last"], "ckpt_path=last"),
     (["perf.compile_mode=fast"], "perf.compile_mode='fast'"),
+    (["perf.cuda_graph=true"], "perf.cuda_graph=true needs a CUDA device"),  # TINY: CPU
     (["perf.matmul_precision=low"], "perf.matmul_precision='low'"),
 ]
 
