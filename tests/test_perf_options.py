@@ -140,3 +140,37 @@ def test_gpu_smoke_training(tmp_path, mode):
                              "test.every_n_steps=10", run_dir=tmp_path / "gpu"))
     assert result.global_step == 20
     assert 0 < result.test_metrics["test/loss"] < float("inf")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("graph", [False, True])
+def test_gpu_training_steps_never_wait_for_the_device(tmp_path, monkeypatch, graph):
+    """Between logging steps the host only queues work: any device-to-host read or blocking
+    copy (data loading, sampling, forward, backward, optimizer, callbacks) raises here."""
+    import lightning as L
+
+    import loopformer.training as tr
+
+    class SyncGuard(L.Callback):
+        def on_train_batch_end(self, trainer, *a):
+            # TINY's shape is fixed from step 6; the step graph is captured at step 8 (capture
+            # synchronises once per shape, by design), so watch steps 9-13
+            if trainer.global_step == 9:
+                torch.cuda.set_sync_debug_mode("error")
+            elif trainer.global_step == 14:
+                torch.cuda.set_sync_debug_mode("default")
+
+    orig = tr.build_callbacks
+    monkeypatch.setattr(tr, "build_callbacks", lambda *a: [*orig(*a), SyncGuard()])
+    overrides = [o for o in TINY if not o.startswith(("trainer.accelerator",
+                                                      "trainer.log_every_n_steps",
+                                                      "checkpoint.every_n_steps"))]
+    try:
+        result = run(compose_cfg(*overrides, "trainer.accelerator=gpu", "trainer.max_steps=16",
+                                 "trainer.log_every_n_steps=50", "checkpoint.every_n_steps=50",
+                                 f"perf.cuda_graph={str(graph).lower()}",
+                                 run_dir=tmp_path / "sync"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.global_step == 16
