@@ -119,9 +119,6 @@ class LoopformerModule(L.LightningModule):
                 block.compile(dynamic=None, mode=self.perf.compile_mode)
             self._compiled = True
 
-    def forward(self, xs, ys):
-        return self.model(xs, ys, n_loops=self.n_loops, window=self.spec.curriculum.window)
-
     def eager_model(self) -> InContextModel:
         """The trained model without torch.compile: a copy when the blocks were compiled, so
         evaluation at new batch sizes and loop counts neither recompiles nor records CUDA
