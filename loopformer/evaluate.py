@@ -20,10 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from loopformer.baselines import build_baselines, default_baselines
 from loopformer.checkpoints import safe_load
 from loopformer.config import RunSpec, build_spec
+from loopformer.csvlog import read_metrics
 from loopformer.data import generator
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, build_model
-from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops
+from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops, plot_training_curve
 from loopformer.stats import bootstrap_band
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,11 @@ def evaluate_run(run_dir: str | Path, cfg: DictConfig | None = None,
     results["run_dir"] = str(run_dir)
     results["checkpoint"] = str(opts["ckpt"])
     write_results(results, run_dir / "eval")
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        plot_training_curve(read_metrics(metrics), spec.task.normalizer,
+                            run_dir / "eval" / "training_curve.png",
+                            title=f"{cfg.get('name', '')}: {spec.task.name}")
     log.info("%s\nwrote %s", format_table(results), run_dir / "eval")
     return results
 

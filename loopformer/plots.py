@@ -157,3 +157,39 @@ def plot_study(curves_by_variant: Mapping[str, Any], path: str | Path, title: st
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _finish(fig, ax, path)
+
+
+def plot_training_curve(rows: Sequence[Mapping[str, float]], normalizer, path: str | Path,
+                        title: str = "", floor: float = 1e-4) -> Path:
+    """A run's learning curve from its ``metrics.csv`` rows: the training loss divided by
+    ``normalizer(active dims)`` (error at the curriculum's current shape), the fixed test
+    set's normalised error (at the final shape), and the curriculum's active dims."""
+    train = [(r["step"], r["train/loss"] / normalizer(int(r.get("curriculum/n_dims", 0)) or None))
+             for r in rows if "train/loss" in r]
+    test = [(r["step"], r["test/error"]) for r in rows if "test/error" in r]
+    dims = [(r["step"], r["curriculum/n_dims"]) for r in rows if "curriculum/n_dims" in r]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if train:
+        x, y = np.array(train).T
+        ax.plot(x, _positive(y, floor), color=_MODEL_COLORS[0], linewidth=1.2, alpha=0.9,
+                label="train error, mean over positions (current shape)")
+    if test:
+        x, y = np.array(test).T
+        ax.plot(x, _positive(y, floor), color=_MODEL_COLORS[1], linewidth=2, marker="o",
+                markersize=4, label="test error (final shape)")
+    ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="zero predictor")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("squared error (normalised)")
+    ax.set_title(title)
+    if dims:
+        x, y = np.array(dims).T
+        twin = ax.twinx()
+        twin.step(x, y, where="post", color="0.6", linewidth=1, label="active dims")
+        twin.set_ylabel("active dims (curriculum)", color="0.4")
+        twin.set_ylim(0, max(y) * 1.1)
+        ax.plot([], [], color="0.6", linewidth=1, label="active dims (right axis)")
+    # below the axes: the right one carries the curriculum's scale
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False,
+              fontsize=9)
+    return _finish(fig, ax, path, legend=False)

@@ -49,6 +49,7 @@ def test_evaluate_writes_every_field_and_both_plots(trained_run):
     assert max(res["curves"]["least_squares"]["mean"][4:]) < 1e-6
     _valid_png(out / "error_vs_examples.png")
     _valid_png(out / "error_vs_loops.png")
+    _valid_png(out / "training_curve.png")  # from the run's metrics.csv
 
 
 def test_model_curve_matches_the_runs_trained_loop_count(trained_run):
