@@ -87,11 +87,13 @@ def graph_path_on_cpu(monkeypatch):
     monkeypatch.setattr(training, "check_cuda_graph", lambda cfg, acc: None)
 
 
-def test_graph_path_trains_like_the_ordinary_path(graph_path_on_cpu, tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_graph_path_trains_like_the_ordinary_path(graph_path_on_cpu, tmp_path, precision):
     # TINY's curriculum changes the prompt length and the loop count within these 8 steps
-    ref = _train(tmp_path, "auto", "optimizer.schedule=cosine", "optimizer.warmup_steps=2")
-    new = _train(tmp_path, "graph", "optimizer.schedule=cosine", "optimizer.warmup_steps=2",
-                 "perf.cuda_graph=true")
+    args = ["optimizer.schedule=cosine", "optimizer.warmup_steps=2",
+            f"trainer.precision={precision}"]
+    ref = _train(tmp_path, "auto", *args)
+    new = _train(tmp_path, "graph", *args, "perf.cuda_graph=true")
     assert ref.global_step == new.global_step == 8
     a, b = _weights(ref.run_dir), _weights(new.run_dir)
     for k in a:
