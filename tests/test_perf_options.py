@@ -174,3 +174,19 @@ def test_gpu_training_steps_never_wait_for_the_device(tmp_path, monkeypatch, gra
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert result.global_step == 16
+
+
+def test_end_of_run_evaluation_uses_the_eager_model(tmp_path, monkeypatch):
+    import loopformer.evaluate
+
+    seen = {}
+
+    def eager_model(self):
+        seen["eager"] = object.__new__(type(self.model))  # a stand-in no other path returns
+        return seen["eager"]
+
+    monkeypatch.setattr(LoopformerModule, "eager_model", eager_model)
+    monkeypatch.setattr(loopformer.evaluate, "evaluate_run",
+                        lambda run_dir, cfg=None, model=None: seen.setdefault("model", model))
+    run(compose_cfg(*TINY, "trainer.max_steps=1", "eval.at_end=true", run_dir=tmp_path / "r"))
+    assert seen["model"] is seen["eager"]
