@@ -95,7 +95,7 @@ def measure(shape: str, path: str, steps: int, warmup: int, extra: list[str]) ->
         return time.perf_counter()
 
     def step_end(i: int, t0: float) -> None:
-        if not cuda:  # on a GPU, a sync per step would stall the queue: time the span instead
+        if not cuda:  # on a GPU, a sync per step would stall the queue: the span times it
             times.append(time.perf_counter() - t0)
         if i == warmup + steps - 1:
             if cuda:
@@ -140,15 +140,14 @@ def measure(shape: str, path: str, steps: int, warmup: int, extra: list[str]) ->
             loss.backward()
             opt.step()
             step_end(i, t0)
-    if cuda:
-        times = [(span[1] - span[0]) / steps] * (warmup + steps)
-    sec = statistics.median(times[warmup:])
+    mean = (span[1] - span[0]) / steps
+    sec = mean if cuda else statistics.median(times[warmup:])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss in KiB)
     out = {"shape": shape, "path": path, "s_per_step": sec, "steps_per_s": 1 / sec,
-           "mean_s_per_step": statistics.fmean(times[warmup:]),
+           "mean_s_per_step": mean,
            "gflops": flops_per_step(spec) / sec / 1e9, "peak_rss_gib": peak,
            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": "cpu"}
-    if torch.cuda.is_available():
+    if cuda:
         name = torch.cuda.get_device_name()
         out.update(device=name, peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30)
         if (p := bf16_peak(name)) is not None:
