@@ -1,4 +1,4 @@
-"""Run a study and aggregate it: ``python sweep.py study=NAME [aggregate_only=true]``."""
+"""Run a study and aggregate it: ``python sweep.py study=NAME [n_jobs=K] [aggregate_only=true]``."""
 
 import logging
 import sys
@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> None:
         study = Study.from_config(cfg.study)
         study_dir = Path(cfg.study_dir)
         if not cfg.aggregate_only:
-            launch(study, study_dir, cfg.launcher, tuple(cfg.overrides))
+            launch(study, study_dir, cfg.launcher, tuple(cfg.overrides), cfg.n_jobs)
         aggregate(study, study_dir)
         print((study_dir / "report.md").read_text())
     except ConfigError as e:

@@ -23,7 +23,7 @@ from loopformer.config import RunSpec, build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.data import generator
 from loopformer.errors import ConfigError
-from loopformer.models import InContextModel, build_model
+from loopformer.models import InContextModel, build_model, count_parameters
 from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops, plot_training_curve
 from loopformer.stats import bootstrap_band
 
@@ -119,6 +119,7 @@ def evaluate(model: InContextModel, spec: RunSpec, n_prompts: int = 1280, seed: 
     loop_curve = errors.pop("loop_curve", None)
     results = {
         "task": spec.task.name, "task_params": spec.task_params, "family": spec.model.family,
+        "parameters": count_parameters(model),
         "active_dims": shape.n_dims, "n_points": shape.n_points, "normalizer": norm,
         "n_prompts": n_prompts, "seed": seed,
         "trained_loops": shape.n_loops if spec.looped else None,

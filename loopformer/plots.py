@@ -138,9 +138,11 @@ def plot_study(curves_by_variant: Mapping[str, Any], path: str | Path, title: st
                xlabel: str = "number of in-context examples",
                ylabel: str = "squared error (normalised)", log_y: bool = True,
                floor: float = 1e-3, reference: float | None = 1.0,
-               reference_label: str = "zero predictor") -> Path:
+               reference_label: str = "zero predictor",
+               vline: tuple[float, str] | None = None) -> Path:
     """One curve with its band per variant (an ablation or sweep); a dashed line at
-    ``reference`` (the zero predictor's 1 by default, ``None`` for none)."""
+    ``reference`` (the zero predictor's 1 by default, ``None`` for none) and an optional
+    vertical marker ``vline = (x, label)``."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     cmap = plt.get_cmap("viridis")
     n = max(1, len(curves_by_variant) - 1)
@@ -151,12 +153,26 @@ def plot_study(curves_by_variant: Mapping[str, Any], path: str | Path, title: st
               linewidth=2)
     if reference is not None:
         ax.axhline(reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
+    if vline is not None:
+        ax.axvline(vline[0], color="C3", linestyle="--", linewidth=1.2, label=vline[1])
     if log_y:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return _finish(fig, ax, path)
+
+
+def plot_study_loops(loop_curves: Mapping[str, Mapping[str, Any]], trained_loops: int | None,
+                     path: str | Path, title: str = "", floor: float = 1e-4) -> Path:
+    """Error at the last position vs loop iterations at test time, one curve with its band
+    per variant (``{"loops": [...], "mean": [...], "low": [...], "high": [...]}``), with a
+    marker at the trained loop count when the variants share one."""
+    curves = {name: {"x": c["loops"], **{k: c[k] for k in ("mean", "low", "high") if k in c}}
+              for name, c in loop_curves.items()}
+    vline = (trained_loops, f"trained loops b = {trained_loops}") if trained_loops else None
+    return plot_study(curves, path, title=title, xlabel="loop iterations at test time",
+                      ylabel="error at the last position", floor=floor, vline=vline)
 
 
 def plot_training_curve(rows: Sequence[Mapping[str, float]], normalizer, path: str | Path,

@@ -4,23 +4,27 @@ Each (variant, seed) becomes a job config ``STUDY_DIR/.jobs/job/jNNN.yaml`` hold
 overrides, its seed and its run directory ``STUDY_DIR/runs/<variant>/seed=<seed>``; the study
 runs as ``train.py -m +job=j000,j001,...`` with the study's job folder on Hydra's search path,
 so any Hydra launcher (basic, joblib, submitit local or SLURM) runs it unchanged. Finished runs
-(with ``eval/results.json``) are skipped; interrupted ones resume from ``last.ckpt``.
+(with ``eval/results.json``) are skipped; interrupted ones resume from ``last.ckpt``. While the
+multirun goes on, a monitor logs runs done / total, the elapsed time and an estimate of the rest.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from loopformer.errors import ConfigError
-from loopformer.plots import plot_study
+from loopformer.plots import plot_study, plot_study_loops
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,11 @@ class Study:
     variants: dict  # name -> tuple of overrides
     seeds: tuple[int, ...]
     examples: tuple[int, ...]  # report columns
+    groups: dict = field(default_factory=dict)  # plot name -> variants drawn together
+    launcher: str | None = None  # hydra/launcher option the study runs with by default
+    n_jobs: int | None = None  # concurrent runs (joblib launcher); threads split among them
+
+    KEYS = ("name", "base", "variants", "seeds", "examples", "groups", "launcher", "n_jobs")
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Study:
@@ -42,9 +51,22 @@ class Study:
         missing = [k for k in ("name", "variants", "seeds") if not d.get(k)]
         if missing:
             raise ConfigError(f"study is missing {missing}; a study names variants and seeds")
+        unknown = sorted(set(d) - set(cls.KEYS))
+        if unknown:
+            raise ConfigError(f"study has unknown keys {unknown}; allowed: {list(cls.KEYS)}")
+        groups = {str(k): tuple(v or ()) for k, v in (d.get("groups") or {}).items()}
+        for g, members in groups.items():
+            bad = [v for v in members if v not in d["variants"]]
+            if bad:
+                raise ConfigError(f"study.groups.{g} names unknown variants {bad}; allowed: "
+                                  f"{list(d['variants'])}")
+        n_jobs = d.get("n_jobs")
+        if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs < 1):
+            raise ConfigError(f"study.n_jobs={n_jobs!r} must be an integer >= 1 (or null)")
         return cls(d["name"], tuple(d.get("base") or ()),
                    {k: tuple(v or ()) for k, v in d["variants"].items()},
-                   tuple(int(s) for s in d["seeds"]), tuple(d.get("examples") or ()))
+                   tuple(int(s) for s in d["seeds"]), tuple(d.get("examples") or ()),
+                   groups, d.get("launcher"), n_jobs)
 
 
 @dataclass(frozen=True)
@@ -96,13 +118,91 @@ def job_config(job: Job, overrides: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n" + OmegaConf.to_yaml(body)
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return (f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s")
+
+
+class Progress:
+    """Logs ``runs done / total``, the elapsed time and an estimate of the time left, each
+    time a run finishes and every ``every`` seconds, while the study's multirun goes on. The
+    estimate is the mean wall time per run finished so far in this launch times the runs
+    left (with concurrent runs, per run of the whole pool)."""
+
+    def __init__(self, study: Study, jobs: list[Job], every: float = 60.0, poll: float = 0.5):
+        self.study, self.jobs, self.every, self.poll = study, jobs, every, poll
+        self.done_before = sum(j.finished for j in jobs)
+        self.start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def line(self) -> str:
+        done = sum(j.finished for j in self.jobs)
+        total, elapsed = len(self.jobs), time.monotonic() - self.start
+        new = done - self.done_before
+        left = (f"about {_duration(elapsed / new * (total - done))} left" if new and done < total
+                else "estimating the time left after the first run" if done < total
+                else "all done")
+        return (f"study {self.study.name}: {done}/{total} runs done, elapsed "
+                f"{_duration(elapsed)}, {left}")
+
+    def _watch(self) -> None:
+        last_done, last_log = sum(j.finished for j in self.jobs), time.monotonic()
+        while not self._stop.wait(self.poll):
+            done = sum(j.finished for j in self.jobs)
+            if done != last_done or time.monotonic() - last_log >= self.every:
+                log.info("%s", self.line())
+                last_done, last_log = done, time.monotonic()
+
+    def __enter__(self) -> Progress:
+        log.info("%s", self.line())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        log.info("%s", self.line())
+
+
+def launcher_overrides(launcher: str | None, n_jobs: int | None, extra: tuple[str, ...],
+                       cpus: int | None = None) -> list[str]:
+    """Hydra overrides that pick the launcher and, for ``n_jobs`` concurrent runs, give each
+    run an equal share of the CPU threads (unless ``perf.threads`` is set explicitly)."""
+    out = []
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int)
+                               or n_jobs < 1):
+        raise ConfigError(f"n_jobs={n_jobs!r} must be an integer >= 1 (or null)")
+    if n_jobs and n_jobs > 1:
+        launcher = launcher or "joblib"
+        if launcher != "joblib":
+            raise ConfigError(f"n_jobs={n_jobs} runs jobs concurrently through the joblib "
+                              f"launcher; got launcher={launcher}. Use launcher=joblib, or "
+                              f"n_jobs=null with {launcher}'s own settings")
+        out.append(f"hydra.launcher.n_jobs={n_jobs}")
+        if not any(o.split("=", 1)[0].lstrip("+~") == "perf.threads" for o in extra):
+            out.append(f"perf.threads={max(1, (cpus or os.cpu_count() or 1) // n_jobs)}")
+    if launcher:
+        out.insert(0, f"hydra/launcher={launcher}")
+    return out
+
+
 def launch(study: Study, study_dir: Path, launcher: str | None = None,
-           extra: tuple[str, ...] = ()) -> list[Job]:
-    """Run every unfinished job of the study as one Hydra multirun of ``train.py``."""
+           extra: tuple[str, ...] = (), n_jobs: int | None = None,
+           progress_every: float = 60.0) -> list[Job]:
+    """Run every unfinished job of the study as one Hydra multirun of ``train.py``.
+
+    ``launcher`` and ``n_jobs`` default to the study's own; a run that had started resumes
+    from its ``last.ckpt``."""
+    launcher = launcher or study.launcher
+    n_jobs = n_jobs or study.n_jobs
+    hydra_launch = launcher_overrides(launcher, n_jobs, extra)
     jobs = plan(study, study_dir)
     pending = [j for j in jobs if not j.finished]
-    log.info("study %s: %d runs, %d finished, %d to run", study.name, len(jobs),
-             len(jobs) - len(pending), len(pending))
+    log.info("study %s: %d runs, %d finished, %d to run (%d resume from a checkpoint)",
+             study.name, len(jobs), len(jobs) - len(pending), len(pending),
+             sum(j.started for j in pending))
     if not pending:
         return jobs
     job_dir = study_dir.resolve() / ".jobs"
@@ -113,11 +213,10 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
     cmd = [sys.executable, str(ROOT / "train.py"), "-m",
            f"hydra.searchpath=[file://{job_dir}]",
            f"hydra.sweep.dir={study_dir.resolve() / 'multirun'}",
-           "+job=" + ",".join(j.id for j in pending), *extra]
-    if launcher:
-        cmd.append(f"hydra/launcher={launcher}")
+           "+job=" + ",".join(j.id for j in pending), *extra, *hydra_launch]
     log.info("launching: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=ROOT)
+    with Progress(study, jobs, every=progress_every):
+        proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode:
         raise RuntimeError(f"the study's multirun exited with code {proc.returncode}")
     return jobs
@@ -128,51 +227,117 @@ def _load_results(job: Job) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _band(rows: list[list[float]]) -> dict:
+    """Mean and min..max over seeds of per-seed curves."""
+    m = torch.tensor(rows, dtype=torch.float64)  # (seeds, n)
+    return {"mean": m.mean(0).tolist(), "low": m.min(0).values.tolist(),
+            "high": m.max(0).values.tolist()}
+
+
 def aggregate(study: Study, study_dir: Path) -> dict:
-    """Mean and band (min..max over seeds) of each variant's model curve; writes
-    ``report.md``, ``report.json`` and ``error_vs_examples.png`` in ``study_dir``."""
-    curves, baseline, seeds_done = {}, None, {}
+    """Mean and band (min..max over seeds) of each variant's curves at the trained loop count,
+    at the extra loop counts of the evaluation, and of its error-vs-loops curve; writes
+    ``report.md``, ``report.json``, ``error_vs_examples.png``, ``error_vs_loops.png`` and, for
+    each of the study's groups, ``error_vs_examples_<group>.png`` and
+    ``error_vs_loops_<group>.png`` in ``study_dir``."""
+    per_key: dict[str, dict[str, list]] = {}  # curve key ("model", "model@60") -> variant -> rows
+    loops: dict[str, list] = {}
+    loop_x: dict[str, list] = {}
+    baseline, seeds_done, trained, params = None, {}, {}, {}
+    jobs = plan(study, study_dir)
     for variant in study.variants:
-        means = []
-        for job in (j for j in plan(study, study_dir) if j.variant == variant):
+        for job in (j for j in jobs if j.variant == variant):
             res = _load_results(job)
             if res is None:
                 continue
-            means.append(torch.tensor(res["curves"]["model"]["mean"]))
+            seeds_done[variant] = seeds_done.get(variant, 0) + 1
+            trained[variant] = res.get("trained_loops")
+            params[variant] = res.get("parameters")
+            for key, c in res["curves"].items():
+                if key == "model" or key.startswith("model@"):
+                    per_key.setdefault(key, {}).setdefault(variant, []).append(c["mean"])
+            if res.get("loop_curve"):
+                loops.setdefault(variant, []).append(res["loop_curve"]["mean"])
+                loop_x[variant] = res["loop_curve"]["loops"]
             baseline = baseline or res
-        if not means:
-            continue
-        m = torch.stack(means)  # (seeds, n)
-        seeds_done[variant] = len(means)
-        curves[variant] = {"mean": m.mean(0).tolist(), "low": m.min(0).values.tolist(),
-                           "high": m.max(0).values.tolist()}
-    if not curves:
+    if not seeds_done:
         raise ConfigError(f"no finished runs under {study_dir / 'runs'}; run the study first "
                           f"(without aggregate_only=true)")
+    curves = {v: _band(rows) for v, rows in per_key.get("model", {}).items()}
+    extra = {key.removeprefix("model@"): {v: _band(rows) for v, rows in by_variant.items()
+                                          if len(rows) == seeds_done[v]}
+             for key, by_variant in per_key.items() if key != "model"}
+    loop_curves = {v: {"loops": loop_x[v], **_band(rows)} for v, rows in loops.items()
+                   if len(rows) == seeds_done[v]}
     if baseline is not None and "least_squares" in baseline["curves"]:
         curves["least_squares (baseline)"] = baseline["curves"]["least_squares"]
     report = {"study": study.name, "seeds": seeds_done, "curves": curves,
-              "examples": list(study.examples)}
+              "curves_at_loops": extra, "trained_loops": trained, "parameters": params,
+              "loop_curves": loop_curves,
+              "examples": list(study.examples), "groups": {k: list(v) for k, v in
+                                                          study.groups.items()}}
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "report.json").write_text(json.dumps(report, indent=1))
     (study_dir / "report.md").write_text(format_report(report, baseline))
-    plot_study(curves, study_dir / "error_vs_examples.png",
-               title=f"{study.name}: normalised error (mean over seeds, band min..max)")
+    _plots(study, study_dir, report)
     return report
 
 
+def _plots(study: Study, study_dir: Path, report: dict) -> None:
+    curves, loop_curves = report["curves"], report["loop_curves"]
+    baselines = {k: v for k, v in curves.items() if k not in study.variants}
+    b = sorted({t for t in report["trained_loops"].values() if t})
+    trained = b[0] if len(b) == 1 else None
+    band = "mean over seeds, band min..max"
+    plot_study(curves, study_dir / "error_vs_examples.png",
+               title=f"{study.name}: normalised error ({band})")
+    if loop_curves:
+        plot_study_loops(loop_curves, trained, study_dir / "error_vs_loops.png",
+                         title=f"{study.name}: error at the last position ({band})")
+    for group, members in study.groups.items():
+        sel = {v: curves[v] for v in members if v in curves}
+        if sel:
+            plot_study({**sel, **baselines}, study_dir / f"error_vs_examples_{group}.png",
+                       title=f"{study.name}, {group}: normalised error ({band})")
+        sel = {v: loop_curves[v] for v in members if v in loop_curves}
+        if sel:
+            plot_study_loops(sel, trained, study_dir / f"error_vs_loops_{group}.png",
+                             title=f"{study.name}, {group}: error at the last position "
+                                   f"({band})")
+
+
+def _cell(c: dict, k: int) -> str:
+    return f"{c['mean'][k]:.4f} [{c['low'][k]:.4f}, {c['high'][k]:.4f}]"
+
+
 def format_report(report: dict, sample: dict | None) -> str:
-    n = len(next(iter(report["curves"].values()))["mean"])
+    curves = report["curves"]
+    n = len(next(iter(curves.values()))["mean"])
     cols = [k for k in report["examples"] if k < n] or [n - 1]
-    head = "| variant | seeds | " + " | ".join(f"k={k}" for k in cols) + " |"
+    b = sorted({t for t in report.get("trained_loops", {}).values() if t})
+    at = [("", curves)] + [(f" @{key}", c) for key, c in report.get("curves_at_loops",
+                                                                    {}).items()]
+    params = report.get("parameters", {})
+    head = "| variant | parameters | seeds | " + " | ".join(
+        f"k={k}{suffix}" for suffix, _ in at for k in cols) + " |"
     lines = [f"# Study `{report['study']}`", ""]
     if sample:
+        loops = (f" Columns `k=N` use the trained loop count (b = {', '.join(map(str, b))}); "
+                 f"`k=N @L` use L loop iterations." if b else "")
         lines += [f"Task `{sample['task']}`, d={sample['active_dims']}, "
                   f"{sample['n_prompts']} prompts per run. Normalised squared error at k "
-                  f"in-context examples: mean over seeds [min, max].", ""]
-    lines += [head, "|" + "---|" * (len(cols) + 2)]
-    for name, c in report["curves"].items():
-        cells = [f"{c['mean'][k]:.4f} [{c['low'][k]:.4f}, {c['high'][k]:.4f}]" for k in cols]
-        lines.append(f"| {name} | {report['seeds'].get(name, '-')} | " + " | ".join(cells) + " |")
+                  f"in-context examples: mean over seeds [min, max].{loops}", ""]
+    lines += [head, "|" + "---|" * (len(cols) * len(at) + 3)]
+    for name, c in curves.items():
+        cells = [_cell(c, k) for k in cols]
+        for _, by_variant in at[1:]:
+            cells += [_cell(by_variant[name], k) if name in by_variant else "-" for k in cols]
+        n_params = f"{params[name]:,}" if params.get(name) else "-"
+        lines.append(f"| {name} | {n_params} | {report['seeds'].get(name, '-')} | "
+                     + " | ".join(cells) + " |")
     lines += ["", "![error vs examples](error_vs_examples.png)", ""]
-    return "\n".join(lines)
+    if report.get("loop_curves"):
+        lines += ["![error vs loops](error_vs_loops.png)", ""]
+    for group in report.get("groups", {}):
+        lines += [f"![{group}: error vs examples](error_vs_examples_{group}.png)"]
+    return "\n".join(lines) + "\n"

@@ -92,8 +92,9 @@ def test_micro_study_through_sweep(tmp_path):
     report = (tmp_path / "micro" / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     for variant in ("plain", "skip"):
-        row = next(r for r in rows if r.startswith(f"| {variant} | 2 |"))
-        assert row.count("[") == 2  # mean [min, max] for each of the 2 columns
+        row = next(r for r in rows if r.startswith(f"| {variant} | "))
+        assert row.split(" | ")[2] == "2"  # seeds; [1] is the parameter count
+        assert row.count("[") == 4  # mean [min, max]: 2 columns at b loops and at 4 loops
     _valid_png(tmp_path / "micro" / "error_vs_examples.png")
     # the report's numbers are the seeds' own results
     runs = tmp_path / "micro" / "runs" / "plain"
@@ -107,3 +108,77 @@ def test_micro_study_through_sweep(tmp_path):
     proc = subprocess.run([sys.executable, "sweep.py", *args, "aggregate_only=true"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and (tmp_path / "micro" / "report.md").read_text() == report
+
+
+def _micro_study(tmp_path, name, steps):
+    from conftest import TINY
+
+    base = [*TINY, f"trainer.max_steps={steps}", "checkpoint.every_n_steps=1", "eval.at_end=true",
+            "eval.n_prompts=32", "eval.extra_loops=[4]"]
+    conf = tmp_path / "conf" / "study"
+    conf.mkdir(parents=True, exist_ok=True)
+    study = {"name": name, "base": base, "seeds": [1], "examples": [2, 4],
+             "variants": {"first": [], "second": ["model.skip_connection=true"]},
+             "groups": {"both": ["first", "second"]}}
+    (conf / f"{name}.yaml").write_text(json.dumps(study))
+    return [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", f"study={name}",
+            f"study_dir={tmp_path / name}"]
+
+
+@pytest.mark.slow
+def test_study_killed_after_its_first_run_resumes_and_runs_each_once(tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    args = _micro_study(tmp_path, "micro", steps=200)
+    runs = tmp_path / "micro" / "runs"
+    first, second = runs / "first" / "seed=1", runs / "second" / "seed=1"
+    proc = subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 600
+    # killed once the first run is finished (and reported) and the second has a checkpoint
+    while not ("1/2 runs done" in "".join(lines)
+               and (second / "checkpoints" / "last.ckpt").is_file()):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (second / "eval" / "results.json").exists()
+    first_results = (first / "eval" / "results.json").read_bytes()
+    first_mtime = (first / "eval" / "results.json").stat().st_mtime_ns
+    killed_at = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 0 < killed_at < 200
+
+    proc = subprocess.run([sys.executable, "sweep.py", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "2 runs, 1 finished, 1 to run (1 resume from a checkpoint)" in log
+    assert "2/2 runs done" in log
+    # the finished run was not run again
+    assert (first / "eval" / "results.json").read_bytes() == first_results
+    assert (first / "eval" / "results.json").stat().st_mtime_ns == first_mtime
+    # the interrupted run continued to the end, and equals a run that was never interrupted
+    assert torch.load(second / "checkpoints" / "last.ckpt",
+                      weights_only=False)["global_step"] == 200
+    ref_args = _micro_study(tmp_path, "reference", steps=200)
+    ref = subprocess.run([sys.executable, "sweep.py", *ref_args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, (ref.stdout + ref.stderr)[-3000:]
+    resumed = json.loads((second / "eval" / "results.json").read_text())["curves"]
+    uninterrupted = json.loads((tmp_path / "reference" / "runs" / "second" / "seed=1" / "eval"
+                                / "results.json").read_text())["curves"]
+    assert resumed == uninterrupted
+    report = (tmp_path / "micro" / "report.md").read_text()
+    for variant in ("first", "second"):
+        row = next(r for r in report.splitlines() if r.startswith(f"| {variant} | "))
+        assert row.split(" | ")[2] == "1"
+    for png in ("error_vs_examples.png", "error_vs_loops.png", "error_vs_examples_both.png",
+                "error_vs_loops_both.png"):
+        _valid_png(tmp_path / "micro" / png)

@@ -157,3 +157,40 @@ def test_batches_need_no_host_to_device_copy(tiny):
     batch = next(iter(loader))
     # a tensor would be moved (and fail here without CUDA); an int passes through untouched
     assert dm.transfer_batch_to_device(batch, torch.device("cuda"), 0) == 7
+
+
+STUDIES = sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_variant_composes_and_validates(name):
+    """Each study's base + variant overrides compose and pass the run's checks (no training)."""
+    from omegaconf import OmegaConf
+
+    from loopformer.config import build_spec
+    from loopformer.models import build_model, count_parameters
+    from loopformer.study import Study
+
+    study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / f"{name}.yaml"))
+    assert len(study.seeds) == 3
+    for variant, overrides in study.variants.items():
+        cfg = compose_cfg(*study.base, *overrides)
+        spec = build_spec(cfg)
+        assert count_parameters(build_model(spec.model)) > 0, variant
+
+
+def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():
+    from omegaconf import OmegaConf
+
+    from loopformer.config import build_spec
+    from loopformer.models import build_model, count_parameters
+    from loopformer.study import Study
+
+    study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "paper_cpu.yaml"))
+    specs = {v: build_spec(compose_cfg(*study.base, *o)) for v, o in study.variants.items()}
+    assert {s.model.family for s in specs.values()} == {"looped", "transformer", "tied"}
+    for s in specs.values():
+        assert (s.model.n_dims, s.model.n_embd, s.curriculum.final.n_points) == (5, 64, 11)
+    n = {v: count_parameters(build_model(s.model)) for v, s in specs.items()}
+    assert n["transformer"] == 12 * n["looped"] - 11 * 2 * 64  # 12 blocks, one final LayerNorm
+    assert n["tied"] == n["looped"]
