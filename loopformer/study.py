@@ -169,7 +169,8 @@ class Progress:
 def launcher_overrides(launcher: str | None, n_jobs: int | None, extra: tuple[str, ...],
                        cpus: int | None = None) -> list[str]:
     """Hydra overrides that pick the launcher and, for ``n_jobs`` concurrent runs, give each
-    run an equal share of the CPU threads (unless ``perf.threads`` is set explicitly)."""
+    run an equal share of the CPU threads and no progress bar (unless ``perf.threads`` or
+    ``trainer.enable_progress_bar`` are set explicitly)."""
     out = []
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int)
                                or n_jobs < 1):
@@ -181,8 +182,12 @@ def launcher_overrides(launcher: str | None, n_jobs: int | None, extra: tuple[st
                               f"launcher; got launcher={launcher}. Use launcher=joblib, or "
                               f"n_jobs=null with {launcher}'s own settings")
         out.append(f"hydra.launcher.n_jobs={n_jobs}")
-        if not any(o.split("=", 1)[0].lstrip("+~") == "perf.threads" for o in extra):
+        keys = {o.split("=", 1)[0].lstrip("+~") for o in extra}
+        if "perf.threads" not in keys:
             out.append(f"perf.threads={max(1, (cpus or os.cpu_count() or 1) // n_jobs)}")
+        if "trainer.enable_progress_bar" not in keys:
+            # concurrent bars garble one another; the study's progress line replaces them
+            out.append("trainer.enable_progress_bar=false")
     if launcher:
         out.insert(0, f"hydra/launcher={launcher}")
     return out

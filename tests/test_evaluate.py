@@ -182,3 +182,20 @@ def test_study_killed_after_its_first_run_resumes_and_runs_each_once(tmp_path):
     for png in ("error_vs_examples.png", "error_vs_loops.png", "error_vs_examples_both.png",
                 "error_vs_loops_both.png"):
         _valid_png(tmp_path / "micro" / png)
+
+
+def test_concurrent_study_runs_share_the_cores():
+    from loopformer.errors import ConfigError
+    from loopformer.study import launcher_overrides
+
+    assert launcher_overrides(None, None, ()) == []
+    assert launcher_overrides("submitit_local", None, ()) == ["hydra/launcher=submitit_local"]
+    assert launcher_overrides(None, 2, (), cpus=2) == [
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "perf.threads=1",
+        "trainer.enable_progress_bar=false"]
+    assert launcher_overrides("joblib", 4, ("perf.threads=3",), cpus=16) == [
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "trainer.enable_progress_bar=false"]
+    with pytest.raises(ConfigError, match="launcher=joblib"):
+        launcher_overrides("slurm", 2, ())
+    with pytest.raises(ConfigError, match="n_jobs"):
+        launcher_overrides(None, 0, ())
