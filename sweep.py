@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from loopformer.errors import ConfigError
-from loopformer.study import Study, aggregate, launch
+from loopformer.study import Interrupted, Study, aggregate, launch
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep")
@@ -23,6 +23,11 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(f"study {cfg.study.name} {e}; its runs were stopped. Run the same command again "
+              f"to resume: finished runs are kept, the others continue from their last "
+              f"checkpoint.", file=sys.stderr)
+        sys.exit(130)
     except RuntimeError as e:
         logging.getLogger("loopformer").error("%s", e)
         sys.exit(1)

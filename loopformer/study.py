@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -166,6 +167,59 @@ class Progress:
         log.info("%s", self.line())
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, grandchildren, ...), read from /proc (Linux;
+    elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the multirun and every process it started. Its runs stop at once and resume
+    from their last checkpoint next time (checkpoints are written atomically). A softer signal
+    would not do: Lightning stops a run gracefully on SIGINT/SIGTERM, and a launcher's worker
+    then starts its next queued run."""
+    for pid in [proc.pid, *_descendants(proc.pid)]:  # listed before any dies and is re-parented
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+
+
+class Interrupted(Exception):
+    """The study was stopped (SIGINT or SIGTERM); its runs were stopped with it."""
+
+
+def _run_multirun(cmd: list[str]) -> int:
+    """Run the multirun; on SIGINT/SIGTERM (or any error here) stop it with all its workers."""
+
+    def stop(signum, frame):
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    except BaseException:
+        _kill_tree(proc)
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def launcher_overrides(launcher: str | None, n_jobs: int | None, extra: tuple[str, ...],
                        cpus: int | None = None) -> list[str]:
     """Hydra overrides that pick the launcher and, for ``n_jobs`` concurrent runs, give each
@@ -221,9 +275,9 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
            "+job=" + ",".join(j.id for j in pending), *extra, *hydra_launch]
     log.info("launching: %s", " ".join(cmd))
     with Progress(study, jobs, every=progress_every):
-        proc = subprocess.run(cmd, cwd=ROOT)
-    if proc.returncode:
-        raise RuntimeError(f"the study's multirun exited with code {proc.returncode}")
+        returncode = _run_multirun(cmd)
+    if returncode:
+        raise RuntimeError(f"the study's multirun exited with code {returncode}")
     return jobs
 
 

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib.image as mpimg
 import pytest
@@ -199,3 +200,39 @@ def test_concurrent_study_runs_share_the_cores():
         launcher_overrides("slurm", 2, ())
     with pytest.raises(ConfigError, match="n_jobs"):
         launcher_overrides(None, 0, ())
+
+
+@pytest.mark.slow
+def test_stopping_a_concurrent_study_stops_all_its_runs(tmp_path):
+    """SIGTERM to sweep.py alone (not its process group) stops the joblib workers too: none
+    goes on to train or start its next queued run."""
+    import signal
+    import time
+
+    from loopformer.study import _descendants
+
+    args = _micro_study(tmp_path, "micro", steps=100000)
+    (tmp_path / "conf" / "study" / "micro.yaml").write_text(
+        (tmp_path / "conf" / "study" / "micro.yaml").read_text()[:-1]
+        + ', "launcher": "joblib", "n_jobs": 2}')
+    proc = subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    runs = tmp_path / "micro" / "runs"
+    ckpts = [runs / v / "seed=1" / "checkpoints" / "last.ckpt" for v in ("first", "second")]
+    deadline = time.monotonic() + 300
+    while not all(c.is_file() for c in ckpts):  # both runs training at once
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    workers = _descendants(proc.pid)
+    assert len(workers) >= 3  # the multirun and its two workers
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "Run the same command again to resume" in out
+    time.sleep(1)
+    alive = [p for p in workers if (Path(f"/proc/{p}").exists()
+                                    and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2])]
+    assert not alive
+    sizes = [c.stat().st_mtime_ns for c in ckpts]
+    time.sleep(2)
+    assert [c.stat().st_mtime_ns for c in ckpts] == sizes  # nobody trains on
