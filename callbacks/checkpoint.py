@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from loopformer.errors import NonFiniteError
 
@@ -20,7 +20,7 @@ def weights_finite(module: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all())  # one host sync per check
 
 
-class StepCheckpoint(L.Callback):
+class StepCheckpoint(Checkpoint):
     """Writes ``dirpath/last.ckpt`` every ``every_n_steps`` global steps and at the end of
     training, and ``dirpath/step=N.ckpt`` every ``keep_every_n_steps`` (0: never). Writes go
     through the trainer's checkpoint I/O (atomic). Non-finite weights are never written, and
@@ -32,6 +32,7 @@ class StepCheckpoint(L.Callback):
         self.dirpath = Path(dirpath)
         self.every, self.keep_every = every_n_steps, keep_every_n_steps
         self._saved_step = -1
+        self._seen_step = 0  # global step at the end of the last batch
         self._good_step: int | None = None  # step of the last checkpoint written or resumed
 
     @property
@@ -52,6 +53,7 @@ class StepCheckpoint(L.Callback):
                 tmp.unlink(missing_ok=True)
 
     def on_train_start(self, trainer, pl_module):
+        self._seen_step = trainer.global_step
         if trainer.global_step > 0:  # resumed: the checkpoint it came from is good
             self._good_step = trainer.global_step
 
@@ -80,8 +82,9 @@ class StepCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if trainer.fit_loop._should_accumulate():
+        if step == self._seen_step:  # no optimizer step in this batch (gradient accumulation)
             return
+        self._seen_step = step
         n = trainer.log_every_n_steps
         if n > 0 and step % n == 0:  # a logging step: the loss reaches the host anyway
             self._check_loss(trainer, outputs)

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
-from callbacks.test_eval import FixedTestSet
+from callbacks.fixed_test_set import FixedTestSet
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
 from loopformer.config import RunSpec, build_spec
 from loopformer.csvlog import CSVMetricsLogger
@@ -278,7 +278,9 @@ def build_trainer(cfg: DictConfig, spec: RunSpec, run_dir: Path, loggers, callba
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.update(max_steps=spec.max_steps, max_epochs=-1, logger=loggers or False,
                   callbacks=callbacks, default_root_dir=str(run_dir),
-                  enable_checkpointing=False, plugins=[SafeCheckpointIO()],
+                  # StepCheckpoint is a Lightning Checkpoint, so no default ModelCheckpoint is
+                  # added; a ModelCheckpoint from the callbacks group runs beside it
+                  enable_checkpointing=True, plugins=[SafeCheckpointIO()],
                   num_sanity_val_steps=0, limit_val_batches=0)
     try:
         return L.Trainer(**kwargs)
@@ -327,7 +329,9 @@ def run(cfg: DictConfig) -> RunResult:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
     finally:
         _finish_wandb(loggers)
-    result = RunResult(run_dir, trainer.global_step, getattr(module, "last_test_metrics", {}))
+    test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                    if k.startswith("test/")}
+    result = RunResult(run_dir, trainer.global_step, test_metrics)
     if cfg.get("eval", {}).get("at_end", False) and trainer.is_global_zero:
         from loopformer.evaluate import evaluate_run
 

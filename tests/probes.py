@@ -43,7 +43,7 @@ def _die() -> None:
 def install_kill(moment: str, n: int) -> None:
     import torch
 
-    import callbacks.test_eval as test_eval
+    import callbacks.fixed_test_set as fixed_test_set
     from loopformer.module import LoopformerModule
 
     calls = {"n": 0}
@@ -73,14 +73,14 @@ def install_kill(moment: str, n: int) -> None:
 
         torch.save = save
     elif moment == "test":
-        original_eval = test_eval.evaluate_test_set
+        original_eval = fixed_test_set.evaluate_test_set
 
         def evaluate_test_set(*args, **kwargs):
             if nth_call():
                 _die()
             return original_eval(*args, **kwargs)
 
-        test_eval.evaluate_test_set = evaluate_test_set
+        fixed_test_set.evaluate_test_set = evaluate_test_set
     else:
         raise ValueError(f"LF_KILL={moment}:{n}: moment must be step, save or test")
 

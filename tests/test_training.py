@@ -82,6 +82,34 @@ def test_metrics_follow_the_curriculum_and_test_loss_at_its_steps(tiny, tmp_path
     assert {"train/grad_norm", "train/lr"} <= set(train_rows[0])
 
 
+def test_a_stock_model_checkpoint_monitors_test_loss(tiny, tmp_path):
+    """test/* reach trainer.callback_metrics: Lightning's ModelCheckpoint, from the callbacks
+    group, keeps the checkpoint of the step with the lowest test/loss in metrics.csv."""
+    best = tmp_path / "best"
+    cfg = compose_cfg(*tiny, "trainer.max_steps=12", "test.every_n_steps=3",
+                      "+callbacks.best._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+                      "+callbacks.best.monitor=test/loss", "+callbacks.best.mode=min",
+                      "+callbacks.best.save_top_k=1", "+callbacks.best.every_n_train_steps=3",
+                      f"+callbacks.best.dirpath={best}", "+callbacks.best.filename='step{step}'",
+                      "+callbacks.best.auto_insert_metric_name=false",
+                      "optimizer.lr=0.03", run_dir=tmp_path / "run")
+    result = run(cfg)
+    rows = {int(r["step"]): r["test/loss"] for r in read_metrics(tmp_path / "run" / "metrics.csv")
+            if "test/loss" in r}
+    assert sorted(rows) == [3, 6, 9, 12]
+    assert len(set(rows.values())) == 4  # the weights moved: the choice is not trivial
+    step = min(rows, key=rows.get)
+    assert [p.name for p in best.iterdir()] == [f"step{step}.ckpt"]
+    state = safe_load(best / f"step{step}.ckpt")
+    assert state["global_step"] == step
+    (kept,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert float(kept["best_model_score"]) == rows[step]
+    # run() reads the last evaluation back from trainer.callback_metrics
+    assert result.test_metrics["test/loss"] == rows[12]
+    assert result.test_metrics["test/error"] == read_metrics(
+        tmp_path / "run" / "metrics.csv")[-1]["test/error"]
+
+
 def _tensors(ckpt):
     state = safe_load(ckpt)
     opt = state["optimizer_states"][0]["state"]
