@@ -1,7 +1,9 @@
 """Helpers that run inside the training processes started by the slow tests.
 
 ``RecordPrompts`` is a Lightning callback (``+callbacks.probe._target_=probes.RecordPrompts``,
-with ``tests/`` on PYTHONPATH) that appends every rank's prompts to ``PATH/rank<r>.jsonl``.
+with ``tests/`` on PYTHONPATH) that appends every rank's prompts to ``PATH/rank<r>.jsonl``;
+``SigtermAt`` (``+callbacks.term._target_=probes.SigtermAt +callbacks.term.step=N``) sends its
+own process a SIGTERM at the end of global step N, as a cluster scheduler would.
 
 ``python tests/probes.py ARGS...`` runs ``train.py ARGS...`` and, when ``LF_KILL=MOMENT:N`` is
 set, SIGKILLs the process at the N-th such moment:
@@ -34,6 +36,15 @@ class RecordPrompts(L.Callback):
                "ys": batch.ys.flatten().tolist()}
         with open(self.path / f"rank{trainer.global_rank}.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class SigtermAt(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _die() -> None:

@@ -229,6 +229,24 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, nan_prompts_at_step
     assert safe_load(last)["global_step"] == 4 and _finite(last)
 
 
+def test_sigterm_checkpoints_the_step_it_stops_at_and_resumes_exactly(tmp_path):
+    """A SIGTERM at step 7 (between two periodic checkpoints) leaves last.ckpt at step 7;
+    continuing from it ends where an uninterrupted run does."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    every = "checkpoint.every_n_steps=4"
+    with pytest.raises(SIGTERMException):
+        _train(tmp_path, every, "+callbacks.term._target_=probes.SigtermAt",
+               "+callbacks.term.step=7", steps=10)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert safe_load(last)["global_step"] == 7 and _finite(last)
+    _train(tmp_path, every, "ckpt_path=last", steps=10)
+    _train(tmp_path, every, name="straight", steps=10)
+    _assert_same_state(_final_state(tmp_path / "run"), _final_state(tmp_path / "straight"))
+    assert (read_metrics(tmp_path / "run" / "metrics.csv")
+            == read_metrics(tmp_path / "straight" / "metrics.csv"))
+
+
 def test_slurm_requeue_continues_from_the_newest_checkpoint(tmp_path, monkeypatch):
     _train(tmp_path, steps=2)
     run_dir = tmp_path / "run"

@@ -1,5 +1,6 @@
 """The training app: config tree, streaming data, curriculum, test set, checkpoints, resume."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from loopformer.checkpoints import safe_load
 from loopformer.config import build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Schedule
+from loopformer.evaluate import evaluate, load_model
 from loopformer.training import run
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml"))
@@ -137,6 +139,41 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     rows_a = read_metrics(tmp_path / "a" / "metrics.csv")
     rows_b = read_metrics(tmp_path / "b" / "metrics.csv")
     assert rows_a == rows_b
+
+
+def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny, tmp_path):
+    """trainer.max_time stops between periodic checkpoints (none is due before step 10**6):
+    last.ckpt holds the step training stopped at, eval/results.json scores exactly those
+    weights, and a run continued from it ends where an uninterrupted run does."""
+    never = ["trainer.max_steps=1000000", "checkpoint.every_n_steps=1000000"]
+    evals = ["eval.n_prompts=64", "eval.extra_loops=[4]", "eval.baselines=[least_squares]",
+             "+eval.n_resamples=20"]
+    cfg = compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", "eval.at_end=true", *evals,
+                      run_dir=tmp_path / "timed")
+    result = run(cfg)
+    timed = tmp_path / "timed"
+    state = safe_load(timed / "checkpoints" / "last.ckpt")
+    stop = result.global_step
+    assert 0 < stop == state["global_step"] < 1000000
+    assert [int(r["step"]) for r in read_metrics(timed / "metrics.csv")][-1] == stop - 1
+
+    spec = build_spec(cfg)
+    again = evaluate(load_model(timed, spec, "last"), spec, n_prompts=64, seed=0,
+                     extra_loops=[4], baselines=[], n_resamples=20)
+    saved = json.loads((timed / "eval" / "results.json").read_text())
+    assert saved["curves"]["model"] == again["curves"]["model"]
+    assert saved["curves"]["model@4"] == again["curves"]["model@4"]
+
+    end = f"trainer.max_steps={stop + 3}"
+    run(compose_cfg(*tiny, end, "ckpt_path=last", run_dir=timed))
+    run(compose_cfg(*tiny, end, run_dir=tmp_path / "straight"))
+    step_a, weights_a, opt_a = _tensors(timed / "checkpoints" / "last.ckpt")
+    step_b, weights_b, opt_b = _tensors(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == stop + 3
+    for k in weights_a:
+        assert torch.equal(weights_a[k], weights_b[k]), k
+    assert read_metrics(timed / "metrics.csv") == read_metrics(tmp_path / "straight" /
+                                                               "metrics.csv")
 
 
 def test_seeds_give_different_data_same_seed_same_run(tiny, tmp_path):
