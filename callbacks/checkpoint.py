@@ -26,10 +26,10 @@ class StepCheckpoint(Checkpoint):
     training stops (``trainer.max_steps``, ``trainer.max_time``, a stopping callback, or a
     SIGTERM, which Lightning turns into a stop between two steps), and ``dirpath/step=N.ckpt``
     every ``keep_every_n_steps`` (0: never). Writes go through the trainer's checkpoint I/O
-    (atomic). Non-finite weights are never written, and
-    the training loss is checked at every logging step (where Lightning syncs with the device
-    anyway, so no extra per-step sync): either way training stops with a NonFiniteError naming
-    the step, and the last good checkpoint stays."""
+    (atomic). Non-finite weights are never written, and the training loss is checked at every
+    logging step (where Lightning syncs with the device anyway, so no extra per-step sync):
+    either way training stops with a NonFiniteError naming the step, and the last good
+    checkpoint stays."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int, keep_every_n_steps: int = 0):
         self.dirpath = Path(dirpath)

@@ -61,7 +61,8 @@ BAD_INPUTS = [
     (["perf.cuda_graph=true"], "perf.cuda_graph=true needs a CUDA device"),  # TINY: CPU
     (["perf.matmul_precision=low"], "perf.matmul_precision='low'"),
     (["model.n_layer=abc"], "model.n_layer='abc' must be an integer"),
-    (["model.skip_connection=1"], "model.skip_connection=1 must be true or false"),
+    (["model.skip_connection=1", "trainer.max_steps=2"], "model.skip_connection=1 must be "
+                                                         "true or false"),
     (["task=decision_tree", "task.depth=null"], "task.depth=null must be an integer"),
     (["+task.depth=2"], "task.name=linear_regression has no setting task.depth"),
     # a short run, were the baselines checked only when the evaluation starts
