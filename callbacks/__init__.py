@@ -2,6 +2,6 @@
 
 from callbacks.checkpoint import StepCheckpoint
 from callbacks.curriculum import CurriculumCallback
-from callbacks.test_eval import FixedTestSetEvaluation
+from callbacks.fixed_test_set import FixedTestSetEvaluation
 
 __all__ = ["CurriculumCallback", "FixedTestSetEvaluation", "StepCheckpoint"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from loopformer.errors import NonFiniteError
 
@@ -20,18 +21,21 @@ def weights_finite(module: torch.nn.Module) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all())  # one host sync per check
 
 
-class StepCheckpoint(L.Callback):
-    """Writes ``dirpath/last.ckpt`` every ``every_n_steps`` global steps and at the end of
-    training, and ``dirpath/step=N.ckpt`` every ``keep_every_n_steps`` (0: never). Writes go
-    through the trainer's checkpoint I/O (atomic). Non-finite weights are never written, and
-    the training loss is checked at every logging step (where Lightning syncs with the device
-    anyway, so no extra per-step sync): either way training stops with a NonFiniteError naming
-    the step, and the last good checkpoint stays."""
+class StepCheckpoint(Checkpoint):
+    """Writes ``dirpath/last.ckpt`` every ``every_n_steps`` global steps and at the step where
+    training stops (``trainer.max_steps``, ``trainer.max_time``, a stopping callback, or a
+    SIGTERM, which Lightning turns into a stop between two steps), and ``dirpath/step=N.ckpt``
+    every ``keep_every_n_steps`` (0: never). Writes go through the trainer's checkpoint I/O
+    (atomic). Non-finite weights are never written, and the training loss is checked at every
+    logging step (where Lightning syncs with the device anyway, so no extra per-step sync):
+    either way training stops with a NonFiniteError naming the step, and the last good
+    checkpoint stays."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int, keep_every_n_steps: int = 0):
         self.dirpath = Path(dirpath)
         self.every, self.keep_every = every_n_steps, keep_every_n_steps
-        self._saved_step = -1
+        self._last_step = self._kept_step = -1  # steps of the files written by this process
+        self._seen_step = 0  # global step at the end of the last batch
         self._good_step: int | None = None  # step of the last checkpoint written or resumed
 
     @property
@@ -52,21 +56,26 @@ class StepCheckpoint(L.Callback):
                 tmp.unlink(missing_ok=True)
 
     def on_train_start(self, trainer, pl_module):
+        self._seen_step = trainer.global_step
         if trainer.global_step > 0:  # resumed: the checkpoint it came from is good
             self._good_step = trainer.global_step
 
-    def _save(self, trainer, pl_module) -> None:
+    def _save(self, trainer, pl_module, last: bool) -> None:
+        """Writes ``last.ckpt`` (if ``last``) and this step's permanent checkpoint (if the step
+        is a multiple of ``keep_every_n_steps``), each at most once per step."""
         step = trainer.global_step
-        if step == self._saved_step:
+        last = last and step != self._last_step
+        keep = bool(self.keep_every) and step % self.keep_every == 0 and step != self._kept_step
+        if not (last or keep):
             return
         if not weights_finite(pl_module):
             raise self._stop("non-finite weights", step)
-        if step % self.every == 0 or trainer.global_step >= (trainer.max_steps or 0):
+        if last:
             trainer.save_checkpoint(self.last_path, weights_only=False)
-            self._good_step = step
-        if self.keep_every and step % self.keep_every == 0:
+            self._last_step = self._good_step = step
+        if keep:
             trainer.save_checkpoint(self.dirpath / f"step={step}.ckpt", weights_only=False)
-        self._saved_step = step
+            self._kept_step = step
 
     def _check_loss(self, trainer, outputs) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -80,13 +89,17 @@ class StepCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if trainer.fit_loop._should_accumulate():
+        if step == self._seen_step:  # no optimizer step in this batch (gradient accumulation)
             return
+        self._seen_step = step
         n = trainer.log_every_n_steps
         if n > 0 and step % n == 0:  # a logging step: the loss reaches the host anyway
             self._check_loss(trainer, outputs)
-        if step % self.every == 0 or (self.keep_every and step % self.keep_every == 0):
-            self._save(trainer, pl_module)
+        self._save(trainer, pl_module, last=step % self.every == 0)
 
     def on_train_end(self, trainer, pl_module):
-        self._save(trainer, pl_module)
+        self._save(trainer, pl_module, last=True)  # wherever training stopped
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, SIGTERMException):  # raised between two steps: a clean state
+            self._save(trainer, pl_module, last=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from loopformer.curriculum import Curriculum, Schedule
-from loopformer.errors import ConfigError
+from loopformer.errors import ConfigError, check_type
 from loopformer.models import ModelConfig, keep_mask_len
 from loopformer.tasks import Task, build_task
 
@@ -64,20 +64,11 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
 
 
 def _int(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}={value!r} must be an integer")
-    return value
+    return check_type(key, value, int)
 
 
 def _float(key: str, value) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be a number")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} must be a number") from None
+    return float(check_type(key, value, float))
 
 
 def _schedule(cfg: DictConfig, key: str) -> Schedule:

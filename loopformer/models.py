@@ -8,14 +8,15 @@ are read at the ``x`` tokens, so the prediction at index ``k`` has seen ``k`` ex
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from typing import get_type_hints
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from loopformer.errors import ConfigError
+from loopformer.errors import ConfigError, check_type
 
 FAMILIES = ("looped", "transformer", "tied")
 MIXERS = ("attention", "ssm")
@@ -67,11 +68,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        types = get_type_hints(cls)  # field name -> int, float, bool or str
+        unknown = sorted(set(d) - set(types))
         if unknown:
-            raise ConfigError(f"unknown model keys {unknown}; allowed: {sorted(known)}")
-        return cls(**d)
+            raise ConfigError(f"unknown model keys {unknown}; allowed: {sorted(types)}")
+        return cls(**{k: check_type(f"model.{k}", v, types[k]) for k, v in d.items()})
 
 
 def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None,

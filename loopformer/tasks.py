@@ -7,12 +7,13 @@ with the coordinates beyond the curriculum's active dims set to zero.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import NamedTuple
+from typing import NamedTuple, get_type_hints
 
 import torch
 
-from loopformer.errors import ConfigError
+from loopformer.errors import ConfigError, check_type
 
 
 class Batch(NamedTuple):
@@ -194,13 +195,12 @@ def build_task(name: str, n_dims: int, **params) -> Task:
     if name not in TASKS:
         raise ConfigError(f"task.name={name!r} is unknown; choose one of {sorted(TASKS)}")
     cls = TASKS[name]
-    try:
-        return cls(n_dims, **params)
-    except TypeError as e:
-        import inspect
-
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in
-                   ("self", "n_dims")]
-        raise ConfigError(
-            f"task {name!r} got unexpected parameters {sorted(params)}; allowed: {allowed}"
-        ) from e
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in
+               ("self", "n_dims")]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(f"task.name={name} has no setting "
+                          f"{', '.join(f'task.{k}' for k in unknown)}; allowed: "
+                          f"{', '.join(f'task.{k}' for k in allowed) or 'none'}")
+    types = get_type_hints(cls.__init__)
+    return cls(n_dims, **{k: check_type(f"task.{k}", v, types.get(k)) for k, v in params.items()})

@@ -19,7 +19,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
-from callbacks.test_eval import FixedTestSet
+from callbacks.fixed_test_set import FixedTestSet
+from loopformer.baselines import build_baselines
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
 from loopformer.config import RunSpec, build_spec
 from loopformer.csvlog import CSVMetricsLogger
@@ -146,6 +147,16 @@ def _hydra_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_baselines(cfg: DictConfig, spec: RunSpec) -> None:
+    """``eval.baselines`` is used once training is over: build the baselines now, so that a
+    bad entry is refused before the first step."""
+    baselines = (cfg.get("eval") or {}).get("baselines", "default")
+    if baselines != "default":
+        specs = (OmegaConf.to_container(baselines, resolve=True)
+                 if OmegaConf.is_config(baselines) else baselines)
+        build_baselines(specs, spec.task.name, spec.task_params)
 
 
 def check_compatible(saved: dict, cfg: DictConfig, path: Path) -> None:
@@ -278,7 +289,9 @@ def build_trainer(cfg: DictConfig, spec: RunSpec, run_dir: Path, loggers, callba
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     kwargs.update(max_steps=spec.max_steps, max_epochs=-1, logger=loggers or False,
                   callbacks=callbacks, default_root_dir=str(run_dir),
-                  enable_checkpointing=False, plugins=[SafeCheckpointIO()],
+                  # StepCheckpoint is a Lightning Checkpoint, so no default ModelCheckpoint is
+                  # added; a ModelCheckpoint from the callbacks group runs beside it
+                  enable_checkpointing=True, plugins=[SafeCheckpointIO()],
                   num_sanity_val_steps=0, limit_val_batches=0)
     try:
         return L.Trainer(**kwargs)
@@ -299,6 +312,7 @@ def _finish_wandb(loggers) -> None:
 def run(cfg: DictConfig) -> RunResult:
     """Train the run described by ``cfg``; every check happens before anything is written."""
     spec = build_spec(cfg)
+    check_baselines(cfg, spec)
     check_cuda_graph(cfg, check_trainer(cfg))
     run_dir, ckpt = resolve_paths(cfg)
     resume_step = None
@@ -327,7 +341,9 @@ def run(cfg: DictConfig) -> RunResult:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
     finally:
         _finish_wandb(loggers)
-    result = RunResult(run_dir, trainer.global_step, getattr(module, "last_test_metrics", {}))
+    test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                    if k.startswith("test/")}
+    result = RunResult(run_dir, trainer.global_step, test_metrics)
     if cfg.get("eval", {}).get("at_end", False) and trainer.is_global_zero:
         from loopformer.evaluate import evaluate_run
 

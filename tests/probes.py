@@ -1,7 +1,9 @@
 """Helpers that run inside the training processes started by the slow tests.
 
 ``RecordPrompts`` is a Lightning callback (``+callbacks.probe._target_=probes.RecordPrompts``,
-with ``tests/`` on PYTHONPATH) that appends every rank's prompts to ``PATH/rank<r>.jsonl``.
+with ``tests/`` on PYTHONPATH) that appends every rank's prompts to ``PATH/rank<r>.jsonl``;
+``SigtermAt`` (``+callbacks.term._target_=probes.SigtermAt +callbacks.term.step=N``) sends its
+own process a SIGTERM at the end of global step N, as a cluster scheduler would.
 
 ``python tests/probes.py ARGS...`` runs ``train.py ARGS...`` and, when ``LF_KILL=MOMENT:N`` is
 set, SIGKILLs the process at the N-th such moment:
@@ -36,6 +38,15 @@ class RecordPrompts(L.Callback):
             f.write(json.dumps(row) + "\n")
 
 
+class SigtermAt(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -43,7 +54,7 @@ def _die() -> None:
 def install_kill(moment: str, n: int) -> None:
     import torch
 
-    import callbacks.test_eval as test_eval
+    import callbacks.fixed_test_set as fixed_test_set
     from loopformer.module import LoopformerModule
 
     calls = {"n": 0}
@@ -73,14 +84,14 @@ def install_kill(moment: str, n: int) -> None:
 
         torch.save = save
     elif moment == "test":
-        original_eval = test_eval.evaluate_test_set
+        original_eval = fixed_test_set.evaluate_test_set
 
         def evaluate_test_set(*args, **kwargs):
             if nth_call():
                 _die()
             return original_eval(*args, **kwargs)
 
-        test_eval.evaluate_test_set = evaluate_test_set
+        fixed_test_set.evaluate_test_set = evaluate_test_set
     else:
         raise ValueError(f"LF_KILL={moment}:{n}: moment must be step, save or test")
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, TINY, compose_cfg
 
-from callbacks.test_eval import FixedTestSet, PositionwiseSquaredError, evaluate_test_set
+from callbacks.fixed_test_set import FixedTestSet, PositionwiseSquaredError, evaluate_test_set
 from loopformer import build_model
 from loopformer.checkpoints import safe_load
 from loopformer.config import build_spec

@@ -24,6 +24,8 @@ from loopformer.errors import ConfigError, NonFiniteError
 from loopformer.training import requeued_checkpoint, run
 
 SPARSE = ["task=sparse_linear_regression"]
+SHORT_EVAL = ["trainer.max_steps=2", "eval.at_end=true", "eval.n_prompts=16",
+              "eval.extra_loops=[4]"]
 
 # (overrides on top of TINY, the key the message must name); TINY: n_embd 16, n_head 2,
 # n_dims 4, n_positions 12, dims 3->4, points 5->9 (18 tokens), loops 2->3, window 2
@@ -58,6 +60,15 @@ BAD_INPUTS = [
     (["perf.compile_mode=fast"], "perf.compile_mode='fast'"),
     (["perf.cuda_graph=true"], "perf.cuda_graph=true needs a CUDA device"),  # TINY: CPU
     (["perf.matmul_precision=low"], "perf.matmul_precision='low'"),
+    (["model.n_layer=abc"], "model.n_layer='abc' must be an integer"),
+    (["model.skip_connection=1", "trainer.max_steps=2"], "model.skip_connection=1 must be "
+                                                         "true or false"),
+    (["task=decision_tree", "task.depth=null"], "task.depth=null must be an integer"),
+    (["+task.depth=2"], "task.name=linear_regression has no setting task.depth"),
+    # a short run, were the baselines checked only when the evaluation starts
+    (["eval.baselines=[lasso]", *SHORT_EVAL], "eval.baselines: 'lasso' needs its alpha"),
+    (["eval.baselines=[least_squares,lsq]", *SHORT_EVAL], "eval.baselines has unknown "
+                                                           "baseline 'lsq'"),
 ]
 
 
@@ -79,6 +90,8 @@ def test_bad_input_is_refused_before_anything_is_written(overrides, key, tmp_pat
     ([*SPARSE, "task.sparsity=4"], "task.sparsity in 1..3"),
     (["model.mixer=rnn"], "attention, ssm"),
     (["perf.compile_mode=fast"], "default, reduce-overhead, max-autotune"),
+    (["task=decision_tree", "+task.max_depth=2"], "allowed: task.depth"),
+    (["eval.baselines=[lsq]"], "allowed names: ['default', 'least_squares', 'averaging'"),
 ])
 def test_messages_name_the_allowed_values(overrides, allowed):
     with pytest.raises(ConfigError, match=re.escape(allowed)):
@@ -229,6 +242,24 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, nan_prompts_at_step
     assert safe_load(last)["global_step"] == 4 and _finite(last)
 
 
+def test_sigterm_checkpoints_the_step_it_stops_at_and_resumes_exactly(tmp_path):
+    """A SIGTERM at step 7 (between two periodic checkpoints) leaves last.ckpt at step 7;
+    continuing from it ends where an uninterrupted run does."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    every = "checkpoint.every_n_steps=4"
+    with pytest.raises(SIGTERMException):
+        _train(tmp_path, every, "+callbacks.term._target_=probes.SigtermAt",
+               "+callbacks.term.step=7", steps=10)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert safe_load(last)["global_step"] == 7 and _finite(last)
+    _train(tmp_path, every, "ckpt_path=last", steps=10)
+    _train(tmp_path, every, name="straight", steps=10)
+    _assert_same_state(_final_state(tmp_path / "run"), _final_state(tmp_path / "straight"))
+    assert (read_metrics(tmp_path / "run" / "metrics.csv")
+            == read_metrics(tmp_path / "straight" / "metrics.csv"))
+
+
 def test_slurm_requeue_continues_from_the_newest_checkpoint(tmp_path, monkeypatch):
     _train(tmp_path, steps=2)
     run_dir = tmp_path / "run"
@@ -272,11 +303,14 @@ def run_cmd(cmd, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess
     ("trainer.precision=16-mixed", "trainer.precision=16-mixed", True),
     ("optimizer.lr=0", "optimizer.lr=0", False),
     ("ckpt_path=last", "ckpt_path=last", True),
+    ("model.n_layer=abc", "model.n_layer='abc'", False),
+    ("task=decision_tree task.depth=null", "task.depth=null", True),
+    ("experiment=quickstart eval.at_end=true eval.baselines=[lasso]", "eval.baselines", False),
 ])
 def test_command_line_rejects_with_one_line_and_no_run_dir(override, key, pinned, tmp_path):
     # not pinned: Hydra makes logs/runs/<timestamp> under the working directory before run()
     pin = [f"run_dir={tmp_path / 'run'}"] if pinned else []
-    proc = run_cmd(train_cmd(override, "trainer.max_steps=2", *pin), cwd=tmp_path)
+    proc = run_cmd(train_cmd(*override.split(), "trainer.max_steps=2", *pin), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr

@@ -1,5 +1,6 @@
 """The training app: config tree, streaming data, curriculum, test set, checkpoints, resume."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from loopformer.checkpoints import safe_load
 from loopformer.config import build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Schedule
+from loopformer.evaluate import evaluate, load_model
 from loopformer.training import run
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml"))
@@ -82,6 +84,34 @@ def test_metrics_follow_the_curriculum_and_test_loss_at_its_steps(tiny, tmp_path
     assert {"train/grad_norm", "train/lr"} <= set(train_rows[0])
 
 
+def test_a_stock_model_checkpoint_monitors_test_loss(tiny, tmp_path):
+    """test/* reach trainer.callback_metrics: Lightning's ModelCheckpoint, from the callbacks
+    group, keeps the checkpoint of the step with the lowest test/loss in metrics.csv."""
+    best = tmp_path / "best"
+    cfg = compose_cfg(*tiny, "trainer.max_steps=12", "test.every_n_steps=3",
+                      "+callbacks.best._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+                      "+callbacks.best.monitor=test/loss", "+callbacks.best.mode=min",
+                      "+callbacks.best.save_top_k=1", "+callbacks.best.every_n_train_steps=3",
+                      f"+callbacks.best.dirpath={best}", "+callbacks.best.filename='step{step}'",
+                      "+callbacks.best.auto_insert_metric_name=false",
+                      "optimizer.lr=0.03", run_dir=tmp_path / "run")
+    result = run(cfg)
+    rows = {int(r["step"]): r["test/loss"] for r in read_metrics(tmp_path / "run" / "metrics.csv")
+            if "test/loss" in r}
+    assert sorted(rows) == [3, 6, 9, 12]
+    assert len(set(rows.values())) == 4  # the weights moved: the choice is not trivial
+    step = min(rows, key=rows.get)
+    assert [p.name for p in best.iterdir()] == [f"step{step}.ckpt"]
+    state = safe_load(best / f"step{step}.ckpt")
+    assert state["global_step"] == step
+    (kept,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert float(kept["best_model_score"]) == rows[step]
+    # run() reads the last evaluation back from trainer.callback_metrics
+    assert result.test_metrics["test/loss"] == rows[12]
+    assert result.test_metrics["test/error"] == read_metrics(
+        tmp_path / "run" / "metrics.csv")[-1]["test/error"]
+
+
 def _tensors(ckpt):
     state = safe_load(ckpt)
     opt = state["optimizer_states"][0]["state"]
@@ -109,6 +139,46 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     rows_a = read_metrics(tmp_path / "a" / "metrics.csv")
     rows_b = read_metrics(tmp_path / "b" / "metrics.csv")
     assert rows_a == rows_b
+
+
+def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny, tmp_path):
+    """trainer.max_time stops between periodic checkpoints (none is due before step 10**6):
+    last.ckpt holds the step training stopped at, eval/results.json scores exactly those
+    weights, and a run continued from it ends where an uninterrupted run does."""
+    never = ["trainer.max_steps=1000000", "checkpoint.every_n_steps=1000000"]
+    evals = ["eval.n_prompts=64", "eval.extra_loops=[4]", "eval.baselines=[least_squares]",
+             "+eval.n_resamples=20"]
+    cfg = compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", "eval.at_end=true", *evals,
+                      run_dir=tmp_path / "timed")
+    result = run(cfg)
+    timed = tmp_path / "timed"
+    state = safe_load(timed / "checkpoints" / "last.ckpt")
+    stop = result.global_step
+    assert 0 < stop == state["global_step"] < 1000000
+    assert [int(r["step"]) for r in read_metrics(timed / "metrics.csv")][-1] == stop - 1
+
+    spec = build_spec(cfg)
+    again = evaluate(load_model(timed, spec, "last"), spec, n_prompts=64, seed=0,
+                     extra_loops=[4], baselines=[], n_resamples=20)
+    saved = json.loads((timed / "eval" / "results.json").read_text())
+    assert saved["curves"]["model"] == again["curves"]["model"]
+    assert saved["curves"]["model@4"] == again["curves"]["model@4"]
+
+    end = f"trainer.max_steps={stop + 3}"
+    run(compose_cfg(*tiny, end, "ckpt_path=last", run_dir=timed))
+    run(compose_cfg(*tiny, end, run_dir=tmp_path / "straight"))
+    step_a, weights_a, opt_a = _tensors(timed / "checkpoints" / "last.ckpt")
+    step_b, weights_b, opt_b = _tensors(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == stop + 3
+    for k in weights_a:
+        assert torch.equal(weights_a[k], weights_b[k]), k
+    # the metrics logged every step; Lightning repeats the per-position and per-parameter
+    # values of the last detail step on later rows of the same process, so those differ
+    def every_step(path):
+        return [{k: v for k, v in r.items() if not k.startswith(("grad_norm/", "train/loss_pos/"))}
+                for r in read_metrics(path)]
+
+    assert every_step(timed / "metrics.csv") == every_step(tmp_path / "straight" / "metrics.csv")
 
 
 def test_seeds_give_different_data_same_seed_same_run(tiny, tmp_path):

@@ -80,18 +80,35 @@ def evaluate_test_set(model, test_set: FixedTestSet, n_loops, rank: int, world_s
 class FixedTestSetEvaluation(L.Callback):
     """Every ``every_n_steps`` global steps, evaluates the model on the fixed test set at the
     current loop count and logs ``test/loss``, ``test/error`` (normalised) and the normalised
-    error per position."""
+    error per position.
+
+    The values go through ``pl_module.log_dict``, so they are in ``trainer.callback_metrics``
+    for any callback (``ModelCheckpoint(monitor="test/loss")``, ``EarlyStopping``) and for the
+    caller of ``fit``; they are already reduced over the ranks by torchmetrics, hence no
+    ``sync_dist``. The loggers get them from ``logger.log_metrics`` at the global step of the
+    weights they score, as Lightning's own ``LearningRateMonitor`` does: ``log_dict`` would
+    hand them to the loggers only at the next logging step, one step earlier (Lightning's
+    logging step of the batch that just ran), and again at every later logging step."""
 
     def __init__(self, test_set: FixedTestSet, every_n_steps: int):
         self.test_set, self.every = test_set, every_n_steps
+        self._seen_step = 0
+
+    def on_train_start(self, trainer, pl_module):
+        self._seen_step = trainer.global_step  # a resumed run has scored this step already
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if self.every <= 0 or step % self.every or trainer.fit_loop._should_accumulate():
+        if step == self._seen_step:  # no optimizer step in this batch (gradient accumulation)
+            return
+        self._seen_step = step
+        if self.every <= 0 or step % self.every:
             return
         metrics = evaluate_test_set(
             pl_module.model, self.test_set, pl_module.n_loops, trainer.global_rank,
             trainer.world_size, pl_module.device, trainer.precision_plugin.forward_context)
-        pl_module.last_test_metrics = metrics
+        # float64 on the CPU: callback_metrics keep the exact values
+        pl_module.log_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()},
+                           on_step=True, on_epoch=False, logger=False)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
