@@ -209,7 +209,9 @@ def _run_multirun(cmd: list[str]) -> int:
         raise Interrupted(f"stopped by {signal.Signals(signum).name}")
 
     proc = subprocess.Popen(cmd, cwd=ROOT)
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # handlers live there only
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return proc.wait()
     except BaseException:
