@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from loopformer.errors import ConfigError
 from loopformer.study import Interrupted, Study, aggregate, launch
+from loopformer.training import discard_unused_output_dir
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep")
@@ -22,6 +23,7 @@ def main(cfg: DictConfig) -> None:
         print((study_dir / "report.md").read_text())
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        discard_unused_output_dir()  # a refused command leaves no study directory behind
         sys.exit(2)
     except Interrupted as e:
         print(f"study {cfg.study.name} {e}; its runs were stopped. Run the same command again "

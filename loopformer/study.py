@@ -257,7 +257,7 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
     ``launcher`` and ``n_jobs`` default to the study's own; a run that had started resumes
     from its ``last.ckpt``."""
     launcher = launcher or study.launcher
-    n_jobs = n_jobs or study.n_jobs
+    n_jobs = study.n_jobs if n_jobs is None else n_jobs
     hydra_launch = launcher_overrides(launcher, n_jobs, extra)
     jobs = plan(study, study_dir)
     pending = [j for j in jobs if not j.finished]

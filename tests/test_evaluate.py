@@ -202,6 +202,16 @@ def test_concurrent_study_runs_share_the_cores():
         launcher_overrides(None, 0, ())
 
 
+def test_a_bad_n_jobs_is_refused_before_any_run(tmp_path):
+    from loopformer.errors import ConfigError
+    from loopformer.study import Study, launch
+
+    study = Study("s", (), {"a": ()}, (1,), (), launcher="joblib", n_jobs=2)
+    with pytest.raises(ConfigError, match="n_jobs=0 must be an integer >= 1"):
+        launch(study, tmp_path / "s", n_jobs=0)  # not replaced by the study's own 2
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.slow
 def test_stopping_a_concurrent_study_stops_all_its_runs(tmp_path):
     """SIGTERM to sweep.py alone (not its process group) stops the joblib workers too: none
