@@ -33,6 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+def check_n_jobs(key: str, n_jobs):
+    """``n_jobs`` if it is null or an integer >= 1, else a ConfigError naming ``key``."""
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int)
+                               or n_jobs < 1):
+        raise ConfigError(f"{key}={n_jobs!r} must be an integer >= 1 (or null)")
+    return n_jobs
+
+
 @dataclass(frozen=True)
 class Study:
     name: str
@@ -61,9 +69,7 @@ class Study:
             if bad:
                 raise ConfigError(f"study.groups.{g} names unknown variants {bad}; allowed: "
                                   f"{list(d['variants'])}")
-        n_jobs = d.get("n_jobs")
-        if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs < 1):
-            raise ConfigError(f"study.n_jobs={n_jobs!r} must be an integer >= 1 (or null)")
+        n_jobs = check_n_jobs("study.n_jobs", d.get("n_jobs"))
         return cls(d["name"], tuple(d.get("base") or ()),
                    {k: tuple(v or ()) for k, v in d["variants"].items()},
                    tuple(int(s) for s in d["seeds"]), tuple(d.get("examples") or ()),
@@ -228,10 +234,7 @@ def launcher_overrides(launcher: str | None, n_jobs: int | None, extra: tuple[st
     run an equal share of the CPU threads and no progress bar (unless ``perf.threads`` or
     ``trainer.enable_progress_bar`` are set explicitly)."""
     out = []
-    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int)
-                               or n_jobs < 1):
-        raise ConfigError(f"n_jobs={n_jobs!r} must be an integer >= 1 (or null)")
-    if n_jobs and n_jobs > 1:
+    if check_n_jobs("n_jobs", n_jobs) and n_jobs > 1:
         launcher = launcher or "joblib"
         if launcher != "joblib":
             raise ConfigError(f"n_jobs={n_jobs} runs jobs concurrently through the joblib "
