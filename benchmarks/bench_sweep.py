@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loopformer.study import launcher_overrides  # noqa: E402
 
 
 def one(mode_jobs: int, args) -> dict:
@@ -41,7 +44,9 @@ def one(mode_jobs: int, args) -> dict:
         wall = time.perf_counter() - t0
         if proc.returncode:
             sys.exit(f"sweep failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    threads = max(1, (os.cpu_count() or 1) // mode_jobs)
+    # the threads sweep.py gave each run (torch's default, one per core, when it set none)
+    threads = next((int(o.split("=")[1]) for o in launcher_overrides(None, mode_jobs, ())
+                    if o.startswith("perf.threads=")), os.cpu_count() or 1)
     return {"n_jobs": mode_jobs, "threads_per_run": threads, "runs": args.runs,
             "steps": args.steps, "wall_s": round(wall, 1),
             "s_per_run": round(wall / args.runs, 1),
