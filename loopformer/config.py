@@ -6,6 +6,7 @@ trained; each error names the override to change and the values it accepts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,7 +16,7 @@ from loopformer.errors import ConfigError, check_type
 from loopformer.models import ModelConfig, keep_mask_len
 from loopformer.tasks import Task, build_task
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "wsd")
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,27 @@ class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"  # constant | cosine
+    schedule: str = "constant"  # constant | cosine | wsd
     warmup_steps: int = 0  # linear warm-up from 0
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    min_lr_ratio: float = 0.0  # the decay's floor (cosine, wsd), as a fraction of lr
+    decay_fraction: float = 0.2  # wsd: the final share of the steps that decays linearly
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """The learning rate at optimizer step ``step`` of ``total``, as a fraction of lr:
+        linear warm-up over ``warmup_steps``, then constant, cosine to ``min_lr_ratio`` at
+        ``total``, or wsd (warm-up, stable, decay): constant, then linear to ``min_lr_ratio``
+        over the last ``decay_fraction`` of the steps."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        floor = self.min_lr_ratio
+        if self.schedule == "cosine":
+            progress = min(1.0, (step - self.warmup_steps) / max(1, total - self.warmup_steps))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.schedule == "wsd":
+            decay = max(1, round(self.decay_fraction * total))
+            progress = min(1.0, max(0.0, (step - (total - decay)) / decay))
+            return 1.0 - (1.0 - floor) * progress
+        return 1.0
 
 
 @dataclass(frozen=True)
@@ -149,10 +168,13 @@ def _build_spec(cfg: DictConfig) -> RunSpec:
         schedule=str(optim_cfg.get("schedule", "constant")),
         warmup_steps=_int("optimizer.warmup_steps", optim_cfg.get("warmup_steps", 0)),
         min_lr_ratio=_float("optimizer.min_lr_ratio", optim_cfg.get("min_lr_ratio", 0.0)),
+        decay_fraction=_float("optimizer.decay_fraction", optim_cfg.get("decay_fraction", 0.2)),
     )
     _positive("optimizer.lr", optim.lr)
     _positive("optimizer.weight_decay", optim.weight_decay, allow_zero=True)
     _positive("optimizer.warmup_steps", optim.warmup_steps, allow_zero=True)
+    if not 0 < optim.decay_fraction <= 1:
+        raise ConfigError(f"optimizer.decay_fraction={optim.decay_fraction} must be in (0, 1]")
     if optim.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={optim.schedule!r} is unknown; choose one of "
                           f"{', '.join(SCHEDULES)}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import lightning as L
@@ -171,15 +170,7 @@ class LoopformerModule(L.LightningModule):
         opt = make_adam(self.parameters(), o)
         total = self.spec.max_steps
 
-        def factor(step: int) -> float:
-            if step < o.warmup_steps:
-                return (step + 1) / o.warmup_steps
-            if o.schedule == "constant":
-                return 1.0
-            progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-            return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_batch_start(self, batch, batch_idx):

@@ -123,3 +123,27 @@ def test_curriculum_validates_each_schedule():
     bad_dims = Curriculum(dims=Schedule(5, 20, 0, 10), points=Schedule(11, 41, 2, 5000))
     with pytest.raises(ConfigError, match=r"curriculum\.dims\.inc"):
         bad_dims.validate()
+
+
+# ----------------------------------------------------------------------------- lr schedules
+
+
+def test_wsd_is_flat_then_decays_linearly_over_the_last_fraction():
+    from loopformer.config import OptimConfig
+
+    o = OptimConfig(schedule="wsd", warmup_steps=10, min_lr_ratio=0.1, decay_fraction=0.25)
+    f = [o.lr_factor(s, 100) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # warm-up
+    assert all(v == 1.0 for v in f[10:76])  # stable until the last 25 steps begin
+    assert f[85] == pytest.approx(1 - 0.9 * 10 / 25)  # linear in between
+    assert f[100] == pytest.approx(0.1)  # at the floor at the end
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_cosine_and_constant_schedules():
+    from loopformer.config import OptimConfig
+
+    cos = OptimConfig(schedule="cosine", warmup_steps=0, min_lr_ratio=0.0)
+    assert cos.lr_factor(0, 100) == 1.0 and cos.lr_factor(50, 100) == pytest.approx(0.5)
+    assert cos.lr_factor(100, 100) == pytest.approx(0.0)
+    assert OptimConfig(schedule="constant").lr_factor(99, 100) == 1.0
