@@ -1,0 +1,39 @@
+"""What every in-context baseline shares: the predictor signature and its input check.
+
+A predictor maps ``xs (B, n, d)`` and ``ys (B, n)`` to ``preds (B, n)`` where ``preds[:, k]``
+is the prediction for ``ys[:, k]`` from the examples ``0..k-1`` only (0 when ``k == 0``).
+Every predictor has a ``name`` that includes its hyperparameters (used as a curve label).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CONFIG_KEY = "eval.baselines"
+
+
+def _check_inputs(xs: torch.Tensor, ys: torch.Tensor) -> None:
+    if xs.dim() != 3 or ys.dim() != 2 or xs.shape[:2] != ys.shape:
+        raise ValueError(f"expected xs (B, n, d) and ys (B, n); got {tuple(xs.shape)} and "
+                         f"{tuple(ys.shape)}")
+
+
+
+class Baseline:
+    """Base class: subclasses set ``name`` and implement ``predict``."""
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def predict(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        _check_inputs(xs, ys)
+        preds = self.predict(xs, ys)
+        return preds.to(device=ys.device, dtype=ys.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
