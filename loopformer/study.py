@@ -318,7 +318,7 @@ def aggregate(study: Study, study_dir: Path) -> dict:
             trained[variant] = res.get("trained_loops")
             params[variant] = res.get("parameters")
             for key, c in res["curves"].items():
-                if key == "model" or key.startswith("model@"):
+                if c.get("kind") == "model":
                     per_key.setdefault(key, {}).setdefault(variant, []).append(c["mean"])
             if res.get("loop_curve"):
                 loops.setdefault(variant, []).append(res["loop_curve"]["mean"])
@@ -327,6 +327,10 @@ def aggregate(study: Study, study_dir: Path) -> dict:
     if not seeds_done:
         raise ConfigError(f"no finished runs under {study_dir / 'runs'}; run the study first "
                           f"(without aggregate_only=true)")
+    if "model" not in per_key:
+        raise ConfigError(f"the results.json files under {study_dir / 'runs'} mark no curve as "
+                          f"a model (kind); they predate it: evaluate the runs again with "
+                          f"python -m loopformer.evaluate run=RUN_DIR")
     curves = {v: _band(rows) for v, rows in per_key.get("model", {}).items()}
     extra = {key.removeprefix("model@"): {v: _band(rows) for v, rows in by_variant.items()
                                           if len(rows) == seeds_done[v]}

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
 from callbacks.fixed_test_set import FixedTestSet
-from loopformer.baselines import build_baselines
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
 from loopformer.config import RunSpec, build_spec
 from loopformer.csvlog import CSVMetricsLogger
@@ -147,16 +146,6 @@ def _hydra_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def check_baselines(cfg: DictConfig, spec: RunSpec) -> None:
-    """``eval.baselines`` is used once training is over: build the baselines now, so that a
-    bad entry is refused before the first step."""
-    baselines = (cfg.get("eval") or {}).get("baselines", "default")
-    if baselines != "default":
-        specs = (OmegaConf.to_container(baselines, resolve=True)
-                 if OmegaConf.is_config(baselines) else baselines)
-        build_baselines(specs, spec.task.name, spec.task_params)
 
 
 def check_compatible(saved: dict, cfg: DictConfig, path: Path) -> None:
@@ -311,8 +300,7 @@ def _finish_wandb(loggers) -> None:
 
 def run(cfg: DictConfig) -> RunResult:
     """Train the run described by ``cfg``; every check happens before anything is written."""
-    spec = build_spec(cfg)
-    check_baselines(cfg, spec)
+    spec = build_spec(cfg)  # eval included: its baselines are built here
     check_cuda_graph(cfg, check_trainer(cfg))
     run_dir, ckpt = resolve_paths(cfg)
     resume_step = None
@@ -344,8 +332,8 @@ def run(cfg: DictConfig) -> RunResult:
     test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                     if k.startswith("test/")}
     result = RunResult(run_dir, trainer.global_step, test_metrics)
-    if cfg.get("eval", {}).get("at_end", False) and trainer.is_global_zero:
+    if spec.eval.at_end and trainer.is_global_zero:
         from loopformer.evaluate import evaluate_run
 
-        result.eval_results = evaluate_run(run_dir, cfg=cfg, model=module.eager_model())
+        result.eval_results = evaluate_run(run_dir, spec=spec, model=module.eager_model())
     return result

@@ -147,7 +147,7 @@ def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny,
     weights, and a run continued from it ends where an uninterrupted run does."""
     never = ["trainer.max_steps=1000000", "checkpoint.every_n_steps=1000000"]
     evals = ["eval.n_prompts=64", "eval.extra_loops=[4]", "eval.baselines=[least_squares]",
-             "+eval.n_resamples=20"]
+             "eval.n_resamples=20"]
     cfg = compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", "eval.at_end=true", *evals,
                       run_dir=tmp_path / "timed")
     result = run(cfg)
@@ -158,8 +158,7 @@ def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny,
     assert [int(r["step"]) for r in read_metrics(timed / "metrics.csv")][-1] == stop - 1
 
     spec = build_spec(cfg)
-    again = evaluate(load_model(timed, spec, "last"), spec, n_prompts=64, seed=0,
-                     extra_loops=[4], baselines=[], n_resamples=20)
+    again = evaluate(load_model(timed, spec, "last"), spec)
     saved = json.loads((timed / "eval" / "results.json").read_text())
     assert saved["curves"]["model"] == again["curves"]["model"]
     assert saved["curves"]["model@4"] == again["curves"]["model@4"]

@@ -7,9 +7,10 @@ Every predictor has a ``name`` that includes its hyperparameters (used as a curv
 
 from __future__ import annotations
 
-import torch
+import importlib.util
+from typing import ClassVar
 
-CONFIG_KEY = "eval.baselines"
+import torch
 
 
 def _check_inputs(xs: torch.Tensor, ys: torch.Tensor) -> None:
@@ -18,9 +19,29 @@ def _check_inputs(xs: torch.Tensor, ys: torch.Tensor) -> None:
                          f"{tuple(ys.shape)}")
 
 
-
 class Baseline:
-    """Base class: subclasses set ``name`` and implement ``predict``."""
+    """Base class: subclasses set ``name`` and implement ``predict``.
+
+    A config builds a baseline from its class path (``_target_``) and hyperparameters. A
+    subclass that sets ``shorthand`` can also be named by a string in ``eval.baselines``:
+    ``"<shorthand>"``, or ``"<shorthand>_<value>"`` where the value sets the constructor
+    parameter ``suffix`` (``lasso_0.1``). ``requires`` lists the optional modules it needs;
+    a task's suite skips it, with a warning, where one is missing."""
+
+    shorthand: ClassVar[str] = ""
+    suffix: ClassVar[str | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
+    # shorthand -> class, filled as subclasses are defined
+    by_shorthand: ClassVar[dict[str, type[Baseline]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("shorthand"):
+            Baseline.by_shorthand[cls.shorthand] = cls
+
+    @classmethod
+    def missing_modules(cls) -> list[str]:
+        return [m for m in cls.requires if importlib.util.find_spec(m) is None]
 
     @property
     def name(self) -> str:
@@ -36,4 +57,3 @@ class Baseline:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
-

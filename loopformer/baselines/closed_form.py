@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from loopformer.baselines.base import CONFIG_KEY, Baseline
+from loopformer.baselines.base import Baseline
 from loopformer.errors import ConfigError
 
 _MAX_CHUNK_ELEMS = 1 << 22  # elements of the largest per-chunk intermediate (~32 MB in f64)
@@ -82,6 +82,7 @@ class LeastSquares(Baseline):
     ``lstsq``'s ``gelsd`` with ``rcond = eps(input dtype) * max(n, d)``.
     """
 
+    shorthand = "least_squares"
     _F64_FLOOR = 1e-16  # |r|^2/|x|^2 that float64 projector round-off can reach
 
     @property
@@ -123,37 +124,10 @@ class LeastSquares(Baseline):
         return torch.stack(preds, 1)  # (B, n)
 
 
-class Ridge(Baseline):
-    """Ridge regression ``w_k = (X_k^T X_k + alpha I)^{-1} X_k^T y_k`` for every prefix (no
-    intercept), by recursive least squares from ``P_0 = I / alpha`` (float64).
-
-    For noisy linear regression with ``w ~ N(0, I)`` and noise std ``s``, ``alpha = s^2`` is
-    the posterior mean, i.e. the Bayes-optimal predictor.
-    """
-
-    def __init__(self, alpha: float):
-        if not alpha > 0:
-            raise ConfigError(f"{CONFIG_KEY}: ridge alpha={alpha} must be > 0")
-        self.alpha = float(alpha)
-
-    @property
-    def name(self) -> str:
-        return f"ridge_{self.alpha:g}"
-
-    def predict(self, xs, ys):
-        B, n, d = xs.shape
-        x_all, y_all = xs.double(), ys.double()
-        w = x_all.new_zeros(B, d)
-        p = torch.eye(d, dtype=x_all.dtype, device=xs.device).repeat(B, 1, 1) / self.alpha
-        preds = []
-        for k in range(n):
-            preds.append((x_all[:, k] * w).sum(-1))
-            w, p = _rls_step(w, p, x_all[:, k], y_all[:, k])
-        return torch.stack(preds, 1)  # (B, n)
-
-
 class Averaging(Baseline):
     """``w_k = mean_{i<k} y_i x_i``; predict ``x_k . w_k``."""
+
+    shorthand = "averaging"
 
     @property
     def name(self) -> str:
@@ -168,9 +142,11 @@ class Averaging(Baseline):
 class NearestNeighbors(Baseline):
     """Mean ``y`` of the ``k`` nearest previous ``x`` (Euclidean; fewer if fewer exist)."""
 
+    shorthand, suffix = "nearest_neighbors", "n_neighbors"
+
     def __init__(self, n_neighbors: int = 3):
         if int(n_neighbors) < 1:
-            raise ConfigError(f"{CONFIG_KEY}: nearest_neighbors k={n_neighbors} must be >= 1")
+            raise ConfigError(f"nearest_neighbors n_neighbors={n_neighbors} must be >= 1")
         self.n_neighbors = int(n_neighbors)
 
     @property
@@ -194,3 +170,39 @@ class NearestNeighbors(Baseline):
             total = (y_nb * valid).sum(-1)
             out.append(total / valid.sum(-1).clamp_min(1))
         return torch.cat(out)
+
+
+class Ridge(Baseline):
+    """Ridge regression ``w_k = (X_k^T X_k + alpha I)^{-1} X_k^T y_k`` for every prefix (no
+    intercept), by recursive least squares from ``P_0 = I / alpha`` (float64).
+
+    For noisy linear regression with ``w ~ N(0, I)`` and noise std ``s``, ``alpha = s^2`` is
+    the posterior mean, i.e. the Bayes-optimal predictor: ``Ridge(noise_std=s)``.
+    """
+
+    shorthand, suffix = "ridge", "alpha"
+
+    def __init__(self, alpha: float | None = None, noise_std: float | None = None):
+        if (alpha is None) == (noise_std is None):
+            raise ConfigError("ridge needs its alpha, or the noise_std it is Bayes-optimal for "
+                              "(alpha = noise_std^2), not both; e.g. 'ridge_0.01'")
+        alpha = noise_std**2 if alpha is None else alpha
+        if not alpha > 0:
+            raise ConfigError(f"ridge alpha={alpha} must be > 0 (without noise it is least "
+                              f"squares)")
+        self.alpha = float(alpha)
+
+    @property
+    def name(self) -> str:
+        return f"ridge_{self.alpha:g}"
+
+    def predict(self, xs, ys):
+        B, n, d = xs.shape
+        x_all, y_all = xs.double(), ys.double()
+        w = x_all.new_zeros(B, d)
+        p = torch.eye(d, dtype=x_all.dtype, device=xs.device).repeat(B, 1, 1) / self.alpha
+        preds = []
+        for k in range(n):
+            preds.append((x_all[:, k] * w).sum(-1))
+            w, p = _rls_step(w, p, x_all[:, k], y_all[:, k])
+        return torch.stack(preds, 1)  # (B, n)

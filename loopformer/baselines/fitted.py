@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loopformer.baselines.base import CONFIG_KEY, Baseline
+from loopformer.baselines.base import Baseline
 from loopformer.errors import ConfigError
 
 
@@ -30,11 +30,12 @@ class GD2LayerNN(Baseline):
 
     _CHUNK_ELEMS = 1 << 23  # hidden activations per chunk, (b, points, nets, hidden)
     _GROUPS = 4
+    shorthand = "gd_2layer_nn"
 
     def __init__(self, hidden_size: int = 100, steps: int = 100, lr: float = 5e-3,
                  seed: int = 0):
         if int(hidden_size) < 1 or int(steps) < 1 or not lr > 0:
-            raise ConfigError(f"{CONFIG_KEY}: gd_2layer_nn needs hidden_size >= 1, steps >= 1 "
+            raise ConfigError(f"gd_2layer_nn needs hidden_size >= 1, steps >= 1 "
                               f"and lr > 0; got {hidden_size}, {steps}, {lr}")
         self.hidden_size, self.steps, self.lr = int(hidden_size), int(steps), float(lr)
         self.seed = int(seed)
@@ -250,11 +251,13 @@ class CpuFitBaseline(Baseline):
 class Lasso(CpuFitBaseline):
     """scikit-learn ``Lasso(alpha, fit_intercept=False)`` per prompt and prefix."""
 
+    shorthand, suffix = "lasso", "alpha"
+
     def __init__(self, alpha: float, max_iter: int = 100_000, tol: float = 1e-4,
                  n_jobs: int | None = -1, seed: int = 0):
         super().__init__(n_jobs, seed)
         if not alpha > 0:
-            raise ConfigError(f"{CONFIG_KEY}: lasso alpha={alpha} must be > 0")
+            raise ConfigError(f"lasso alpha={alpha} must be > 0")
         self.alpha, self.max_iter, self.tol = float(alpha), int(max_iter), float(tol)
 
     @property
@@ -268,10 +271,12 @@ class Lasso(CpuFitBaseline):
 class DecisionTree(CpuFitBaseline):
     """scikit-learn greedy ``DecisionTreeRegressor(max_depth)`` per prompt and prefix."""
 
+    shorthand, suffix = "decision_tree", "max_depth"
+
     def __init__(self, max_depth: int | None = None, n_jobs: int | None = -1, seed: int = 0):
         super().__init__(n_jobs, seed)
         if max_depth is not None and int(max_depth) < 1:
-            raise ConfigError(f"{CONFIG_KEY}: decision_tree max_depth={max_depth} must be >= 1")
+            raise ConfigError(f"decision_tree max_depth={max_depth} must be >= 1")
         self.max_depth = None if max_depth is None else int(max_depth)
 
     @property
@@ -295,24 +300,21 @@ class XGBoost(CpuFitBaseline):
     separate fits); ``"per_prefix"`` is the plain, slow reference.
     """
 
+    shorthand, requires = "xgboost", ("xgboost",)
     STRATEGIES = ("masked", "per_prefix")
 
     def __init__(self, n_estimators: int = 5, max_depth: int = 4, learning_rate: float = 0.5,
                  strategy: str = "masked", n_jobs: int | None = -1, seed: int = 0):
         super().__init__(n_jobs, seed)
-        try:
-            import xgboost  # noqa: F401
-        except ImportError as e:
-            raise ConfigError(
-                f"{CONFIG_KEY} asks for the xgboost baseline but xgboost is not installed; "
-                "`pip install xgboost` (or loopformer[xgboost]) or drop it from eval.baselines"
-            ) from e
+        if self.missing_modules():
+            raise ConfigError("the xgboost baseline needs xgboost, which is not installed: "
+                              "`pip install xgboost` (or loopformer[xgboost]), or drop it")
         if strategy not in self.STRATEGIES:
-            raise ConfigError(f"{CONFIG_KEY}: xgboost strategy={strategy!r}; "
+            raise ConfigError(f"xgboost strategy={strategy!r}; "
                               f"choose one of {list(self.STRATEGIES)}")
         if int(n_estimators) < 1 or int(max_depth) < 1 or not learning_rate > 0:
-            raise ConfigError(f"{CONFIG_KEY}: xgboost needs n_estimators >= 1, max_depth >= 1 "
-                              f"and learning_rate > 0")
+            raise ConfigError("xgboost needs n_estimators >= 1, max_depth >= 1 "
+                              "and learning_rate > 0")
         self.n_estimators, self.max_depth = int(n_estimators), int(max_depth)
         self.learning_rate, self.strategy = float(learning_rate), strategy
 
