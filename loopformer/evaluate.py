@@ -24,6 +24,7 @@ from loopformer.data import generator
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, build_model, count_parameters
 from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops, plot_training_curve
+from loopformer.rundir import RunDir
 from loopformer.stats import bootstrap_band
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,10 @@ log = logging.getLogger(__name__)
 def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path:
     """``last``, ``step=N`` / ``N`` or a path -> a checkpoint file of the run."""
     ckpt = str(ckpt or "last")
-    ckdir = Path(run_dir) / "checkpoints"
     if ckpt == "last":
-        return ckdir / "last.ckpt"
+        return RunDir(run_dir).last_ckpt
     if ckpt.isdigit() or ckpt.startswith("step="):
-        return ckdir / f"step={ckpt.removeprefix('step=')}.ckpt"
+        return RunDir(run_dir).kept_ckpt(ckpt.removeprefix("step="))
     return Path(ckpt)
 
 
@@ -141,9 +141,10 @@ def format_table(results: dict, columns: list[int] | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, out_dir: Path) -> None:
+def write_results(results: dict, run: RunDir) -> None:
+    out_dir = run.eval
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    run.results.write_text(json.dumps(results, indent=1))
     title = f"{results['task']} (d={results['active_dims']})"
     plot_error_vs_examples(results["curves"], out_dir / "error_vs_examples.png", title=title)
     if "loop_curve" in results:
@@ -154,7 +155,7 @@ def write_results(results: dict, out_dir: Path) -> None:
 def load_spec(run_dir: Path, **overrides) -> RunSpec:
     """The settings of the run in ``run_dir`` (its ``config.yaml``), ``overrides`` replacing
     keys of its ``eval`` block."""
-    path = run_dir / "config.yaml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run "
                           f"directory?")
@@ -188,13 +189,13 @@ def evaluate_run(run_dir: str | Path, spec: RunSpec | None = None,
     results = evaluate(model, spec, ev, device)
     results["run_dir"] = str(run_dir)
     results["checkpoint"] = ev.ckpt
-    write_results(results, run_dir / "eval")
-    metrics = run_dir / "metrics.csv"
-    if metrics.is_file():
-        plot_training_curve(read_metrics(metrics), spec.task.normalizer,
-                            run_dir / "eval" / "training_curve.png",
+    run = RunDir(run_dir)
+    write_results(results, run)
+    if run.metrics.is_file():
+        plot_training_curve(read_metrics(run.metrics), spec.task.normalizer,
+                            run.eval / "training_curve.png",
                             title=f"{spec.name}: {spec.task.name}")
-    log.info("%s\nwrote %s", format_table(results), run_dir / "eval")
+    log.info("%s\nwrote %s", format_table(results), run.eval)
     return results
 
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from loopformer.errors import ConfigError
 from loopformer.plots import plot_study, plot_study_loops
+from loopformer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,11 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "eval" / "results.json").is_file()
+        return RunDir(self.run_dir).results.is_file()
 
     @property
     def started(self) -> bool:
-        return (self.run_dir / "checkpoints" / "last.ckpt").is_file()
+        return RunDir(self.run_dir).last_ckpt.is_file()
 
 
 def plan(study: Study, study_dir: Path) -> list[Job]:
@@ -287,7 +288,7 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
 
 
 def _load_results(job: Job) -> dict | None:
-    path = job.run_dir / "eval" / "results.json"
+    path = RunDir(job.run_dir).results
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -15,6 +15,7 @@ from loopformer.config import build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Schedule
 from loopformer.evaluate import evaluate, load_model
+from loopformer.rundir import RunDir
 from loopformer.training import run
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml"))
@@ -263,3 +264,13 @@ def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():
     n = {v: count_parameters(build_model(s.model)) for v, s in specs.items()}
     assert n["transformer"] == 12 * n["looped"] - 11 * 2 * 64  # 12 blocks, one final LayerNorm
     assert n["tied"] == n["looped"]
+
+
+def test_run_json_keeps_the_command_of_every_launch(tiny, tmp_path):
+    first = ["trainer.max_steps=2", "seed=7"]
+    run(compose_cfg(*tiny, *first, run_dir=tmp_path / "run"), overrides=first)
+    again = ["trainer.max_steps=4", "seed=7", "ckpt_path=last"]
+    run(compose_cfg(*tiny, *again, run_dir=tmp_path / "run"), overrides=again)
+    meta = json.loads(RunDir(tmp_path / "run").meta.read_text())
+    assert meta["launches"] == [{"overrides": first}, {"overrides": again}]
+    assert len(meta["wandb_id"]) == 8  # one W&B run across launches
