@@ -3,6 +3,7 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from loopformer.errors import ConfigError, NonFiniteError
@@ -12,7 +13,7 @@ from loopformer.training import discard_unused_output_dir, run
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        run(cfg)
+        run(cfg, overrides=list(HydraConfig.get().overrides.task))
     except (ConfigError, NonFiniteError) as e:  # expected: one line on stderr, no traceback
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         discard_unused_output_dir()  # a rejected command leaves no run directory behind

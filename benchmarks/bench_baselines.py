@@ -17,14 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from loopformer import baselines as B
 from loopformer.tasks import build_task
 
 FULL_PROMPTS = 1280
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, *args):
@@ -101,7 +104,10 @@ def bench_tree_suite(args) -> None:
     xs_full, ys_full = sample("decision_tree", FULL_PROMPTS, args.tree_points, args.dims,
                               args.seed, depth=4)
     xs, ys = xs_full[: args.prompts], ys_full[: args.prompts]
-    suite = B.default_baselines("decision_tree", {"depth": 4}, n_jobs=args.jobs)
+    # the decision-tree task's suite, as conf/task/decision_tree.yaml lists it
+    suite = B.build_baselines("default", OmegaConf.to_container(
+        OmegaConf.load(ROOT / "conf" / "task" / "decision_tree.yaml").eval.suite),
+        n_jobs=args.jobs)
     # start the worker processes once, outside the timings (reused by every later call)
     _, startup = timed(B.DecisionTree(4, n_jobs=args.jobs), xs[: 2 * args.jobs, :3],
                        ys[: 2 * args.jobs, :3])

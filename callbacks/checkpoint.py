@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from loopformer.errors import NonFiniteError
+from loopformer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +23,17 @@ def weights_finite(module: torch.nn.Module) -> bool:
 
 
 class StepCheckpoint(Checkpoint):
-    """Writes ``dirpath/last.ckpt`` every ``every_n_steps`` global steps and at the step where
-    training stops (``trainer.max_steps``, ``trainer.max_time``, a stopping callback, or a
-    SIGTERM, which Lightning turns into a stop between two steps), and ``dirpath/step=N.ckpt``
-    every ``keep_every_n_steps`` (0: never). Writes go through the trainer's checkpoint I/O
-    (atomic). Non-finite weights are never written, and the training loss is checked at every
-    logging step (where Lightning syncs with the device anyway, so no extra per-step sync):
-    either way training stops with a NonFiniteError naming the step, and the last good
-    checkpoint stays."""
+    """Writes the run's ``checkpoints/last.ckpt`` every ``every_n_steps`` global steps and
+    at the step where training stops (``trainer.max_steps``, ``trainer.max_time``, a stopping
+    callback, or a SIGTERM, which Lightning turns into a stop between two steps), and
+    ``checkpoints/step=N.ckpt`` every ``keep_every_n_steps`` (0: never). Writes go through the
+    trainer's checkpoint I/O (atomic). Non-finite weights are never written, and the training
+    loss is checked at every logging step (where Lightning syncs with the device anyway, so no
+    extra per-step sync): either way training stops with a NonFiniteError naming the step,
+    and the last good checkpoint stays."""
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int, keep_every_n_steps: int = 0):
-        self.dirpath = Path(dirpath)
+    def __init__(self, run_dir: RunDir, every_n_steps: int, keep_every_n_steps: int = 0):
+        self.run_dir = run_dir
         self.every, self.keep_every = every_n_steps, keep_every_n_steps
         self._last_step = self._kept_step = -1  # steps of the files written by this process
         self._seen_step = 0  # global step at the end of the last batch
@@ -40,7 +41,7 @@ class StepCheckpoint(Checkpoint):
 
     @property
     def last_path(self) -> Path:
-        return self.dirpath / "last.ckpt"
+        return self.run_dir.last_ckpt
 
     def _stop(self, what: str, step: int) -> NonFiniteError:
         kept = (f"the last good checkpoint {self.last_path} (step {self._good_step}) was kept"
@@ -52,7 +53,7 @@ class StepCheckpoint(Checkpoint):
         # a write killed half-way leaves only its temporary file; the checkpoint it would
         # have replaced is intact, so the leftover is dropped
         if trainer.is_global_zero:
-            for tmp in self.dirpath.glob(".*.ckpt.*.tmp"):
+            for tmp in self.run_dir.checkpoints.glob(".*.ckpt.*.tmp"):
                 tmp.unlink(missing_ok=True)
 
     def on_train_start(self, trainer, pl_module):
@@ -74,7 +75,7 @@ class StepCheckpoint(Checkpoint):
             trainer.save_checkpoint(self.last_path, weights_only=False)
             self._last_step = self._good_step = step
         if keep:
-            trainer.save_checkpoint(self.dirpath / f"step={step}.ckpt", weights_only=False)
+            trainer.save_checkpoint(self.run_dir.kept_ckpt(step), weights_only=False)
             self._kept_step = step
 
     def _check_loss(self, trainer, outputs) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from loopformer.baselines import Baseline, build_baselines
 from loopformer.curriculum import Curriculum, Schedule
 from loopformer.errors import ConfigError, check_type
 from loopformer.models import ModelConfig, keep_mask_len
@@ -56,6 +57,21 @@ class TestSetConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """The ``eval`` block: how a trained model is scored against baselines."""
+
+    at_end: bool  # evaluate when training ends
+    n_prompts: int  # fresh prompts at the final curriculum shape
+    seed: int  # their seed, and the bootstrap's
+    extra_loops: tuple[int, ...]  # loop counts scored beyond the trained one (the task's YAML)
+    baselines: tuple[Baseline, ...]  # eval.baselines; "default" is the task's eval.suite
+    batch_size: int  # prompts per model forward
+    n_resamples: int  # bootstrap resamples of the 90% band
+    device: str | None  # where the model runs; null: the GPU if there is one
+    ckpt: str  # the checkpoint `python -m loopformer.evaluate` scores: last | step=N | a path
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """The validated settings of one training run."""
 
@@ -70,6 +86,8 @@ class RunSpec:
     keep_every: int
     seed: int
     max_steps: int
+    eval: EvalConfig
+    name: str  # the run's name (W&B, plot titles)
 
     @property
     def looped(self) -> bool:
@@ -113,6 +131,43 @@ def model_config(cfg: DictConfig) -> ModelConfig:
         return ModelConfig.from_dict(d)
     except TypeError as e:  # a wrong type such as model.n_layer=abc
         raise ConfigError(f"model: {e}") from e
+
+
+def _required(cfg: DictConfig, key: str):
+    value = OmegaConf.select(cfg, key, default="???")
+    if value == "???":
+        raise ConfigError(f"{key} is missing; conf/task/*.yaml sets eval.extra_loops and "
+                          f"eval.suite, conf/config.yaml the rest of eval")
+    return value
+
+
+def _plain(value):
+    """A config node as plain Python containers, interpolations resolved."""
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def eval_config(cfg: DictConfig) -> EvalConfig:
+    """The ``eval`` block, its baselines built (so a bad one is refused before training)."""
+    ev = {k: _required(cfg, f"eval.{k}") for k in
+          ("at_end", "n_prompts", "seed", "extra_loops", "baselines", "batch_size",
+           "n_resamples", "device", "ckpt")}
+    loops = ev["extra_loops"]  # a list, one count, or null for none
+    if not OmegaConf.is_list(loops):
+        loops = [] if loops is None else [loops]
+    out = EvalConfig(
+        at_end=check_type("eval.at_end", ev["at_end"], bool),
+        n_prompts=_int("eval.n_prompts", ev["n_prompts"]), seed=_int("eval.seed", ev["seed"]),
+        extra_loops=tuple(_int("eval.extra_loops", n) for n in loops),
+        baselines=tuple(build_baselines(_plain(ev["baselines"]),
+                                        _plain(OmegaConf.select(cfg, "eval.suite")))),
+        batch_size=_int("eval.batch_size", ev["batch_size"]),
+        n_resamples=_int("eval.n_resamples", ev["n_resamples"]),
+        device=None if ev["device"] is None else str(ev["device"]), ckpt=str(ev["ckpt"]))
+    for key in ("n_prompts", "batch_size", "n_resamples"):
+        _positive(f"eval.{key}", getattr(out, key))
+    for n in out.extra_loops:
+        _positive("eval.extra_loops", n)
+    return out
 
 
 def curriculum_config(cfg: DictConfig) -> Curriculum:
@@ -191,6 +246,7 @@ def _build_spec(cfg: DictConfig) -> RunSpec:
         checkpoint_every=_int("checkpoint.every_n_steps", cfg.checkpoint.every_n_steps),
         keep_every=_int("checkpoint.keep_every_n_steps", cfg.checkpoint.keep_every_n_steps),
         seed=_int("seed", cfg.seed), max_steps=_int("trainer.max_steps", cfg.trainer.max_steps),
+        eval=eval_config(cfg), name=str(cfg.get("name") or ""),
     )
     _positive("data.batch_size", spec.batch_size)
     _positive("trainer.max_steps", spec.max_steps)

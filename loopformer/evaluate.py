@@ -15,32 +15,28 @@ import sys
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from loopformer.baselines import build_baselines, default_baselines
 from loopformer.checkpoints import safe_load
-from loopformer.config import RunSpec, build_spec
+from loopformer.config import EvalConfig, RunSpec, build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.data import generator
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, build_model, count_parameters
 from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops, plot_training_curve
+from loopformer.rundir import RunDir
 from loopformer.stats import bootstrap_band
 
 log = logging.getLogger(__name__)
-
-EVAL_DEFAULTS = {"n_prompts": 1280, "seed": 0, "extra_loops": None, "baselines": "default",
-                 "ckpt": "last", "batch_size": 256, "device": None, "n_resamples": 1000}
 
 
 def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path:
     """``last``, ``step=N`` / ``N`` or a path -> a checkpoint file of the run."""
     ckpt = str(ckpt or "last")
-    ckdir = Path(run_dir) / "checkpoints"
     if ckpt == "last":
-        return ckdir / "last.ckpt"
+        return RunDir(run_dir).last_ckpt
     if ckpt.isdigit() or ckpt.startswith("step="):
-        return ckdir / f"step={ckpt.removeprefix('step=')}.ckpt"
+        return RunDir(run_dir).kept_ckpt(ckpt.removeprefix("step="))
     return Path(ckpt)
 
 
@@ -60,10 +56,6 @@ def load_model(run_dir: Path, spec: RunSpec, ckpt: str | None = "last") -> InCon
     model = build_model(spec.model)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
     return model.eval()
-
-
-def default_extra_loops(spec: RunSpec) -> list[int]:
-    return [200] if spec.task.name == "decision_tree" else [500]
 
 
 @torch.no_grad()
@@ -90,41 +82,40 @@ def model_errors(model: InContextModel, xs, ys, norm: float, spec: RunSpec,
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def evaluate(model: InContextModel, spec: RunSpec, n_prompts: int = 1280, seed: int = 0,
-             extra_loops: list[int] | None = None, baselines="default",
-             batch_size: int = 256, device=None, n_resamples: int = 1000) -> dict:
-    """Score ``model`` and the baselines on ``n_prompts`` fresh prompts at the final shape."""
+def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
+             device=None) -> dict:
+    """Score ``model`` and the baselines on fresh prompts at the final shape, as ``ev`` (by
+    default the run's ``eval`` settings) says. Each curve says whether it is a ``model`` or a
+    ``baseline`` (its ``kind``)."""
+    ev = ev or spec.eval
     device = torch.device(device or next(model.parameters()).device)
     model = model.to(device).eval()
     shape = spec.curriculum.final
-    xs, ys = spec.task.sample(n_prompts, shape.n_points, shape.n_dims,
-                              generator(device, seed, 0))
+    xs, ys = spec.task.sample(ev.n_prompts, shape.n_points, shape.n_dims,
+                              generator(device, ev.seed, 0))
     norm = spec.task.normalizer(shape.n_dims)
     loops = [shape.n_loops]
     if spec.looped:
-        extra = default_extra_loops(spec) if extra_loops is None else list(extra_loops)
-        loops += [int(x) for x in extra if int(x) != shape.n_loops]
-    errors = model_errors(model, xs, ys, norm, spec, loops, batch_size)
+        loops += [n for n in ev.extra_loops if n != shape.n_loops]
+    errors = model_errors(model, xs, ys, norm, spec, loops, ev.batch_size)
+    kinds = dict.fromkeys(errors, "model")
 
-    if baselines == "default":
-        predictors = default_baselines(spec.task.name, spec.task_params)
-    else:
-        predictors = build_baselines(list(baselines or []), spec.task.name, spec.task_params)
     xs_cpu, ys_cpu = xs.cpu(), ys.cpu()
-    for p in predictors:
+    for p in ev.baselines:
         log.info("baseline %s", p.name)
         errors[p.name] = (p(xs_cpu, ys_cpu) - ys_cpu).square() / norm
+        kinds[p.name] = "baseline"
 
-    band = lambda e: bootstrap_band(e.cpu(), n_resamples=n_resamples, seed=seed).to_dict()
+    band = lambda e: bootstrap_band(e.cpu(), n_resamples=ev.n_resamples, seed=ev.seed).to_dict()
     loop_curve = errors.pop("loop_curve", None)
     results = {
         "task": spec.task.name, "task_params": spec.task_params, "family": spec.model.family,
         "parameters": count_parameters(model),
         "active_dims": shape.n_dims, "n_points": shape.n_points, "normalizer": norm,
-        "n_prompts": n_prompts, "seed": seed,
+        "n_prompts": ev.n_prompts, "seed": ev.seed,
         "trained_loops": shape.n_loops if spec.looped else None,
         "extra_loops": loops[1:],
-        "curves": {name: band(e) for name, e in errors.items()},
+        "curves": {name: {"kind": kinds[name], **band(e)} for name, e in errors.items()},
     }
     if loop_curve is not None:
         results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
@@ -150,9 +141,10 @@ def format_table(results: dict, columns: list[int] | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, out_dir: Path) -> None:
+def write_results(results: dict, run: RunDir) -> None:
+    out_dir = run.eval
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    run.results.write_text(json.dumps(results, indent=1))
     title = f"{results['task']} (d={results['active_dims']})"
     plot_error_vs_examples(results["curves"], out_dir / "error_vs_examples.png", title=title)
     if "loop_curve" in results:
@@ -160,46 +152,74 @@ def write_results(results: dict, out_dir: Path) -> None:
                             out_dir / "error_vs_loops.png")
 
 
-def evaluate_run(run_dir: str | Path, cfg: DictConfig | None = None,
-                 model: InContextModel | None = None, **overrides) -> dict:
-    """Evaluate a run directory (its checkpoint, or ``model`` if given) and write
-    ``RUN_DIR/eval``. ``overrides`` take precedence over the run's ``eval`` settings."""
-    run_dir = Path(run_dir)
-    if cfg is None:
-        path = run_dir / "config.yaml"
-        if not path.is_file():
-            raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run "
-                              f"directory?")
-        cfg = OmegaConf.load(path)
-    spec = build_spec(cfg)
-    opts = dict(EVAL_DEFAULTS)
-    opts.update({k: v for k, v in (OmegaConf.to_container(cfg.get("eval") or {}) or {}).items()
-                 if k in EVAL_DEFAULTS})
-    unknown = sorted(set(overrides) - set(EVAL_DEFAULTS))
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _with_eval_defaults(cfg):
+    """A run's config with the ``eval`` keys it predates filled in: runs saved before the task
+    YAMLs carried their baselines (``eval.suite``) and extra loop counts, where
+    ``eval.extra_loops: null`` meant the task's own, get those of ``conf/task/<task>.yaml``,
+    and any other missing key gets ``conf/config.yaml``'s default."""
+    ev = cfg.get("eval") or OmegaConf.create({})
+    if "suite" not in ev:
+        task_file = CONF / "task" / f"{cfg.task.name}.yaml"
+        if task_file.is_file():
+            task_eval = OmegaConf.load(task_file).get("eval") or {}
+            ev.suite = task_eval.get("suite")
+            if ev.get("extra_loops") is None:
+                ev.extra_loops = task_eval.get("extra_loops")
+    defaults = OmegaConf.load(CONF / "config.yaml").eval
+    for key, value in defaults.items():
+        if key not in ev:
+            ev[key] = value
+    cfg.eval = ev
+    return cfg
+
+
+def load_spec(run_dir: Path, **overrides) -> RunSpec:
+    """The settings of the run in ``run_dir`` (its ``config.yaml``), ``overrides`` replacing
+    keys of its ``eval`` block."""
+    path = RunDir(run_dir).config
+    if not path.is_file():
+        raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run "
+                          f"directory?")
+    cfg = _with_eval_defaults(OmegaConf.load(path))
+    allowed = sorted(set(cfg.get("eval") or {}) - {"at_end", "suite"})
+    unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown evaluation options {unknown}; allowed: "
-                          f"{sorted(EVAL_DEFAULTS)} and run")
-    opts.update(overrides)
-    if opts["device"] is not None:
-        opts["device"] = check_device(opts["device"])
+        raise ConfigError(f"unknown evaluation options {unknown}; allowed: {allowed} and run")
+    for key, value in overrides.items():
+        cfg.eval[key] = value
+    return build_spec(cfg)
+
+
+def evaluate_run(run_dir: str | Path, spec: RunSpec | None = None,
+                 model: InContextModel | None = None, **overrides) -> dict:
+    """Evaluate a run directory (its checkpoint ``eval.ckpt``, or ``model`` if given) and
+    write ``RUN_DIR/eval``. Without ``spec``, the run's settings are read from its
+    ``config.yaml``, ``overrides`` replacing keys of its ``eval`` block."""
+    run_dir = Path(run_dir)
+    if spec is None:
+        spec = load_spec(run_dir, **overrides)
+    elif overrides:
+        raise ValueError("overrides apply to a run's config.yaml; pass spec or overrides")
+    ev = spec.eval
+    device = ev.device and check_device(ev.device)
     if model is None:
-        model = load_model(run_dir, spec, opts["ckpt"])
-        if opts["device"] is None:
-            opts["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    if opts["device"] is not None:
-        model = model.to(opts["device"])
-    results = evaluate(model, spec, opts["n_prompts"], opts["seed"], opts["extra_loops"],
-                       opts["baselines"], opts["batch_size"], opts["device"],
-                       opts["n_resamples"])
+        model = load_model(run_dir, spec, ev.ckpt)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is not None:
+        model = model.to(device)
+    results = evaluate(model, spec, ev, device)
     results["run_dir"] = str(run_dir)
-    results["checkpoint"] = str(opts["ckpt"])
-    write_results(results, run_dir / "eval")
-    metrics = run_dir / "metrics.csv"
-    if metrics.is_file():
-        plot_training_curve(read_metrics(metrics), spec.task.normalizer,
-                            run_dir / "eval" / "training_curve.png",
-                            title=f"{cfg.get('name', '')}: {spec.task.name}")
-    log.info("%s\nwrote %s", format_table(results), run_dir / "eval")
+    results["checkpoint"] = ev.ckpt
+    run = RunDir(run_dir)
+    write_results(results, run)
+    if run.metrics.is_file():
+        plot_training_curve(read_metrics(run.metrics), spec.task.normalizer,
+                            run.eval / "training_curve.png",
+                            title=f"{spec.name}: {spec.task.name}")
+    log.info("%s\nwrote %s", format_table(results), run.eval)
     return results
 
 

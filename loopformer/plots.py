@@ -1,7 +1,8 @@
 """Figures in the style of Garg et al. (2022) and Yang et al. (2024); files only (Agg).
 
 Curves are dicts ``{"mean": [...], "low": [...], "high": [...]}`` (``Curve.to_dict()``),
-indexed by the number of in-context examples unless an ``"x"`` list is given.
+indexed by the number of in-context examples unless an ``"x"`` list is given; a ``"kind"``
+of ``"model"`` or ``"baseline"`` says how to draw them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import numpy as np  # noqa: E402
 log = logging.getLogger(__name__)
 
 CurveDict = Mapping[str, Sequence[float]]
-_BASELINE_PREFIXES = ("least_squares", "averaging", "nearest_neighbors", "ridge", "lasso",
-                      "decision_tree", "gd_2layer_nn", "xgboost", "zero")
 _MODEL_COLORS = plt.get_cmap("tab10").colors
 _BASELINE_COLORS = plt.get_cmap("Dark2").colors
 _BASELINE_STYLES = ("--", "-.", ":", (0, (5, 1, 1, 1)))
@@ -40,10 +39,6 @@ def _xs(curve: CurveDict) -> np.ndarray:
 def _positive(values: Sequence[float], floor: float) -> np.ndarray:
     """Clip to ``floor`` so that exact zeros (e.g. least squares past d) stay on a log axis."""
     return np.maximum(np.asarray(values, dtype=float), floor)
-
-
-def is_baseline_name(name: str) -> bool:
-    return name.startswith(_BASELINE_PREFIXES)
 
 
 def _finish(fig: plt.Figure, ax: plt.Axes, path: str | Path, legend: bool = True) -> Path:
@@ -74,12 +69,12 @@ def plot_error_vs_examples(curves: Mapping[str, Any], path: str | Path,
     """Error vs number of in-context examples: models with bootstrap bands, baselines as
     lines, the zero predictor as a dashed line at 1, log-scale y.
 
-    ``model_keys`` picks the curves drawn as models; by default every key that is not a
-    baseline name. ``n_dims`` adds a dotted vertical line at ``k = d``. Values below
-    ``floor`` are drawn at ``floor``.
+    ``model_keys`` picks the curves drawn as models; by default every curve whose ``kind``
+    (as ``results.json`` gives it) is not ``"baseline"``. ``n_dims`` adds a dotted vertical
+    line at ``k = d``. Values below ``floor`` are drawn at ``floor``.
     """
     if model_keys is None:
-        model_keys = [k for k in curves if not is_baseline_name(k)]
+        model_keys = [k for k, c in curves.items() if _as_dict(c).get("kind") != "baseline"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, key in enumerate(model_keys):  # first, so that models lead the legend
         c = _as_dict(curves[key])

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from loopformer.errors import ConfigError
 from loopformer.plots import plot_study, plot_study_loops
+from loopformer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,11 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "eval" / "results.json").is_file()
+        return RunDir(self.run_dir).results.is_file()
 
     @property
     def started(self) -> bool:
-        return (self.run_dir / "checkpoints" / "last.ckpt").is_file()
+        return RunDir(self.run_dir).last_ckpt.is_file()
 
 
 def plan(study: Study, study_dir: Path) -> list[Job]:
@@ -287,8 +288,16 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
 
 
 def _load_results(job: Job) -> dict | None:
-    path = job.run_dir / "eval" / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    path = RunDir(job.run_dir).results
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text())
+    curves = res.get("curves", {})
+    if curves and not any("kind" in c for c in curves.values()):
+        # written before curves carried their kind: the model's were named model, model@N
+        for name, c in curves.items():
+            c["kind"] = "model" if name == "model" or name.startswith("model@") else "baseline"
+    return res
 
 
 def _band(rows: list[list[float]]) -> dict:
@@ -318,7 +327,7 @@ def aggregate(study: Study, study_dir: Path) -> dict:
             trained[variant] = res.get("trained_loops")
             params[variant] = res.get("parameters")
             for key, c in res["curves"].items():
-                if key == "model" or key.startswith("model@"):
+                if c.get("kind") == "model":
                     per_key.setdefault(key, {}).setdefault(variant, []).append(c["mean"])
             if res.get("loop_curve"):
                 loops.setdefault(variant, []).append(res["loop_curve"]["mean"])
@@ -327,6 +336,10 @@ def aggregate(study: Study, study_dir: Path) -> dict:
     if not seeds_done:
         raise ConfigError(f"no finished runs under {study_dir / 'runs'}; run the study first "
                           f"(without aggregate_only=true)")
+    if "model" not in per_key:
+        raise ConfigError(f"the results.json files under {study_dir / 'runs'} mark no curve as "
+                          f"a model (kind); they predate it: evaluate the runs again with "
+                          f"python -m loopformer.evaluate run=RUN_DIR")
     curves = {v: _band(rows) for v, rows in per_key.get("model", {}).items()}
     extra = {key.removeprefix("model@"): {v: _band(rows) for v, rows in by_variant.items()
                                           if len(rows) == seeds_done[v]}

@@ -21,10 +21,19 @@ class Batch(NamedTuple):
     ys: torch.Tensor  # (B, n)
 
 
+TASKS: dict[str, type[Task]] = {}  # task.name -> class, filled as subclasses are defined
+
+
 class Task:
-    """A function class. Subclasses implement ``_targets`` and ``normalizer``."""
+    """A function class. Subclasses set ``name`` (the ``task.name`` that selects them; a named
+    subclass registers itself) and implement ``_targets`` and ``normalizer``."""
 
     name: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            TASKS[cls.name] = cls
 
     def __init__(self, n_dims: int):
         if n_dims < 1:
@@ -181,13 +190,6 @@ class DecisionTree(Task):
     def _targets(self, xs, active_dims, g):
         coords, values = self.draw_trees(xs.shape[0], active_dims, g, xs)
         return self.evaluate(xs, coords, values)
-
-
-TASKS: dict[str, type[Task]] = {
-    cls.name: cls
-    for cls in (LinearRegression, NoisyLinearRegression, SparseLinearRegression,
-                Relu2nnRegression, DecisionTree)
-}
 
 
 def build_task(name: str, n_dims: int, **params) -> Task:

@@ -20,13 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
 from callbacks.fixed_test_set import FixedTestSet
-from loopformer.baselines import build_baselines
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
 from loopformer.config import RunSpec, build_spec
 from loopformer.csvlog import CSVMetricsLogger
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError
 from loopformer.module import LoopformerModule
+from loopformer.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +149,6 @@ def _hydra_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def check_baselines(cfg: DictConfig, spec: RunSpec) -> None:
-    """``eval.baselines`` is used once training is over: build the baselines now, so that a
-    bad entry is refused before the first step."""
-    baselines = (cfg.get("eval") or {}).get("baselines", "default")
-    if baselines != "default":
-        specs = (OmegaConf.to_container(baselines, resolve=True)
-                 if OmegaConf.is_config(baselines) else baselines)
-        build_baselines(specs, spec.task.name, spec.task_params)
-
-
 def check_compatible(saved: dict, cfg: DictConfig, path: Path) -> None:
     """Refuse to resume ``path`` with a model of a different shape."""
     old, new = saved.get("model", {}), OmegaConf.to_container(cfg.model, resolve=True)
@@ -196,7 +186,7 @@ def requeued_checkpoint(run_dir: Path) -> Path | None:
     our ``checkpoints/last.ckpt``; None when not requeued or nothing was saved yet."""
     if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
         return None
-    found = [p for p in (*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "checkpoints" / "last.ckpt")
+    found = [p for p in (*run_dir.glob("hpc_ckpt_*.ckpt"), RunDir(run_dir).last_ckpt)
              if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
@@ -208,11 +198,11 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path | None]:
     if ckpt not in (None, "", "last"):
         p = Path(str(ckpt))
         if p.is_dir():  # a run directory: continue it in place
-            return p, p / "checkpoints" / "last.ckpt"
+            return p, RunDir(p).last_ckpt
         if not p.is_file():
             raise ConfigError(f"ckpt_path={ckpt} is neither a checkpoint file nor a run "
                               f"directory")
-        if run_dir is None and p.parent.name == "checkpoints":
+        if run_dir is None and p.parent.name == RunDir(p.parent.parent).checkpoints.name:
             run_dir = p.parent.parent
     if run_dir is None:
         if ckpt == "last":
@@ -224,7 +214,7 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path | None]:
     if ckpt in (None, "", "last") and (requeued := requeued_checkpoint(run_dir)) is not None:
         return run_dir, requeued
     if ckpt == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = RunDir(run_dir).last_ckpt
         if not last.is_file():
             raise ConfigError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to "
                               f"start a new run")
@@ -232,17 +222,19 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path | None]:
     return run_dir, (Path(str(ckpt)) if ckpt else None)
 
 
-def _wandb_id(run_dir: Path) -> str:
-    meta = run_dir / "run.json"
-    if meta.exists():
-        return json.loads(meta.read_text())["wandb_id"]
-    return uuid.uuid4().hex[:8]
+def _read_meta(run: RunDir) -> dict:
+    """``run.json``: the W&B run id, and the command-line overrides of every launch so far."""
+    meta = json.loads(run.meta.read_text()) if run.meta.exists() else {}
+    return {"wandb_id": meta.get("wandb_id") or uuid.uuid4().hex[:8],
+            "launches": meta.get("launches", [])}
 
 
-def _write_meta(run_dir: Path, cfg: DictConfig, wandb_id: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (run_dir / "run.json").write_text(json.dumps({"wandb_id": wandb_id}))
+def _write_meta(run: RunDir, cfg: DictConfig, meta: dict, overrides: list[str] | None) -> None:
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if overrides is not None:  # None: composed in-process, no command line to keep
+        meta = {**meta, "launches": [*meta["launches"], {"overrides": overrides}]}
+    run.meta.write_text(json.dumps(meta, indent=1))
 
 
 # ----------------------------------------------------------------------------- build
@@ -252,7 +244,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None, wandb
     loggers = []
     lcfg = cfg.get("logger") or {}
     if lcfg.get("csv", True):
-        loggers.append(CSVMetricsLogger(run_dir / "metrics.csv", resume_step=resume_step))
+        loggers.append(CSVMetricsLogger(RunDir(run_dir).metrics, resume_step=resume_step))
     w = lcfg.get("wandb")
     if w and w.get("mode", "offline") != "disabled":
         from lightning.pytorch.loggers import WandbLogger
@@ -272,7 +264,7 @@ def build_callbacks(cfg: DictConfig, spec: RunSpec, run_dir: Path) -> list[L.Cal
     cbs = [
         CurriculumCallback(spec.curriculum, looped=spec.looped),
         FixedTestSetEvaluation(test_set, spec.test.every_n_steps),
-        StepCheckpoint(run_dir / "checkpoints", spec.checkpoint_every, spec.keep_every),
+        StepCheckpoint(RunDir(run_dir), spec.checkpoint_every, spec.keep_every),
     ]
     show_progress = cfg.trainer.get("enable_progress_bar", True)
     for name, c in (cfg.get("callbacks") or {}).items():
@@ -309,10 +301,10 @@ def _finish_wandb(loggers) -> None:
 # ----------------------------------------------------------------------------- run
 
 
-def run(cfg: DictConfig) -> RunResult:
-    """Train the run described by ``cfg``; every check happens before anything is written."""
-    spec = build_spec(cfg)
-    check_baselines(cfg, spec)
+def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
+    """Train the run described by ``cfg``; every check happens before anything is written.
+    ``overrides``, the command line that composed ``cfg``, is kept in the run's ``run.json``."""
+    spec = build_spec(cfg)  # eval included: its baselines are built here
     check_cuda_graph(cfg, check_trainer(cfg))
     run_dir, ckpt = resolve_paths(cfg)
     resume_step = None
@@ -322,19 +314,20 @@ def run(cfg: DictConfig) -> RunResult:
         check_compatible(saved_cfg, cfg, ckpt)
         resume_step = int(state.get("global_step", 0))
         del state
-    if ckpt is None and (run_dir / "checkpoints" / "last.ckpt").exists():
+    if ckpt is None and RunDir(run_dir).last_ckpt.exists():
         raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with "
                           f"ckpt_path=last or choose another run_dir")
 
     L.seed_everything(spec.seed, workers=True, verbose=False)
     module = LoopformerModule(OmegaConf.to_container(cfg, resolve=True))
     data = PromptDataModule(spec.task, spec.curriculum, spec.batch_size, spec.seed)
-    wandb_id = _wandb_id(run_dir)
+    meta = _read_meta(RunDir(run_dir))
+    wandb_id = meta["wandb_id"]
     loggers = build_loggers(cfg, run_dir, resume_step, wandb_id)
     callbacks = build_callbacks(cfg, spec, run_dir)
     trainer = build_trainer(cfg, spec, run_dir, loggers, callbacks)
     if trainer.is_global_zero:
-        _write_meta(run_dir, cfg, wandb_id)
+        _write_meta(RunDir(run_dir), cfg, meta, overrides)
     log.info("run directory: %s", run_dir)
 
     try:
@@ -344,8 +337,8 @@ def run(cfg: DictConfig) -> RunResult:
     test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                     if k.startswith("test/")}
     result = RunResult(run_dir, trainer.global_step, test_metrics)
-    if cfg.get("eval", {}).get("at_end", False) and trainer.is_global_zero:
+    if spec.eval.at_end and trainer.is_global_zero:
         from loopformer.evaluate import evaluate_run
 
-        result.eval_results = evaluate_run(run_dir, cfg=cfg, model=module.eager_model())
+        result.eval_results = evaluate_run(run_dir, spec=spec, model=module.eager_model())
     return result

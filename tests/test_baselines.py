@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import compose_cfg
 
 from loopformer import baselines as B
+from loopformer.config import build_spec
 from loopformer.errors import ConfigError
 from loopformer.stats import Curve, bootstrap_band, squared_error
 from loopformer.tasks import build_task
@@ -245,21 +247,28 @@ def test_build_baselines_rejects_unknown(spec):
         B.build_baselines([spec])
 
 
-def test_default_suites_follow_garg():
-    names = {t: [b.name for b in B.build_baselines("default", t, p)] for t, p in [
-        ("linear_regression", {}), ("noisy_linear_regression", {"noise_std": 0.5}),
-        ("sparse_linear_regression", {"sparsity": 3}), ("relu_2nn_regression", {}),
-        ("decision_tree", {"depth": 4})]}
+@pytest.mark.parametrize("task,suite", [
+    ("linear_regression", []),
+    ("noisy_linear_regression", ["ridge_0.01"]),  # Bayes-optimal: alpha = noise_std^2
+    ("sparse_linear_regression", ["lasso_1", "lasso_0.1", "lasso_0.01", "lasso_0.001"]),
+    ("relu_2nn_regression", ["gd_2layer_nn_h100_steps100_lr0.005"]),
+    ("decision_tree", ["decision_tree_4"] + (["xgboost_n5_depth4_lr0.5"]
+                                             if not B.XGBoost.missing_modules() else [])),
+])
+def test_default_suites_follow_garg(task, suite):
+    """Each task's YAML lists Garg et al.'s suite (eval.suite), built by eval.baselines=default."""
+    spec = build_spec(compose_cfg(f"task={task}"))
     common = ["least_squares", "nearest_neighbors_3", "averaging"]
-    assert names["linear_regression"] == common
-    assert names["noisy_linear_regression"] == common + ["ridge_0.25"]
-    assert names["sparse_linear_regression"][:3] == common
-    assert {n for n in names["sparse_linear_regression"][3:]} == {
-        f"lasso_{a:g}" for a in B.LASSO_ALPHAS}
-    assert names["relu_2nn_regression"][3].startswith("gd_2layer_nn")
-    assert names["decision_tree"][3] == "decision_tree_4"
-    with pytest.raises(ConfigError, match="task.name"):
-        B.default_baselines("quadratic_regression", {})
+    assert [b.name for b in spec.eval.baselines] == common + suite
+
+
+def test_default_without_a_suite_and_bad_suite_entries_name_the_key():
+    with pytest.raises(ConfigError, match="eval.baselines=default .* sets no eval.suite"):
+        B.build_baselines("default", None)
+    with pytest.raises(ConfigError, match=r"eval.suite: _target_='loopformer.baselines.Nope'"):
+        B.build_baselines("default", [{"_target_": "loopformer.baselines.Nope"}])
+    with pytest.raises(ConfigError, match=r"eval.suite: Lasso.alpha='x' must be a number"):
+        B.build_baselines("default", [{"_target_": "loopformer.baselines.Lasso", "alpha": "x"}])
 
 
 # ---------------------------------------------------------------- stats and plots
@@ -298,8 +307,9 @@ def test_plots_write_readable_pngs(tmp_path):
     k = np.arange(n)
     curve = lambda scale: {"mean": list(scale / (1 + k)), "low": list(0.8 * scale / (1 + k)),  # noqa: E731
                            "high": list(1.2 * scale / (1 + k))}
-    curves = {"looped_b12": curve(1.0), "least_squares": {"mean": [1.0] * 5 + [0.0] * 7},
-              "averaging": curve(2.0)}
+    curves = {"looped_b12": curve(1.0),
+              "least_squares": {"kind": "baseline", "mean": [1.0] * 5 + [0.0] * 7},
+              "averaging": {"kind": "baseline", **curve(2.0)}}
     p1 = plots.plot_error_vs_examples(curves, tmp_path / "a.png", title="LR", n_dims=5)
     loops = {"loops": [1, 2, 4, 8, 12, 16, 24], "mean": [1, .5, .2, .05, .01, .011, .02]}
     loops |= {"low": [0.9 * m for m in loops["mean"]], "high": [1.1 * m for m in loops["mean"]]}

@@ -137,7 +137,7 @@ def test_wsd_is_flat_then_decays_linearly_over_the_last_fraction():
     assert all(v == 1.0 for v in f[10:76])  # stable until the last 25 steps begin
     assert f[85] == pytest.approx(1 - 0.9 * 10 / 25)  # linear in between
     assert f[100] == pytest.approx(0.1)  # at the floor at the end
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert all(a >= b for a, b in zip(f[10:-1], f[11:], strict=True))
 
 
 def test_cosine_and_constant_schedules():

@@ -97,7 +97,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
               "test.batch_size=16", "checkpoint.keep_every_n_steps=2",
               "+callbacks.probe._target_=probes.RecordPrompts", f"+callbacks.probe.path={prompts}",
               "eval.at_end=true", "eval.n_prompts=32", "eval.extra_loops=[4]",
-              "eval.baselines=[least_squares]", "+eval.n_resamples=20", cwd=tmp_path)
+              "eval.baselines=[least_squares]", "eval.n_resamples=20", cwd=tmp_path)
     # both ranks used the run directory that Hydra's lf_run_dir resolver gave rank 0
     runs = list((tmp_path / "logs" / "runs").iterdir())
     assert len(runs) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["logs", "prompts"]

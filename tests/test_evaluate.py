@@ -246,3 +246,34 @@ def test_stopping_a_concurrent_study_stops_all_its_runs(tmp_path):
     sizes = [c.stat().st_mtime_ns for c in ckpts]
     time.sleep(2)
     assert [c.stat().st_mtime_ns for c in ckpts] == sizes  # nobody trains on
+
+
+def test_a_run_saved_before_the_task_yamls_held_the_suite_still_evaluates(trained_run, tmp_path):
+    # the eval block as runs saved it before: no suite, batch_size, n_resamples, device or
+    # ckpt, and extra_loops null for the task's own count
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_run, old)
+    cfg = OmegaConf.load(old / "config.yaml")
+    cfg.eval = {"at_end": True, "n_prompts": 32, "seed": 0, "extra_loops": None,
+                "baselines": "default"}
+    OmegaConf.save(cfg, old / "config.yaml")
+    res = evaluate_run(old, n_resamples=20)
+    assert set(res["curves"]) == {"model", "model@500", "least_squares",
+                                  "nearest_neighbors_3", "averaging"}
+
+
+def test_a_study_aggregates_results_written_before_curves_had_a_kind(tmp_path):
+    from loopformer.study import Job, _load_results
+
+    path = tmp_path / "eval" / "results.json"
+    path.parent.mkdir()
+    curve = {"mean": [1.0], "low": [1.0], "high": [1.0]}
+    path.write_text(json.dumps({"curves": {"model": curve, "model@60": curve,
+                                           "least_squares": curve}}))
+    job = Job(id="j000", variant="v", seed=1, run_dir=tmp_path)
+    kinds = {k: c["kind"] for k, c in _load_results(job)["curves"].items()}
+    assert kinds == {"model": "model", "model@60": "model", "least_squares": "baseline"}

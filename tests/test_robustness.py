@@ -21,6 +21,7 @@ from loopformer.checkpoints import SafeCheckpointIO, safe_load
 from loopformer.csvlog import read_metrics
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError, NonFiniteError
+from loopformer.rundir import RunDir
 from loopformer.training import requeued_checkpoint, run
 
 SPARSE = ["task=sparse_linear_regression"]
@@ -281,7 +282,7 @@ def test_slurm_requeue_continues_from_the_newest_checkpoint(tmp_path, monkeypatc
 
 
 def test_step_checkpoint_message_without_a_checkpoint():
-    err = StepCheckpoint("/x/checkpoints", 5)._stop("non-finite train/loss", 3)
+    err = StepCheckpoint(RunDir("/x"), 5)._stop("non-finite train/loss", 3)
     assert str(err).startswith("non-finite train/loss at step 3: training stopped; no checkpoint")
 
 

@@ -15,6 +15,7 @@ from loopformer.config import build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Schedule
 from loopformer.evaluate import evaluate, load_model
+from loopformer.rundir import RunDir
 from loopformer.training import run
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml"))
@@ -147,7 +148,7 @@ def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny,
     weights, and a run continued from it ends where an uninterrupted run does."""
     never = ["trainer.max_steps=1000000", "checkpoint.every_n_steps=1000000"]
     evals = ["eval.n_prompts=64", "eval.extra_loops=[4]", "eval.baselines=[least_squares]",
-             "+eval.n_resamples=20"]
+             "eval.n_resamples=20"]
     cfg = compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", "eval.at_end=true", *evals,
                       run_dir=tmp_path / "timed")
     result = run(cfg)
@@ -158,8 +159,7 @@ def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny,
     assert [int(r["step"]) for r in read_metrics(timed / "metrics.csv")][-1] == stop - 1
 
     spec = build_spec(cfg)
-    again = evaluate(load_model(timed, spec, "last"), spec, n_prompts=64, seed=0,
-                     extra_loops=[4], baselines=[], n_resamples=20)
+    again = evaluate(load_model(timed, spec, "last"), spec)
     saved = json.loads((timed / "eval" / "results.json").read_text())
     assert saved["curves"]["model"] == again["curves"]["model"]
     assert saved["curves"]["model@4"] == again["curves"]["model@4"]
@@ -264,3 +264,13 @@ def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():
     n = {v: count_parameters(build_model(s.model)) for v, s in specs.items()}
     assert n["transformer"] == 12 * n["looped"] - 11 * 2 * 64  # 12 blocks, one final LayerNorm
     assert n["tied"] == n["looped"]
+
+
+def test_run_json_keeps_the_command_of_every_launch(tiny, tmp_path):
+    first = ["trainer.max_steps=2", "seed=7"]
+    run(compose_cfg(*tiny, *first, run_dir=tmp_path / "run"), overrides=first)
+    again = ["trainer.max_steps=4", "seed=7", "ckpt_path=last"]
+    run(compose_cfg(*tiny, *again, run_dir=tmp_path / "run"), overrides=again)
+    meta = json.loads(RunDir(tmp_path / "run").meta.read_text())
+    assert meta["launches"] == [{"overrides": first}, {"overrides": again}]
+    assert len(meta["wandb_id"]) == 8  # one W&B run across launches
