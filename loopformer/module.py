@@ -34,16 +34,17 @@ def make_adam(params, o: OptimConfig) -> torch.optim.Adam:
 
 
 class LoopformerModule(L.LightningModule):
-    """Trains a model from :mod:`loopformer.models` on streamed prompts.
+    """Trains a model from :mod:`loopformer.models` on streamed prompts, as ``spec`` says.
 
-    ``config`` is the resolved run config (a plain dict, saved in every checkpoint)."""
+    ``config`` is the resolved config ``spec`` was built from (a plain dict), saved in every
+    checkpoint's hyperparameters for provenance and for the shape check of a resume."""
 
-    def __init__(self, config: dict):
+    def __init__(self, spec: RunSpec, config: dict):
         super().__init__()
-        self.save_hyperparameters()
-        self.spec: RunSpec = build_spec(OmegaConf.create(config))
-        self.model = build_model(self.spec.model)
-        self.perf = self.spec.perf
+        self.save_hyperparameters(ignore=["spec"])
+        self.spec = spec
+        self.model = build_model(spec.model)
+        self.perf = spec.perf
         if self.perf.activation_checkpointing and hasattr(self.model, "checkpoint_window"):
             self.model.checkpoint_window = True
         # set every step by callbacks.curriculum.CurriculumCallback
@@ -52,6 +53,11 @@ class LoopformerModule(L.LightningModule):
         # the optimizer itself (Lightning's manual optimization)
         self.automatic_optimization = not self.perf.cuda_graph
         self.step_graph: StepGraph | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> LoopformerModule:
+        """The module of a resolved config dict (tests, tools)."""
+        return cls(build_spec(OmegaConf.create(config)), config)
 
     def setup(self, stage):
         self.perf.apply()

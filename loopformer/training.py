@@ -319,7 +319,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
                           f"ckpt_path=last or choose another run_dir")
 
     L.seed_everything(spec.seed, workers=True, verbose=False)
-    module = LoopformerModule(OmegaConf.to_container(cfg, resolve=True))
+    module = LoopformerModule(spec, OmegaConf.to_container(cfg, resolve=True))
     data = PromptDataModule(spec.task, spec.curriculum, spec.batch_size, spec.seed)
     meta = _read_meta(RunDir(run_dir))
     wandb_id = meta["wandb_id"]

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf, open_dict
 from loopformer import ConfigError, ModelConfig, config
 from loopformer.config import OptimConfig, PerfConfig, build_spec
 from loopformer.errors import typed
+from loopformer.module import LoopformerModule
 
 
 def _refused(*overrides, cfg=None) -> str:
@@ -96,3 +97,12 @@ def test_schema_defaults_are_the_values_in_conf():
     assert typed(PerfConfig, cfg.perf) == PerfConfig()
     assert typed(ModelConfig, cfg.model) == ModelConfig()
 
+
+def test_the_module_takes_the_spec_and_keeps_the_config_for_the_checkpoint(monkeypatch):
+    config = OmegaConf.to_container(compose_cfg(*TINY), resolve=True)
+    spec = build_spec(OmegaConf.create(config))
+    import loopformer.module
+
+    monkeypatch.setattr(loopformer.module, "build_spec", None)  # the module must not re-parse
+    module = LoopformerModule(spec, config)
+    assert module.spec is spec and dict(module.hparams) == {"config": config}

@@ -62,10 +62,10 @@ def test_evaluation_gets_an_uncompiled_copy_of_a_compiled_model():
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(compose_cfg(*TINY), resolve=True)
-    plain = LoopformerModule(cfg)
+    plain = LoopformerModule.from_config(cfg)
     assert plain.eager_model() is plain.model
     cfg["perf"]["compile"] = True
-    module = LoopformerModule(cfg)
+    module = LoopformerModule.from_config(cfg)
     module.configure_model()  # compiles every block in place (lazily: nothing runs yet)
     assert all(b._compiled_call_impl is not None for b in module.model.blocks)
     eager = module.eager_model()
@@ -81,7 +81,7 @@ def test_module_turns_on_window_checkpointing():
 
     cfg = OmegaConf.to_container(compose_cfg(*TINY, "perf.activation_checkpointing=true"),
                                  resolve=True)
-    assert LoopformerModule(cfg).model.checkpoint_window
+    assert LoopformerModule.from_config(cfg).model.checkpoint_window
 
 
 def _bf16_agrees(device):
