@@ -1,26 +1,35 @@
 """Turn a composed Hydra config into validated, typed run settings.
 
-Everything a run needs is checked here, before any directory is written or any step is
-trained; each error names the override to change and the values it accepts.
+The config groups rest on typed schemas, the dataclasses below and :class:`ModelConfig`,
+:class:`Curriculum`: :func:`build_spec` reads them once (OmegaConf structured configs, so a
+wrong type or unknown key is refused with its full key), then checks the rules that span
+fields. ``conf/`` holds the values a run uses; a dataclass default fills a key that a config
+leaves out (an older run's ``config.yaml``), and equals ``conf/``'s value (tests check it).
+Everything is checked here, before any directory is written or any step is trained; each
+error names the override to change and the values it accepts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from loopformer.baselines import Baseline, build_baselines
-from loopformer.curriculum import Curriculum, Schedule
-from loopformer.errors import ConfigError, check_type
+from loopformer.baselines import build_baselines
+from loopformer.curriculum import Curriculum
+from loopformer.errors import ConfigError, typed
 from loopformer.models import ModelConfig, keep_mask_len
 from loopformer.tasks import Task, build_task
 
 SCHEDULES = ("constant", "cosine", "wsd")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-@dataclass(frozen=True)
+@dataclass
 class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -29,6 +38,9 @@ class OptimConfig:
     warmup_steps: int = 0  # linear warm-up from 0
     min_lr_ratio: float = 0.0  # the decay's floor (cosine, wsd), as a fraction of lr
     decay_fraction: float = 0.2  # wsd: the final share of the steps that decays linearly
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)  # OmegaConf hands a list
 
     def lr_factor(self, step: int, total: int) -> float:
         """The learning rate at optimizer step ``step`` of ``total``, as a fraction of lr:
@@ -48,7 +60,7 @@ class OptimConfig:
         return 1.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class TestSetConfig:
     every_n_steps: int = 10000  # 0 disables
     size: int = 100000  # prompts
@@ -56,19 +68,92 @@ class TestSetConfig:
     seed: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass
+class PerfConfig:
+    compile: bool = False  # torch.compile every block (CUDA or CPU with a C++ compiler)
+    # torch.compile mode; reduce-overhead replays each compiled block as a CUDA graph (GPU only)
+    compile_mode: str = "default"
+    # capture forward + backward of the whole step as one CUDA graph per shape (GPU only)
+    cuda_graph: bool = False
+    activation_checkpointing: bool = False  # recompute window iterations in backward
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+    matmul_precision: str = "highest"  # float32 matmuls: highest | high (TF32) | medium
+
+    def __post_init__(self):
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"perf.compile_mode={self.compile_mode!r} is unknown; "
+                              f"choose one of {', '.join(COMPILE_MODES)}")
+        if self.cuda_graph and self.compile and self.compile_mode != "default":
+            raise ConfigError(f"perf.cuda_graph=true already replays the step as a CUDA graph; "
+                              f"use perf.compile_mode=default with it, not "
+                              f"{self.compile_mode}")
+        if self.cuda_graph and self.activation_checkpointing:
+            raise ConfigError("perf.cuda_graph=true cannot be combined with "
+                              "perf.activation_checkpointing=true; set one of them to false")
+        allowed = ("highest", "high", "medium")
+        if self.matmul_precision not in allowed:
+            raise ConfigError(f"perf.matmul_precision={self.matmul_precision!r} is unknown; "
+                              f"choose one of {', '.join(allowed)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"perf.threads={self.threads} must be >= 1 (or null)")
+
+    def apply(self) -> None:
+        """Process-wide settings, applied before training starts."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        torch.set_float32_matmul_precision(self.matmul_precision)
+
+
+@dataclass
 class EvalConfig:
     """The ``eval`` block: how a trained model is scored against baselines."""
 
     at_end: bool  # evaluate when training ends
     n_prompts: int  # fresh prompts at the final curriculum shape
     seed: int  # their seed, and the bootstrap's
-    extra_loops: tuple[int, ...]  # loop counts scored beyond the trained one (the task's YAML)
-    baselines: tuple[Baseline, ...]  # eval.baselines; "default" is the task's eval.suite
+    # loop counts scored beyond the trained one (the task's YAML): a list, one count or null
+    extra_loops: tuple[int, ...] | None
+    # eval.baselines as written ("default": the task's eval.suite); in a RunSpec, the built
+    # Baseline objects (build_baselines checks them)
+    baselines: Any
     batch_size: int  # prompts per model forward
     n_resamples: int  # bootstrap resamples of the 90% band
     device: str | None  # where the model runs; null: the GPU if there is one
     ckpt: str  # the checkpoint `python -m loopformer.evaluate` scores: last | step=N | a path
+    suite: Any = None  # the task's baselines (conf/task/*.yaml)
+
+
+@dataclass
+class DataConfig:
+    batch_size: int  # prompts per training batch
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int  # resumable checkpoints/last.ckpt
+    keep_every_n_steps: int  # permanent checkpoints/step=N.ckpt (0 disables)
+
+
+@dataclass
+class TrainerSteps:
+    max_steps: int  # the rest of ``trainer`` is Lightning's, checked by its Trainer
+
+
+@dataclass
+class Settings:
+    """The typed part of the composed config (``task.*`` is the task class's, checked by
+    build_task; ``trainer``, ``logger`` and ``callbacks`` are Lightning's)."""
+
+    seed: int
+    model: ModelConfig
+    curriculum: Curriculum
+    data: DataConfig
+    optimizer: OptimConfig
+    test: TestSetConfig
+    checkpoint: CheckpointConfig
+    trainer: TrainerSteps
+    eval: EvalConfig
+    perf: PerfConfig = field(default_factory=PerfConfig)  # runs saved before it lack it
 
 
 @dataclass(frozen=True)
@@ -87,6 +172,7 @@ class RunSpec:
     seed: int
     max_steps: int
     eval: EvalConfig
+    perf: PerfConfig
     name: str  # the run's name (W&B, plot titles)
 
     @property
@@ -100,85 +186,31 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value} must be {bound}")
 
 
-def _int(key: str, value) -> int:
-    return check_type(key, value, int)
-
-
-def _float(key: str, value) -> float:
-    return float(check_type(key, value, float))
-
-
-def _schedule(cfg: DictConfig, key: str) -> Schedule:
-    node = OmegaConf.select(cfg, key)
-    if node is None:
-        raise ConfigError(f"{key} is missing; give {key}.start and {key}.end")
-    fields = {k: _int(f"{key}.{k}", node.get(k, d)) for k, d in
-              (("start", None), ("end", None), ("inc", 0), ("interval", 1))}
-    sched = Schedule(**fields)
-    sched.validate(key)
-    return sched
-
-
-def model_config(cfg: DictConfig) -> ModelConfig:
-    d = OmegaConf.to_container(cfg.model, resolve=True)
-    n_embd, n_head = d.get("n_embd"), d.get("n_head")
-    if (isinstance(n_embd, int) and isinstance(n_head, int) and n_embd >= 1 and n_head >= 1
-            and n_embd % n_head):
-        divisors = [h for h in range(1, n_embd + 1) if n_embd % h == 0]
-        raise ConfigError(f"model.n_head={n_head} does not divide model.n_embd={n_embd}; use "
-                          f"model.n_head in {divisors[:12]}")
-    try:
-        return ModelConfig.from_dict(d)
-    except TypeError as e:  # a wrong type such as model.n_layer=abc
-        raise ConfigError(f"model: {e}") from e
-
-
-def _required(cfg: DictConfig, key: str):
-    value = OmegaConf.select(cfg, key, default="???")
-    if value == "???":
-        raise ConfigError(f"{key} is missing; conf/task/*.yaml sets eval.extra_loops and "
-                          f"eval.suite, conf/config.yaml the rest of eval")
-    return value
-
-
 def _plain(value):
     """A config node as plain Python containers, interpolations resolved."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def eval_config(cfg: DictConfig) -> EvalConfig:
-    """The ``eval`` block, its baselines built (so a bad one is refused before training)."""
-    ev = {k: _required(cfg, f"eval.{k}") for k in
-          ("at_end", "n_prompts", "seed", "extra_loops", "baselines", "batch_size",
-           "n_resamples", "device", "ckpt")}
-    loops = ev["extra_loops"]  # a list, one count, or null for none
-    if not OmegaConf.is_list(loops):
-        loops = [] if loops is None else [loops]
-    out = EvalConfig(
-        at_end=check_type("eval.at_end", ev["at_end"], bool),
-        n_prompts=_int("eval.n_prompts", ev["n_prompts"]), seed=_int("eval.seed", ev["seed"]),
-        extra_loops=tuple(_int("eval.extra_loops", n) for n in loops),
-        baselines=tuple(build_baselines(_plain(ev["baselines"]),
-                                        _plain(OmegaConf.select(cfg, "eval.suite")))),
-        batch_size=_int("eval.batch_size", ev["batch_size"]),
-        n_resamples=_int("eval.n_resamples", ev["n_resamples"]),
-        device=None if ev["device"] is None else str(ev["device"]), ckpt=str(ev["ckpt"]))
+def settings(cfg: DictConfig) -> Settings:
+    """The typed part of ``cfg``: wrong types and unknown keys are refused here."""
+    raw = {f.name: _plain(cfg[f.name]) for f in dataclasses.fields(Settings)
+           if f.name in cfg and f.name != "trainer"}
+    raw["trainer"] = {"max_steps": OmegaConf.select(cfg, "trainer.max_steps")}
+    ev = raw.get("eval") or {}
+    if isinstance(ev.get("extra_loops"), int):  # one count
+        ev["extra_loops"] = [ev["extra_loops"]]
+    return typed(Settings, raw)
+
+
+def eval_config(ev: EvalConfig) -> EvalConfig:
+    """``ev`` with its baselines built (so a bad one is refused before training)."""
+    out = dataclasses.replace(ev, extra_loops=tuple(ev.extra_loops or ()),
+                              baselines=tuple(build_baselines(ev.baselines, ev.suite)))
     for key in ("n_prompts", "batch_size", "n_resamples"):
         _positive(f"eval.{key}", getattr(out, key))
     for n in out.extra_loops:
         _positive("eval.extra_loops", n)
     return out
-
-
-def curriculum_config(cfg: DictConfig) -> Curriculum:
-    cur = Curriculum(
-        dims=_schedule(cfg, "curriculum.dims"),
-        points=_schedule(cfg, "curriculum.points"),
-        loops=_schedule(cfg, "curriculum.loops"),
-        window=_int("curriculum.window", cfg.curriculum.window),
-    )
-    cur.validate()
-    return cur
 
 
 def build_spec(cfg: DictConfig) -> RunSpec:
@@ -187,14 +219,15 @@ def build_spec(cfg: DictConfig) -> RunSpec:
         return _build_spec(cfg)
     except ConfigError:
         raise
-    except Exception as e:  # interpolation or type errors from OmegaConf
+    except Exception as e:  # interpolation errors from OmegaConf
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"invalid configuration: {first}") from e
 
 
 def _build_spec(cfg: DictConfig) -> RunSpec:
-    model = model_config(cfg)
-    cur = curriculum_config(cfg)
+    s = settings(cfg)
+    model, cur, optim, test = s.model, s.curriculum, s.optimizer, s.test
+    cur.validate()
     task_params = OmegaConf.to_container(cfg.task, resolve=True)
     task_name = task_params.pop("name", None)
     task = build_task(task_name, model.n_dims, **task_params)
@@ -211,20 +244,10 @@ def _build_spec(cfg: DictConfig) -> RunSpec:
         seq_len = 2 * cur.points.end  # tokens of the longest prompt
         keep_mask_len(model.keep_tokens, seq_len, cur.points.end)
         if model.keep_tokens > seq_len:  # would silently keep everything
-            raise ConfigError(f"model.keep_tokens={model.keep_tokens} exceeds the {seq_len} "
+            raise ConfigError(f"model.keep_tokens={model.keep_tokens:g} exceeds the {seq_len} "
                               f"tokens of a {cur.points.end}-point prompt; use "
                               f"-{seq_len - 1}..{seq_len} or a fraction in (0,1)")
 
-    optim_cfg = cfg.optimizer
-    optim = OptimConfig(
-        lr=_float("optimizer.lr", optim_cfg.lr),
-        weight_decay=_float("optimizer.weight_decay", optim_cfg.weight_decay),
-        betas=tuple(_float("optimizer.betas", b) for b in optim_cfg.betas),
-        schedule=str(optim_cfg.get("schedule", "constant")),
-        warmup_steps=_int("optimizer.warmup_steps", optim_cfg.get("warmup_steps", 0)),
-        min_lr_ratio=_float("optimizer.min_lr_ratio", optim_cfg.get("min_lr_ratio", 0.0)),
-        decay_fraction=_float("optimizer.decay_fraction", optim_cfg.get("decay_fraction", 0.2)),
-    )
     _positive("optimizer.lr", optim.lr)
     _positive("optimizer.weight_decay", optim.weight_decay, allow_zero=True)
     _positive("optimizer.warmup_steps", optim.warmup_steps, allow_zero=True)
@@ -233,23 +256,20 @@ def _build_spec(cfg: DictConfig) -> RunSpec:
     if optim.schedule not in SCHEDULES:
         raise ConfigError(f"optimizer.schedule={optim.schedule!r} is unknown; choose one of "
                           f"{', '.join(SCHEDULES)}")
-
-    test = TestSetConfig(**{k: _int(f"test.{k}", cfg.test[k]) for k in
-                            ("every_n_steps", "size", "batch_size", "seed")})
     _positive("test.every_n_steps", test.every_n_steps, allow_zero=True)
     _positive("test.size", test.size)
     _positive("test.batch_size", test.batch_size)
+    _positive("data.batch_size", s.data.batch_size)
+    _positive("trainer.max_steps", s.trainer.max_steps)
+    _positive("checkpoint.every_n_steps", s.checkpoint.every_n_steps)
+    _positive("checkpoint.keep_every_n_steps", s.checkpoint.keep_every_n_steps,
+              allow_zero=True)
 
-    spec = RunSpec(
+    return RunSpec(
         model=model, task=task, task_params=task_params, curriculum=cur,
-        batch_size=_int("data.batch_size", cfg.data.batch_size), optim=optim, test=test,
-        checkpoint_every=_int("checkpoint.every_n_steps", cfg.checkpoint.every_n_steps),
-        keep_every=_int("checkpoint.keep_every_n_steps", cfg.checkpoint.keep_every_n_steps),
-        seed=_int("seed", cfg.seed), max_steps=_int("trainer.max_steps", cfg.trainer.max_steps),
-        eval=eval_config(cfg), name=str(cfg.get("name") or ""),
+        batch_size=s.data.batch_size, optim=optim, test=test,
+        checkpoint_every=s.checkpoint.every_n_steps,
+        keep_every=s.checkpoint.keep_every_n_steps, seed=s.seed,
+        max_steps=s.trainer.max_steps, eval=eval_config(s.eval), perf=s.perf,
+        name=str(cfg.get("name") or ""),
     )
-    _positive("data.batch_size", spec.batch_size)
-    _positive("trainer.max_steps", spec.max_steps)
-    _positive("checkpoint.every_n_steps", spec.checkpoint_every)
-    _positive("checkpoint.keep_every_n_steps", spec.keep_every, allow_zero=True)
-    return spec

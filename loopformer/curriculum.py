@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from loopformer.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@dataclass
 class Schedule:
     """``min(end, start + (step // interval) * inc)``."""
 
@@ -45,7 +45,7 @@ class CurriculumState:
     n_loops: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Curriculum:
     """Active dims, points per prompt and loop count as schedules of the global step."""
 

@@ -1,7 +1,15 @@
 """The one exception type for bad configuration (its message names the key to change), and the
-type check that raises it for typed settings."""
+two ways typed settings are read: :func:`typed` for a dataclass schema (OmegaConf structured
+config), :func:`check_type` for one value (a task's or a baseline's own parameters)."""
 
 import contextlib
+import dataclasses
+from typing import TypeVar
+
+from omegaconf import BooleanNode, FloatNode, IntegerNode, OmegaConf, StringNode
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -14,21 +22,53 @@ class NonFiniteError(RuntimeError):
     and the last good checkpoint, which is kept."""
 
 
+def _shown(value) -> str:
+    return "null" if value is None else repr(value)  # as written in the YAML
+
+
 def check_type(key: str, value, kind: type):
     """``value`` for the setting ``key`` declared as ``kind``: an int (an integral float is
     converted), a float (any number, or a numeric string such as YAML's ``1e-4``) or a bool;
     other kinds are left to the setting's own checks. Anything else is a ConfigError."""
-    shown = "null" if value is None else repr(value)  # as written in the YAML
     if kind is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}={shown} must be true or false")
+        raise ConfigError(f"{key}={_shown(value)} must be true or false")
     if kind is int:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={shown} must be an integer")
+            raise ConfigError(f"{key}={_shown(value)} must be an integer")
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             with contextlib.suppress(ValueError):
                 return float(value)
-        raise ConfigError(f"{key}={shown} must be a number")
+        raise ConfigError(f"{key}={_shown(value)} must be a number")
     return value
+
+
+KINDS = {IntegerNode: "an integer", FloatNode: "a number", BooleanNode: "true or false",
+         StringNode: "a string"}
+
+
+def typed(schema: type[T], values, key: str = "") -> T:
+    """``values`` (a dict or config node) as the dataclass ``schema``, through OmegaConf: its
+    conversions apply (YAML's ``1e-4`` and an int become floats, ``1`` and ``yes`` true), a
+    key left out takes the schema's default, and ``__post_init__`` checks run. A wrong type,
+    an unknown key or a missing one is a ConfigError naming the full key (``key`` + the
+    schema's own, e.g. ``model.n_layer``)."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_message(e, key)) from e
+
+
+def _message(e: OmegaConfBaseException, prefix: str) -> str:
+    key = ".".join(k for k in (prefix, str(e.full_key or "")) if k)
+    if isinstance(e, ConfigKeyError):  # e.object_type: the dataclass without that key
+        allowed = ", ".join(f.name for f in dataclasses.fields(e.object_type))
+        return f"unknown key {key}; allowed: {allowed}"
+    if isinstance(e, MissingMandatoryValue):
+        return f"{key} is missing"
+    kind = KINDS.get(type(e.child_node))
+    if kind is None:  # a list's element, a scalar for a group: OmegaConf's own words
+        return f"{key}: {str(e.msg).strip().splitlines()[0]}"
+    return f"{key}={_shown(e.value)} must be {kind}"

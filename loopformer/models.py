@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import get_type_hints
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from loopformer.errors import ConfigError, check_type
+from loopformer.errors import ConfigError, typed
 
 FAMILIES = ("looped", "transformer", "tied")
 MIXERS = ("attention", "ssm")
@@ -54,11 +53,12 @@ class ModelConfig:
         choice("mixer", self.mixer, MIXERS)
         choice("injection", self.injection, INJECTIONS)
         for key in ("n_dims", "n_positions", "n_embd", "n_layer", "n_head"):
-            if int(getattr(self, key)) < 1:
+            if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
         if self.n_embd % self.n_head:
-            raise ConfigError(f"model.n_embd={self.n_embd} is not divisible by "
-                              f"model.n_head={self.n_head}")
+            divisors = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0]
+            raise ConfigError(f"model.n_head={self.n_head} does not divide model.n_embd="
+                              f"{self.n_embd}; use model.n_head in {divisors[:12]}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         keep_mask_len(self.keep_tokens, 2 * self.n_positions, self.n_positions)
@@ -68,11 +68,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        types = get_type_hints(cls)  # field name -> int, float, bool or str
-        unknown = sorted(set(d) - set(types))
-        if unknown:
-            raise ConfigError(f"unknown model keys {unknown}; allowed: {sorted(types)}")
-        return cls(**{k: check_type(f"model.{k}", v, types[k]) for k, v in d.items()})
+        return typed(cls, d, "model")
 
 
 def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None,
@@ -85,7 +81,7 @@ def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None,
     what = f"a {n_points}-point prompt" if n_points else f"a {seq_len}-token sequence"
     hint = f"use -{seq_len - 1}..{seq_len} or a fraction in (0,1)"
     if keep >= 1 and keep != int(keep):
-        raise ConfigError(f"model.keep_tokens={keep} is not an integer; {hint}")
+        raise ConfigError(f"model.keep_tokens={keep:g} is not an integer; {hint}")
     if keep == 0:
         return 0
     if keep >= 1:
@@ -93,18 +89,18 @@ def keep_mask_len(keep: float, seq_len: int, n_points: int | None = None,
     if keep < 0:
         drop = int(-keep)
         if keep != -drop:
-            raise ConfigError(f"model.keep_tokens={keep} is not an integer; {hint}")
+            raise ConfigError(f"model.keep_tokens={keep:g} is not an integer; {hint}")
         if drop >= seq_len:
             if not strict:
                 return seq_len
-            raise ConfigError(f"model.keep_tokens={keep} drops all {seq_len} tokens of {what}; "
+            raise ConfigError(f"model.keep_tokens={keep:g} drops all {seq_len} tokens of {what}; "
                               f"{hint}")
         return drop
     kept = round(keep * seq_len)
     if kept < 1:
         if not strict:
             return seq_len
-        raise ConfigError(f"model.keep_tokens={keep} keeps no token of {what}; {hint}")
+        raise ConfigError(f"model.keep_tokens={keep:g} keeps no token of {what}; {hint}")
     return seq_len - kept
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import lightning as L
 import torch
 from omegaconf import OmegaConf
 
 from loopformer.config import OptimConfig, RunSpec, build_spec
-from loopformer.errors import ConfigError
 from loopformer.graphs import StepGraph
 from loopformer.models import InContextModel, build_model
 from loopformer.tasks import Batch
@@ -25,53 +22,6 @@ def is_log_step(trainer, every: int = 1) -> bool:
     return n > 0 and (trainer.global_step + 1) % n == 0
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-@dataclass(frozen=True)
-class PerfConfig:
-    compile: bool = False  # torch.compile every block (CUDA or CPU with a C++ compiler)
-    # torch.compile mode; reduce-overhead replays each compiled block as a CUDA graph (GPU only)
-    compile_mode: str = "default"
-    # capture forward + backward of the whole step as one CUDA graph per shape (GPU only)
-    cuda_graph: bool = False
-    activation_checkpointing: bool = False  # recompute window iterations in backward
-    threads: int | None = None  # torch intra-op threads; None: torch's default
-    matmul_precision: str = "highest"  # float32 matmuls: highest | high (TF32) | medium
-
-    def __post_init__(self):
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"perf.compile_mode={self.compile_mode!r} is unknown; "
-                              f"choose one of {', '.join(COMPILE_MODES)}")
-        if self.cuda_graph and self.compile and self.compile_mode != "default":
-            raise ConfigError(f"perf.cuda_graph=true already replays the step as a CUDA graph; "
-                              f"use perf.compile_mode=default with it, not "
-                              f"{self.compile_mode}")
-        if self.cuda_graph and self.activation_checkpointing:
-            raise ConfigError("perf.cuda_graph=true cannot be combined with "
-                              "perf.activation_checkpointing=true; set one of them to false")
-        allowed = ("highest", "high", "medium")
-        if self.matmul_precision not in allowed:
-            raise ConfigError(f"perf.matmul_precision={self.matmul_precision!r} is unknown; "
-                              f"choose one of {', '.join(allowed)}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"perf.threads={self.threads} must be >= 1 (or null)")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> PerfConfig:
-        try:
-            return cls(**(d or {}))
-        except TypeError as e:
-            raise ConfigError(f"perf: {e}; allowed keys: compile, compile_mode, cuda_graph, "
-                              f"activation_checkpointing, threads, matmul_precision") from e
-
-    def apply(self) -> None:
-        """Process-wide settings, applied before training starts."""
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        torch.set_float32_matmul_precision(self.matmul_precision)
-
-
 def make_adam(params, o: OptimConfig) -> torch.optim.Adam:
     """Adam with the fused kernel (one kernel for all parameters, CPU and CUDA), falling back
     to the multi-tensor implementation where the fused one is unavailable."""
@@ -84,16 +34,17 @@ def make_adam(params, o: OptimConfig) -> torch.optim.Adam:
 
 
 class LoopformerModule(L.LightningModule):
-    """Trains a model from :mod:`loopformer.models` on streamed prompts.
+    """Trains a model from :mod:`loopformer.models` on streamed prompts, as ``spec`` says.
 
-    ``config`` is the resolved run config (a plain dict, saved in every checkpoint)."""
+    ``config`` is the resolved config ``spec`` was built from (a plain dict), saved in every
+    checkpoint's hyperparameters for provenance and for the shape check of a resume."""
 
-    def __init__(self, config: dict):
+    def __init__(self, spec: RunSpec, config: dict):
         super().__init__()
-        self.save_hyperparameters()
-        self.spec: RunSpec = build_spec(OmegaConf.create(config))
-        self.model = build_model(self.spec.model)
-        self.perf = PerfConfig.from_dict(config.get("perf"))
+        self.save_hyperparameters(ignore=["spec"])
+        self.spec = spec
+        self.model = build_model(spec.model)
+        self.perf = spec.perf
         if self.perf.activation_checkpointing and hasattr(self.model, "checkpoint_window"):
             self.model.checkpoint_window = True
         # set every step by callbacks.curriculum.CurriculumCallback
@@ -102,6 +53,11 @@ class LoopformerModule(L.LightningModule):
         # the optimizer itself (Lightning's manual optimization)
         self.automatic_optimization = not self.perf.cuda_graph
         self.step_graph: StepGraph | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> LoopformerModule:
+        """The module of a resolved config dict (tests, tools)."""
+        return cls(build_spec(OmegaConf.create(config)), config)
 
     def setup(self, stage):
         self.perf.apply()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
 from callbacks.fixed_test_set import FixedTestSet
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
-from loopformer.config import RunSpec, build_spec
+from loopformer.config import PerfConfig, RunSpec, build_spec
 from loopformer.csvlog import CSVMetricsLogger
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError
@@ -106,10 +106,10 @@ def check_trainer(cfg: DictConfig) -> str:
 CUDA_GRAPH_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16")
 
 
-def check_cuda_graph(cfg: DictConfig, acc: str) -> None:
+def check_cuda_graph(cfg: DictConfig, perf: PerfConfig, acc: str) -> None:
     """perf.cuda_graph replays forward and backward on one GPU with the optimizer outside the
-    graph: refuse the settings it cannot honour, before anything starts."""
-    if not (cfg.get("perf") or {}).get("cuda_graph", False):
+    graph: refuse the trainer settings it cannot honour, before anything starts."""
+    if not perf.cuda_graph:
         return
     t = cfg.trainer
     if acc not in ("gpu", "cuda"):
@@ -305,7 +305,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
     """Train the run described by ``cfg``; every check happens before anything is written.
     ``overrides``, the command line that composed ``cfg``, is kept in the run's ``run.json``."""
     spec = build_spec(cfg)  # eval included: its baselines are built here
-    check_cuda_graph(cfg, check_trainer(cfg))
+    check_cuda_graph(cfg, spec.perf, check_trainer(cfg))
     run_dir, ckpt = resolve_paths(cfg)
     resume_step = None
     if ckpt is not None:
@@ -319,7 +319,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
                           f"ckpt_path=last or choose another run_dir")
 
     L.seed_everything(spec.seed, workers=True, verbose=False)
-    module = LoopformerModule(OmegaConf.to_container(cfg, resolve=True))
+    module = LoopformerModule(spec, OmegaConf.to_container(cfg, resolve=True))
     data = PromptDataModule(spec.task, spec.curriculum, spec.batch_size, spec.seed)
     meta = _read_meta(RunDir(run_dir))
     wandb_id = meta["wandb_id"]

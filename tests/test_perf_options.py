@@ -6,7 +6,8 @@ import torch
 from conftest import TINY, compose_cfg
 
 from loopformer import ConfigError, ModelConfig, build_model, build_task
-from loopformer.module import LoopformerModule, PerfConfig
+from loopformer.config import PerfConfig, build_spec
+from loopformer.module import LoopformerModule
 from loopformer.training import run
 
 CUDA = torch.cuda.is_available()
@@ -53,18 +54,18 @@ def test_perf_config_is_applied_and_validated(tiny, tmp_path):
         PerfConfig(matmul_precision="fastest")
     with pytest.raises(ConfigError, match="perf.threads"):
         PerfConfig(threads=0)
-    with pytest.raises(ConfigError, match="perf"):
-        PerfConfig.from_dict({"cmopile": True})
+    with pytest.raises(ConfigError, match="unknown key perf.cmopile; allowed: compile, "):
+        build_spec(compose_cfg(*tiny, "+perf.cmopile=true"))
 
 
 def test_evaluation_gets_an_uncompiled_copy_of_a_compiled_model():
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.to_container(compose_cfg(*TINY), resolve=True)
-    plain = LoopformerModule(cfg)
+    plain = LoopformerModule.from_config(cfg)
     assert plain.eager_model() is plain.model
     cfg["perf"]["compile"] = True
-    module = LoopformerModule(cfg)
+    module = LoopformerModule.from_config(cfg)
     module.configure_model()  # compiles every block in place (lazily: nothing runs yet)
     assert all(b._compiled_call_impl is not None for b in module.model.blocks)
     eager = module.eager_model()
@@ -80,7 +81,7 @@ def test_module_turns_on_window_checkpointing():
 
     cfg = OmegaConf.to_container(compose_cfg(*TINY, "perf.activation_checkpointing=true"),
                                  resolve=True)
-    assert LoopformerModule(cfg).model.checkpoint_window
+    assert LoopformerModule.from_config(cfg).model.checkpoint_window
 
 
 def _bf16_agrees(device):

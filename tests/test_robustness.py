@@ -64,8 +64,8 @@ BAD_INPUTS = [
     (["perf.cuda_graph=true"], "perf.cuda_graph=true needs a CUDA device"),  # TINY: CPU
     (["perf.matmul_precision=low"], "perf.matmul_precision='low'"),
     (["model.n_layer=abc"], "model.n_layer='abc' must be an integer"),
-    (["model.skip_connection=1", "trainer.max_steps=2"], "model.skip_connection=1 must be "
-                                                         "true or false"),
+    (["model.skip_connection=maybe", "trainer.max_steps=2"], "model.skip_connection='maybe' "
+                                                             "must be true or false"),
     (["task=decision_tree", "task.depth=null"], "task.depth=null must be an integer"),
     (["+task.depth=2"], "task.name=linear_regression has no setting task.depth"),
     # a short run, were the baselines checked only when the evaluation starts
@@ -308,6 +308,8 @@ def run_cmd(cmd, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess
     ("optimizer.lr=0", "optimizer.lr=0", False),
     ("ckpt_path=last", "ckpt_path=last", True),
     ("model.n_layer=abc", "model.n_layer='abc'", False),
+    ("experiment=quickstart model.n_layer=abc", "model.n_layer='abc' must be an integer", True),
+    ("+optimizer.lrr=1", "unknown key optimizer.lrr; allowed: lr, weight_decay", False),
     ("task=decision_tree task.depth=null", "task.depth=null", True),
     ("experiment=quickstart eval.at_end=true eval.baselines=[lasso]", "eval.baselines", False),
 ])

@@ -1,0 +1,108 @@
+"""The config groups rest on typed schemas: a wrong type or an unknown key is one ConfigError
+naming the full key, OmegaConf's conversions still apply, and the schema's defaults are
+conf/'s values."""
+
+import pytest
+from conftest import TINY, compose_cfg
+from omegaconf import OmegaConf, open_dict
+
+from loopformer import ConfigError, ModelConfig, config
+from loopformer.config import OptimConfig, PerfConfig, build_spec
+from loopformer.errors import typed
+from loopformer.module import LoopformerModule
+
+
+def _refused(*overrides, cfg=None) -> str:
+    with pytest.raises(ConfigError) as err:
+        build_spec(cfg if cfg is not None else compose_cfg(*TINY, *overrides))
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+# one key of each schema'd group, a value of the wrong type, what the message says
+WRONG_TYPES = [
+    ("seed=abc", "seed='abc' must be an integer"),
+    ("model.n_embd=1.5", "model.n_embd=1.5 must be an integer"),
+    ("model.n_layer=null", "model.n_layer=null must be an integer"),
+    ("model.inject_every_layer=maybe", "model.inject_every_layer='maybe' must be true or false"),
+    ("curriculum.dims.start=abc", "curriculum.dims.start='abc' must be an integer"),
+    ("curriculum.window=abc", "curriculum.window='abc' must be an integer"),
+    ("data.batch_size=abc", "data.batch_size='abc' must be an integer"),
+    ("optimizer.weight_decay=abc", "optimizer.weight_decay='abc' must be a number"),
+    ("optimizer.betas=[0.9,abc]", "optimizer.betas[1]"),
+    ("test.size=abc", "test.size='abc' must be an integer"),
+    ("checkpoint.every_n_steps=abc", "checkpoint.every_n_steps='abc' must be an integer"),
+    ("trainer.max_steps=abc", "trainer.max_steps='abc' must be an integer"),
+    ("perf.threads=abc", "perf.threads='abc' must be an integer"),
+    ("perf.compile=maybe", "perf.compile='maybe' must be true or false"),
+    ("eval.n_prompts=abc", "eval.n_prompts='abc' must be an integer"),
+    ("eval.at_end=maybe", "eval.at_end='maybe' must be true or false"),
+    ("eval.extra_loops=[abc]", "eval.extra_loops[0]"),
+]
+
+
+@pytest.mark.parametrize("override,message", WRONG_TYPES, ids=[o for o, _ in WRONG_TYPES])
+def test_a_wrong_type_names_the_full_key(override, message):
+    assert message in _refused(override)
+
+
+@pytest.mark.parametrize("key,allowed", [
+    ("optimizer.lrr", "lr, weight_decay, betas, schedule, warmup_steps, min_lr_ratio, "
+                      "decay_fraction"),
+    ("model.foo", "family, n_dims, n_positions, n_embd, n_layer, n_head, mixer"),
+    ("curriculum.dims.step", "start, end, inc, interval"),
+    ("curriculum.stride", "dims, points, loops, window"),
+    ("data.size", "batch_size"),
+    ("test.n", "every_n_steps, size, batch_size, seed"),
+    ("checkpoint.every", "every_n_steps, keep_every_n_steps"),
+    ("perf.cmopile", "compile, compile_mode, cuda_graph"),
+    ("eval.n", "at_end, n_prompts, seed, extra_loops, baselines"),
+])
+def test_an_unknown_key_is_refused_with_the_allowed_ones(key, allowed):
+    cfg = compose_cfg(*TINY)
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, 1)
+    assert _refused(cfg=cfg).startswith(f"unknown key {key}; allowed: {allowed}")
+    assert _refused(f"+{key}=1").startswith(f"unknown key {key}; allowed:")  # the CLI's way
+
+
+def test_omegaconf_conversions_still_apply():
+    cfg = compose_cfg(*TINY, "optimizer.weight_decay=1", "perf.threads=2", "eval.extra_loops=7")
+    cfg.optimizer.lr = "1e-3"  # YAML 1.1 reads 1e-3 (no dot) as a string
+    spec = build_spec(cfg)
+    assert spec.optim.lr == 1e-3 and spec.optim.weight_decay == 1.0
+    assert isinstance(spec.optim.weight_decay, float) and spec.optim.betas == (0.9, 0.999)
+    assert spec.perf.threads == 2 and spec.eval.extra_loops == (7,)  # one count: a list of one
+    assert build_spec(compose_cfg(*TINY, "eval.extra_loops=null")).eval.extra_loops == ()
+    assert build_spec(compose_cfg(*TINY, "model.keep_tokens=3")).model.keep_tokens == 3
+
+
+def test_keys_a_config_leaves_out_take_the_schema_defaults():
+    # a run saved before perf and the optimizer's schedule existed still builds
+    cfg = compose_cfg(*TINY)
+    with open_dict(cfg):
+        del cfg["perf"], cfg.optimizer["schedule"], cfg.optimizer["warmup_steps"]
+    spec = build_spec(cfg)
+    assert spec.perf == PerfConfig() and spec.optim == OptimConfig()
+    with open_dict(cfg):
+        del cfg.data["batch_size"]  # no default: conf/config.yaml holds it
+    assert _refused(cfg=cfg) == "data.batch_size is missing"
+
+
+def test_schema_defaults_are_the_values_in_conf():
+    cfg = compose_cfg()  # conf/config.yaml with model=looped
+    assert typed(OptimConfig, cfg.optimizer) == OptimConfig()
+    assert typed(config.TestSetConfig, cfg.test) == config.TestSetConfig()
+    assert typed(PerfConfig, cfg.perf) == PerfConfig()
+    assert typed(ModelConfig, cfg.model) == ModelConfig()
+
+
+def test_the_module_takes_the_spec_and_keeps_the_config_for_the_checkpoint(monkeypatch):
+    config = OmegaConf.to_container(compose_cfg(*TINY), resolve=True)
+    spec = build_spec(OmegaConf.create(config))
+    import loopformer.module
+
+    monkeypatch.setattr(loopformer.module, "build_spec", None)  # the module must not re-parse
+    module = LoopformerModule(spec, config)
+    assert module.spec is spec and dict(module.hparams) == {"config": config}
