@@ -9,19 +9,26 @@ from loopformer.module import is_log_step
 
 
 class CurriculumCallback(L.Callback):
-    """Sets ``pl_module.n_loops`` from the global step (the data module draws prompts at
-    ``curriculum.at(step)`` itself: the same pure function, so both always agree)."""
+    """Sets ``pl_module.n_loops`` (the scheduled b, which the fixed test set uses) and
+    ``pl_module.train_loops`` (what the training step runs: b, or b moved by
+    ``curriculum.loops_jitter``) from the global step. The data module draws prompts at
+    ``curriculum.at(step)`` itself: the same pure function, so both always agree."""
 
-    def __init__(self, curriculum: Curriculum, looped: bool = True):
+    def __init__(self, curriculum: Curriculum, looped: bool = True, seed: int = 0):
         self.curriculum = curriculum
         self.looped = looped
+        self.seed = seed
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        state = self.curriculum.at(trainer.global_step)
+        step = trainer.global_step
+        state = self.curriculum.at(step)
         pl_module.n_loops = state.n_loops
+        pl_module.train_loops = self.curriculum.train_loops(step, self.seed)
         if is_log_step(trainer):
             values = {"curriculum/n_dims": state.n_dims, "curriculum/n_points": state.n_points}
             if self.looped:
                 values["curriculum/n_loops"] = state.n_loops
+                if self.curriculum.loops_jitter:
+                    values["curriculum/train_loops"] = pl_module.train_loops
             pl_module.log_dict({k: float(v) for k, v in values.items()}, on_step=True,
                                on_epoch=False)

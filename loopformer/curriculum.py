@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from loopformer.errors import ConfigError
@@ -53,9 +54,22 @@ class Curriculum:
     points: Schedule
     loops: Schedule = field(default_factory=lambda: Schedule(1, 1))
     window: int = 1
+    # each training step runs b + u loops, u uniform in [-loops_jitter, loops_jitter] around the
+    # scheduled b (at least 1); the test set and the evaluation keep b. 0: every step runs b
+    loops_jitter: int = 0
 
     def at(self, step: int) -> CurriculumState:
         return CurriculumState(self.dims.at(step), self.points.at(step), self.loops.at(step))
+
+    def train_loops(self, step: int, seed: int) -> int:
+        """The loop count training step ``step`` runs: the scheduled b, moved by
+        ``loops_jitter``. A pure function of ``(seed, step)``, so a resumed run repeats the
+        draws of an uninterrupted one."""
+        b = self.loops.at(step)
+        if not self.loops_jitter:
+            return b
+        u = random.Random(seed * 1_000_003 + step).randint(-self.loops_jitter, self.loops_jitter)
+        return max(1, b + u)
 
     @property
     def final(self) -> CurriculumState:
@@ -66,6 +80,8 @@ class Curriculum:
             getattr(self, name).validate(f"curriculum.{name}")
         if self.window < 1:
             raise ConfigError(f"curriculum.window={self.window} must be >= 1")
+        if self.loops_jitter < 0:
+            raise ConfigError(f"curriculum.loops_jitter={self.loops_jitter} must be >= 0")
         if self.window > self.loops.end:
             raise ConfigError(f"curriculum.window={self.window} exceeds the maximum loop count "
                               f"curriculum.loops.end={self.loops.end}; use 1..{self.loops.end}")

@@ -47,8 +47,9 @@ class LoopformerModule(L.LightningModule):
         self.perf = spec.perf
         if self.perf.activation_checkpointing and hasattr(self.model, "checkpoint_window"):
             self.model.checkpoint_window = True
-        # set every step by callbacks.curriculum.CurriculumCallback
-        self.n_loops = self.spec.curriculum.loops.start
+        # set every step by callbacks.curriculum.CurriculumCallback: the scheduled loop count
+        # b (the fixed test set's) and the count the training step runs (b, or b jittered)
+        self.n_loops = self.train_loops = self.spec.curriculum.loops.start
         # perf.cuda_graph: the step graph runs forward and backward, and training_step calls
         # the optimizer itself (Lightning's manual optimization)
         self.automatic_optimization = not self.perf.cuda_graph
@@ -97,9 +98,9 @@ class LoopformerModule(L.LightningModule):
         window = self.spec.curriculum.window
         detail = self._log_now(DETAIL_EVERY)
         if self.step_graph is None:
-            loss, per_pos = self._loss(batch.xs, batch.ys, self.n_loops, window, detail)
+            loss, per_pos = self._loss(batch.xs, batch.ys, self.train_loops, window, detail)
         else:
-            loss, per_pos = self.step_graph(batch.xs, batch.ys, self.n_loops, window)
+            loss, per_pos = self.step_graph(batch.xs, batch.ys, self.train_loops, window)
             # the graph's output buffers are overwritten by the next replay
             loss, per_pos = loss.clone(), (per_pos.clone() if detail else None)
             self.optimizers().step()

@@ -262,7 +262,7 @@ def build_callbacks(cfg: DictConfig, spec: RunSpec, run_dir: Path) -> list[L.Cal
     test_set = FixedTestSet(spec.task, spec.curriculum, spec.test.size, spec.test.batch_size,
                             spec.test.seed)
     cbs = [
-        CurriculumCallback(spec.curriculum, looped=spec.looped),
+        CurriculumCallback(spec.curriculum, looped=spec.looped, seed=spec.seed),
         FixedTestSetEvaluation(test_set, spec.test.every_n_steps),
         StepCheckpoint(RunDir(run_dir), spec.checkpoint_every, spec.keep_every),
     ]

@@ -28,6 +28,7 @@ WRONG_TYPES = [
     ("model.inject_every_layer=maybe", "model.inject_every_layer='maybe' must be true or false"),
     ("curriculum.dims.start=abc", "curriculum.dims.start='abc' must be an integer"),
     ("curriculum.window=abc", "curriculum.window='abc' must be an integer"),
+    ("curriculum.loops_jitter=1.5", "curriculum.loops_jitter=1.5 must be an integer"),
     ("data.batch_size=abc", "data.batch_size='abc' must be an integer"),
     ("optimizer.weight_decay=abc", "optimizer.weight_decay='abc' must be a number"),
     ("optimizer.betas=[0.9,abc]", "optimizer.betas[1]"),
@@ -106,3 +107,10 @@ def test_the_module_takes_the_spec_and_keeps_the_config_for_the_checkpoint(monke
     monkeypatch.setattr(loopformer.module, "build_spec", None)  # the module must not re-parse
     module = LoopformerModule(spec, config)
     assert module.spec is spec and dict(module.hparams) == {"config": config}
+
+
+def test_loops_jitter_is_refused_for_a_model_without_loops():
+    assert "model.family='transformer' has no loops" in _refused(
+        "model=transformer", "curriculum.loops_jitter=2")
+    assert "curriculum.loops_jitter=-1 must be >= 0" in _refused("curriculum.loops_jitter=-1")
+    assert build_spec(compose_cfg(*TINY, "curriculum.loops_jitter=2")).curriculum.loops_jitter == 2

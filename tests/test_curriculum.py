@@ -147,3 +147,28 @@ def test_cosine_and_constant_schedules():
     assert cos.lr_factor(0, 100) == 1.0 and cos.lr_factor(50, 100) == pytest.approx(0.5)
     assert cos.lr_factor(100, 100) == pytest.approx(0.0)
     assert OptimConfig(schedule="constant").lr_factor(99, 100) == 1.0
+
+
+def test_loops_jitter_draws_around_b_the_same_way_every_time():
+    cur = make_curriculum(window=2, loops=(12, 12, 0, 1))
+    assert {cur.train_loops(s, seed=0) for s in range(100)} == {12}  # no jitter: b
+    cur.loops_jitter = 4
+    draws = [cur.train_loops(s, seed=0) for s in range(2000)]
+    assert set(draws) == set(range(8, 17))  # every count in [b - 4, b + 4], nothing else
+    assert abs(sum(draws) / len(draws) - 12) < 0.3  # centred on b
+    assert draws == [cur.train_loops(s, seed=0) for s in range(2000)]  # a function of the step
+    assert draws != [cur.train_loops(s, seed=1) for s in range(2000)]  # and of the seed
+    assert cur.at(5).n_loops == 12  # the schedule (the test set's b) is untouched
+
+
+def test_loops_jitter_never_runs_fewer_than_one_loop():
+    cur = make_curriculum(window=1, loops=(2, 2, 0, 1))
+    cur.loops_jitter = 3
+    assert min(cur.train_loops(s, seed=7) for s in range(500)) == 1
+
+
+def test_negative_loops_jitter_is_refused():
+    cur = make_curriculum()
+    cur.loops_jitter = -1
+    with pytest.raises(ConfigError, match="curriculum.loops_jitter=-1 must be >= 0"):
+        cur.validate()

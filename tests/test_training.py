@@ -119,7 +119,9 @@ def _tensors(ckpt):
     return state["global_step"], state["state_dict"], opt
 
 
-def test_resume_equals_uninterrupted(tiny, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["curriculum.loops_jitter=1"]], ids=["b", "jitter"])
+def test_resume_equals_uninterrupted(tiny, tmp_path, extra):
+    tiny = [*tiny, *extra]
     straight = compose_cfg(*tiny, "trainer.max_steps=8", "checkpoint.every_n_steps=4",
                            "test.every_n_steps=4", run_dir=tmp_path / "a")
     run(straight)
@@ -140,6 +142,10 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     rows_a = read_metrics(tmp_path / "a" / "metrics.csv")
     rows_b = read_metrics(tmp_path / "b" / "metrics.csv")
     assert rows_a == rows_b
+    if extra:  # the steps ran b - 1, b and b + 1 loops, the test set kept b
+        ran = {float(r["curriculum/train_loops"]) - float(r["curriculum/n_loops"])
+               for r in rows_a if r.get("curriculum/train_loops")}
+        assert ran == {-1.0, 0.0, 1.0}
 
 
 def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny, tmp_path):
