@@ -240,9 +240,6 @@ def _build_spec(cfg: DictConfig) -> RunSpec:
         raise ConfigError(f"curriculum.points.end={cur.points.end} exceeds model.n_positions="
                           f"{model.n_positions}; use curriculum.points.end <= "
                           f"{model.n_positions} or raise model.n_positions")
-    if cur.loops_jitter and model.family != "looped":
-        raise ConfigError(f"curriculum.loops_jitter={cur.loops_jitter} applies to looped models "
-                          f"only; model.family={model.family!r} has no loops: set it to 0")
     if model.family == "looped":
         seq_len = 2 * cur.points.end  # tokens of the longest prompt
         keep_mask_len(model.keep_tokens, seq_len, cur.points.end)

@@ -55,7 +55,8 @@ class Curriculum:
     loops: Schedule = field(default_factory=lambda: Schedule(1, 1))
     window: int = 1
     # each training step runs b + u loops, u uniform in [-loops_jitter, loops_jitter] around the
-    # scheduled b (at least 1); the test set and the evaluation keep b. 0: every step runs b
+    # scheduled b (at least 1); the test set and the evaluation keep b. 0: every step runs b.
+    # Like the loop schedule, it does nothing for the transformer and the weight-tied model
     loops_jitter: int = 0
 
     def at(self, step: int) -> CurriculumState:
