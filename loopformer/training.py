@@ -175,8 +175,14 @@ def discard_unused_output_dir() -> None:
     command was rejected before training. (conf/config.yaml sets ``hydra.output_subdir: null``
     and a delayed job log, so Hydra itself writes nothing there.)"""
     out = _hydra_output_dir()
-    if out is not None and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+    if out is None or not out.is_dir() or any(out.iterdir()):
+        return
+    out.rmdir()
+    cwd = Path.cwd().resolve()  # and the parents made for it (logs/runs, logs), left empty
+    for parent in out.resolve().parents:
+        if cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def requeued_checkpoint(run_dir: Path) -> Path | None:

@@ -314,7 +314,8 @@ def run_cmd(cmd, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess
     ("experiment=quickstart eval.at_end=true eval.baselines=[lasso]", "eval.baselines", False),
 ])
 def test_command_line_rejects_with_one_line_and_no_run_dir(override, key, pinned, tmp_path):
-    # not pinned: Hydra makes logs/runs/<timestamp> under the working directory before run()
+    # not pinned: Hydra makes logs/runs/<timestamp> under the working directory before run();
+    # it is removed, and so are logs/runs and logs, which hold nothing else
     pin = [f"run_dir={tmp_path / 'run'}"] if pinned else []
     proc = run_cmd(train_cmd(*override.split(), "trainer.max_steps=2", *pin), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -322,7 +323,7 @@ def test_command_line_rejects_with_one_line_and_no_run_dir(override, key, pinned
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    assert left == ([] if pinned else ["logs", "logs/runs"]), left  # no run directory
+    assert left == [], left  # no run directory, nothing at all
 
 
 @pytest.mark.slow
