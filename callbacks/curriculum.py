@@ -14,7 +14,7 @@ class CurriculumCallback(L.Callback):
     ``curriculum.loops_jitter``) from the global step. The data module draws prompts at
     ``curriculum.at(step)`` itself: the same pure function, so both always agree."""
 
-    def __init__(self, curriculum: Curriculum, looped: bool = True, seed: int = 0):
+    def __init__(self, curriculum: Curriculum, looped: bool, seed: int):
         self.curriculum = curriculum
         self.looped = looped
         self.seed = seed
