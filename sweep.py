@@ -8,8 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 from loopformer.errors import ConfigError
+from loopformer.rundir import discard_unused_output_dir
 from loopformer.study import Interrupted, Study, aggregate, launch
-from loopformer.training import discard_unused_output_dir
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep")

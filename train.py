@@ -6,13 +6,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from loopformer.config import build_spec
 from loopformer.errors import ConfigError, NonFiniteError
-from loopformer.training import discard_unused_output_dir, run
+from loopformer.rundir import discard_unused_output_dir
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
+        build_spec(cfg)  # the config's own checks come before the trainer's imports (lightning)
+        from loopformer.training import run
+
         run(cfg, overrides=list(HydraConfig.get().overrides.task))
     except (ConfigError, NonFiniteError) as e:  # expected: one line on stderr, no traceback
         print("error: " + " ".join(str(e).split()), file=sys.stderr)

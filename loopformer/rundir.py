@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+if not OmegaConf.has_resolver("lf_run_dir"):
+    # conf/config.yaml's hydra.run.dir: the pinned run_dir, else a timestamped default
+    OmegaConf.register_new_resolver("lf_run_dir", lambda pinned, default: pinned or default)
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -46,3 +52,26 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.eval / "results.json"
+
+
+def hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return None
+
+
+def discard_unused_output_dir() -> None:
+    """Remove the output directory Hydra made for this job if nothing was written to it: the
+    command was rejected before training. (conf/config.yaml sets ``hydra.output_subdir: null``
+    and a delayed job log, so Hydra itself writes nothing there.)"""
+    out = hydra_output_dir()
+    if out is None or not out.is_dir() or any(out.iterdir()):
+        return
+    out.rmdir()
+    cwd = Path.cwd().resolve()  # and the parents made for it (logs/runs, logs), left empty
+    for parent in out.resolve().parents:
+        if cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()

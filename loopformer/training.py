@@ -26,7 +26,7 @@ from loopformer.csvlog import CSVMetricsLogger
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError
 from loopformer.module import LoopformerModule
-from loopformer.rundir import RunDir
+from loopformer.rundir import RunDir, hydra_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,6 @@ SHAPE_FIELDS = ("family", "n_dims", "n_positions", "n_embd", "n_layer", "n_head"
                 "ssm_d_state", "ssm_d_conv")
 PRECISIONS_GPU_ONLY = ("16", "16-mixed", "16-true")
 
-
-def _register_resolvers() -> None:
-    if not OmegaConf.has_resolver("lf_run_dir"):
-        # hydra.run.dir: the pinned run_dir, else a timestamped default
-        OmegaConf.register_new_resolver("lf_run_dir", lambda pinned, default: pinned or default)
-
-
-_register_resolvers()
 
 
 @dataclass
@@ -162,29 +154,6 @@ def check_compatible(saved: dict, cfg: DictConfig, path: Path) -> None:
 # ----------------------------------------------------------------------------- run dir
 
 
-def _hydra_output_dir() -> Path | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return None
-
-
-def discard_unused_output_dir() -> None:
-    """Remove the output directory Hydra made for this job if nothing was written to it: the
-    command was rejected before training. (conf/config.yaml sets ``hydra.output_subdir: null``
-    and a delayed job log, so Hydra itself writes nothing there.)"""
-    out = _hydra_output_dir()
-    if out is None or not out.is_dir() or any(out.iterdir()):
-        return
-    out.rmdir()
-    cwd = Path.cwd().resolve()  # and the parents made for it (logs/runs, logs), left empty
-    for parent in out.resolve().parents:
-        if cwd not in parent.parents or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
 def requeued_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint to continue from when SLURM requeued this job (``SLURM_RESTART_COUNT``
     >= 1: preemption, or a timeout resubmitted by submitit or by Lightning's auto-requeue),
@@ -214,7 +183,7 @@ def resolve_paths(cfg: DictConfig) -> tuple[Path, Path | None]:
         if ckpt == "last":
             raise ConfigError("ckpt_path=last needs the run to continue: add run_dir=PATH, or "
                               "pass ckpt_path=PATH_TO_RUN_DIR")
-        run_dir = _hydra_output_dir() or Path("logs/runs") / datetime.now().strftime(
+        run_dir = hydra_output_dir() or Path("logs/runs") / datetime.now().strftime(
             "%Y-%m-%d_%H-%M-%S")
     run_dir = Path(str(run_dir))
     if ckpt in (None, "", "last") and (requeued := requeued_checkpoint(run_dir)) is not None:
