@@ -36,7 +36,6 @@ SHAPE_FIELDS = ("family", "n_dims", "n_positions", "n_embd", "n_layer", "n_head"
 PRECISIONS_GPU_ONLY = ("16", "16-mixed", "16-true")
 
 
-
 @dataclass
 class RunResult:
     run_dir: Path
