@@ -52,6 +52,20 @@ def overrides(shape: str, steps: int, extra: list[str]) -> list[str]:
             "checkpoint.keep_every_n_steps=0", "eval.at_end=false", *extra]
 
 
+def run_with(ov: list[str], callback) -> None:
+    """Train through ``train.py``'s path (``loopformer.training.run``) with the config that
+    ``ov`` composes and ``callback`` added to the run's callbacks."""
+    from hydra import compose, initialize_config_dir
+
+    import loopformer.training as tr
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=ov)
+    orig = tr.build_callbacks
+    tr.build_callbacks = lambda *a: [*orig(*a), callback]
+    tr.run(cfg)
+
+
 # dense bf16 tensor-core peak, TFLOP/s (vendor datasheets, SXM parts)
 BF16_PEAK = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
@@ -79,9 +93,9 @@ def measure(shape: str, path: str, steps: int, warmup: int, extra: list[str]) ->
 
     from loopformer.config import build_spec
 
+    ov = overrides(shape, steps + warmup, extra) + ["run_dir=/tmp/_bench"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config",
-                      overrides=overrides(shape, steps + warmup, extra) + ["run_dir=/tmp/_bench"])
+        cfg = compose(config_name="config", overrides=ov)
     spec = build_spec(cfg)
     cuda = torch.cuda.is_available()
     times: list[float] = []
@@ -107,8 +121,6 @@ def measure(shape: str, path: str, steps: int, warmup: int, extra: list[str]) ->
 
         import lightning as L
 
-        from loopformer.training import run
-
         class Timer(L.Callback):
             def on_train_batch_start(self, trainer, *a):
                 self.t0 = step_start(trainer.global_step)
@@ -117,11 +129,7 @@ def measure(shape: str, path: str, steps: int, warmup: int, extra: list[str]) ->
                 step_end(trainer.global_step - 1, self.t0)
 
         shutil.rmtree("/tmp/_bench", ignore_errors=True)
-        import loopformer.training as tr
-
-        orig = tr.build_callbacks
-        tr.build_callbacks = lambda *a: [*orig(*a), Timer()]
-        run(cfg)
+        run_with(ov, Timer())
     else:
         from loopformer.data import generator
         from loopformer.models import build_model

@@ -1,42 +1,63 @@
 #!/usr/bin/env bash
-# GPU verification, in two stages that run on the same machine one after the other:
+# GPU verification, in stages that run on the same machine one after the other:
 #
-#   bash benchmarks/gpu_check.sh check OUTDIR   # gpu-marked tests + training-step benchmark
-#   bash benchmarks/gpu_check.sh train OUTDIR   # time-boxed experiment=seed_lr run + evaluation
+#   bash benchmarks/gpu_check.sh check OUTDIR    # gpu-marked tests + training-step benchmark
+#   bash benchmarks/gpu_check.sh profile OUTDIR  # torch profiler summary of the fastest step
+#   bash benchmarks/gpu_check.sh jobs OUTDIR     # K = 1, 2, 4, 8 runs at once on the GPU
+#   bash benchmarks/gpu_check.sh train OUTDIR    # time-boxed experiment=seed_lr run + evaluation
+#   bash benchmarks/gpu_check.sh all OUTDIR      # all four; training gets the time left
 #
 # check: the `gpu` tests, then the training step at the seed's final shape (20 dims, 41 points,
 #   30 loops, window 15, batch 64, 256 wide) in fp32 (Lightning and a plain PyTorch loop), bf16,
-#   bf16 + torch.compile, bf16 + per-block CUDA graphs (compile_mode=reduce-overhead) and the
-#   whole-step CUDA graph (perf.cuda_graph) in fp32 and bf16.
-#   Writes OUTDIR/check.log, OUTDIR/bench.jsonl and OUTDIR/gpu_tests.xml.
-# train: experiment=seed_lr for TRAIN_MINUTES (default 6) with the fixed test set evaluated every
-#   2500 steps, then the end-of-run evaluation. Its speed settings are TRAIN_EXTRA if set, else
-#   the fastest benchmarked configuration whose gpu tests passed. Writes OUTDIR/seed_lr/ and
-#   OUTDIR/train.log.
-# PYTHON selects the interpreter (default python3); BENCH_SHAPE (final), BENCH_STEPS (100) and
-# BENCH_WARMUP (10) shrink the benchmark for a dry run on a CPU.
+#   and the whole-step CUDA graph (perf.cuda_graph) in fp32, bf16 and bf16 with compiled
+#   blocks. FULL=1 adds bf16 + torch.compile and per-block CUDA graphs (compile_mode=
+#   reduce-overhead), measured on 2026-11-27. Writes OUTDIR/bench.jsonl, OUTDIR/gpu_tests.xml.
+# profile: benchmarks/profile_step.py on the fastest configuration whose gpu tests passed
+#   (benchmarks/gpu_pick.py): kernels per step, device busy share, host time per step, host
+#   waits, top kernels. Writes OUTDIR/profile.jsonl.
+# jobs: benchmarks/bench_jobs.py, K = 1 2 4 8 concurrent runs of that configuration (JOBS_K),
+#   15 s windows (JOBS_SECONDS), then K = 8 under CUDA MPS where nvidia-cuda-mps-control exists.
+#   Writes OUTDIR/jobs.jsonl.
+# train: experiment=seed_lr at the seed's cadence (fixed test set of 100,000 prompts every
+#   10,000 steps, checkpoints every 1,000) for TRAIN_SECONDS (default 360), then the end-of-run
+#   evaluation. Speed settings: TRAIN_EXTRA if set, else the fastest configuration whose gpu
+#   tests passed. The run lives in logs/gpu_seed_lr (kept while the machine stays warm);
+#   RESUME=1 continues it with the settings it started with. Copies metrics.csv, the
+#   evaluation's results.json and training_curve.png to OUTDIR/seed_lr/ and prints steps/s per
+#   curriculum stage (benchmarks/run_speed.py).
+# all: check, profile, jobs, then train for what is left of ALL_SECONDS (default 570) after a
+#   margin of 150 s for the evaluation and the copies. Everything printed goes to
+#   OUTDIR/<stage>.log. At most 8 files come back from a device call: all writes 8.
+# PYTHON selects the interpreter (default python3); BENCH_SHAPE (final), BENCH_STEPS (200),
+# BENCH_WARMUP (10) and PREDICT_LOOPS (500; 0 skips) shrink the benchmark for a dry run on a CPU:
+#   BENCH_SHAPE=tiny BENCH_STEPS=5 BENCH_WARMUP=3 PREDICT_LOOPS=0 JOBS_K="1 2" JOBS_SECONDS=3 \
+#   ALL_SECONDS=0 PYTHON=python bash benchmarks/gpu_check.sh all /tmp/gpu_dry
 set -uo pipefail
-stage=${1:?usage: gpu_check.sh check|train OUTDIR}
-out=${2:?usage: gpu_check.sh check|train OUTDIR}
+stage=${1:?usage: gpu_check.sh check|profile|jobs|train|all OUTDIR}
+out=${2:?usage: gpu_check.sh check|profile|jobs|train|all OUTDIR}
 PY=${PYTHON:-python3}
 SHAPE=${BENCH_SHAPE:-final}
-STEPS=${BENCH_STEPS:-100}
+STEPS=${BENCH_STEPS:-200}
 WARMUP=${BENCH_WARMUP:-10}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
+start=$(date +%s)
 
-bench() {  # bench LABEL SHAPE [OVERRIDES...]
-    local label=$1 shape=$2
-    shift 2
-    timeout 240 "$PY" benchmarks/bench_train.py --shapes "$shape" --paths lightning \
-        --steps "$STEPS" --warmup "$WARMUP" --predict-loops 0 --label "$label" --jsonl "$out/bench.jsonl" \
-        --extra "$@" 2>&1 | grep -v '^#\|^shape' || echo "benchmark $label failed"
+bench() {  # bench LABEL [OVERRIDES...]
+    local label=$1
+    shift
+    timeout 240 "$PY" benchmarks/bench_train.py --shapes "$SHAPE" --paths lightning \
+        --steps "$STEPS" --warmup "$WARMUP" --predict-loops 0 --label "$label" \
+        --jsonl "$out/bench.jsonl" --extra "$@" 2>&1 | grep -v '^#\|^shape' ||
+        echo "benchmark $label failed"
 }
 
-case $stage in
-check)
-    exec > >(tee "$out/check.log") 2>&1
+fastest() {  # the overrides of the fastest configuration whose gpu tests passed
+    "$PY" benchmarks/gpu_pick.py "$out" "$SHAPE"
+}
+
+check() {
     date -u
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
     "$PY" -c "import torch, lightning, hydra; print('torch', torch.__version__, 'cuda', \
@@ -48,33 +69,101 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')
     echo "== training step at the $SHAPE shape ($STEPS steps after $WARMUP warm-up steps)"
     rm -f "$out/bench.jsonl"
     timeout 240 "$PY" benchmarks/bench_train.py --shapes "$SHAPE" --paths lightning plain \
-        --steps "$STEPS" --warmup "$WARMUP" --predict-loops 500 --label fp32 \
+        --steps "$STEPS" --warmup "$WARMUP" --predict-loops "${PREDICT_LOOPS:-500}" --label fp32 \
         --jsonl "$out/bench.jsonl"
-    bench bf16 "$SHAPE" trainer.precision=bf16-mixed
-    bench bf16+compile "$SHAPE" trainer.precision=bf16-mixed perf.compile=true
-    bench bf16+cudagraphs "$SHAPE" trainer.precision=bf16-mixed perf.compile=true \
-        perf.compile_mode=reduce-overhead
-    bench fp32+stepgraph "$SHAPE" perf.cuda_graph=true
-    bench bf16+stepgraph "$SHAPE" trainer.precision=bf16-mixed perf.cuda_graph=true
-    echo "== fastest configuration whose tests passed: $("$PY" benchmarks/gpu_pick.py "$out" \
-"$SHAPE")"
+    bench bf16 trainer.precision=bf16-mixed
+    bench fp32+stepgraph perf.cuda_graph=true
+    bench bf16+stepgraph trainer.precision=bf16-mixed perf.cuda_graph=true
+    bench bf16+compile+stepgraph trainer.precision=bf16-mixed perf.compile=true \
+        perf.cuda_graph=true
+    if [ "${FULL:-0}" = 1 ]; then
+        bench bf16+compile trainer.precision=bf16-mixed perf.compile=true
+        bench bf16+cudagraphs trainer.precision=bf16-mixed perf.compile=true \
+            perf.compile_mode=reduce-overhead
+    fi
+    echo "== fastest configuration whose tests passed: $(fastest)"
     date -u
-    ;;
-train)
-    exec > >(tee "$out/train.log") 2>&1
-    extra=${TRAIN_EXTRA-$("$PY" benchmarks/gpu_pick.py "$out" "$SHAPE")}
-    minutes=${TRAIN_MINUTES:-6}
-    echo "== experiment=seed_lr for $minutes min with: ${extra:-defaults}"
+}
+
+profile() {
+    local extra
+    extra=$(fastest)
+    echo "== profile at the $SHAPE shape with: ${extra:-defaults}"
+    rm -f "$out/profile.jsonl"
+    # shellcheck disable=SC2086
+    timeout 240 "$PY" benchmarks/profile_step.py --shape "$SHAPE" --steps 20 \
+        --warmup "$WARMUP" --jsonl "$out/profile.jsonl" --label "${extra:-defaults}" \
+        --extra $extra
+}
+
+run_jobs() {
+    local extra
+    extra=$(fastest)
+    echo "== K runs at once at the $SHAPE shape with: ${extra:-defaults}"
+    rm -f "$out/jobs.jsonl"
+    # shellcheck disable=SC2086
+    timeout 420 "$PY" benchmarks/bench_jobs.py --shape "$SHAPE" --k ${JOBS_K:-1 2 4 8} \
+        --seconds "${JOBS_SECONDS:-15}" --warmup "$WARMUP" --jsonl "$out/jobs.jsonl" \
+        --extra $extra
+    if command -v nvidia-cuda-mps-control >/dev/null; then
+        # shellcheck disable=SC2086
+        timeout 240 "$PY" benchmarks/bench_jobs.py --shape "$SHAPE" --k 8 --mps \
+            --seconds "${JOBS_SECONDS:-15}" --warmup "$WARMUP" --jsonl "$out/jobs.jsonl" \
+            --extra $extra
+    else
+        echo "CUDA MPS: nvidia-cuda-mps-control not found; skipped"
+    fi
+}
+
+train() {  # train SECONDS
+    local seconds=$1 extra run=logs/gpu_seed_lr resume=()
+    if [ "${RESUME:-0}" = 1 ]; then  # the settings the run started with, unless TRAIN_EXTRA
+        extra=${TRAIN_EXTRA-$(cat "$run.extra" 2>/dev/null)}
+        resume=(ckpt_path=last)
+    else
+        extra=${TRAIN_EXTRA-$(fastest)}
+        rm -rf "$run"
+        mkdir -p logs
+        echo "$extra" >"$run.extra"
+    fi
+    echo "== experiment=seed_lr for $seconds s with: ${extra:-defaults} ${resume[*]}"
     date -u
     # shellcheck disable=SC2086
-    timeout $((minutes * 60 + 150)) "$PY" train.py experiment=seed_lr \
-        run_dir="$out/seed_lr" logger=csv callbacks=none trainer.enable_progress_bar=false \
-        trainer.max_time="00:00:$(printf %02d "$minutes"):00" \
-        test.every_n_steps=2500 test.size=20000 $extra
+    timeout $((seconds + 150)) "$PY" train.py experiment=seed_lr run_dir="$run" \
+        logger=csv trainer.enable_progress_bar=false "${resume[@]}" \
+        trainer.max_time="$(printf '00:00:%02d:%02d' $((seconds / 60)) $((seconds % 60)))" $extra
     date -u
+    mkdir -p "$out/seed_lr"
+    cp "$run/metrics.csv" "$run/eval/results.json" "$run/eval/training_curve.png" \
+        "$out/seed_lr/" 2>/dev/null
+    "$PY" benchmarks/run_speed.py "$run"
+}
+
+case $stage in
+check | profile)
+    $stage 2>&1 | tee "$out/$stage.log"
+    ;;
+jobs)
+    run_jobs 2>&1 | tee "$out/jobs.log"
+    ;;
+train)
+    train "${TRAIN_SECONDS:-360}" 2>&1 | tee "$out/train.log"
+    ;;
+all)
+    {
+        check
+        profile
+        run_jobs
+        left=$(( ${ALL_SECONDS:-570} - 150 - ($(date +%s) - start) ))
+        if [ "$left" -ge 60 ]; then
+            train "$left"
+        else
+            echo "== no time left to train ($left s)"
+        fi
+    } 2>&1 | tee "$out/all.log"
     ;;
 *)
-    echo "unknown stage $stage: use check or train" >&2
+    echo "unknown stage $stage: use check, profile, jobs, train or all" >&2
     exit 2
     ;;
 esac

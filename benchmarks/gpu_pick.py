@@ -37,8 +37,9 @@ def required_tests(extra: list[str]) -> set[str]:
         need |= {f"test_compiled_block_agrees_with_eager_on_gpu[{mode}]",
                  f"test_gpu_smoke_training[{mode}]"}
     if opts.get("perf.cuda_graph", "false") == "true":
+        compiled = "-compiled" if opts.get("perf.compile", "false") == "true" else ""
         need |= {"test_captured_step_graph_replays_the_reference_gradients",
-                 f"test_gpu_graph_training_matches_eager_training[{precision}"}
+                 f"test_gpu_graph_training_matches_eager_training[{precision}{compiled}]"}
     return need
 
 

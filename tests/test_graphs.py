@@ -150,8 +150,14 @@ def test_cuda_graph_conflicting_perf_switches_are_refused():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("precision,tol", [("32-true", 1e-4), ("bf16-mixed", 5e-2)])
-def test_gpu_graph_training_matches_eager_training(tmp_path, monkeypatch, precision, tol):
+@pytest.mark.parametrize("precision,tol,compiled", [("32-true", 1e-4, False),
+                                                    ("bf16-mixed", 5e-2, False),
+                                                    ("bf16-mixed", 5e-2, True)],
+                         ids=["32-true", "bf16-mixed", "bf16-mixed-compiled"])
+def test_gpu_graph_training_matches_eager_training(tmp_path, monkeypatch, precision, tol,
+                                                   compiled):
+    """The step graph (of the compiled blocks too: their kernels are captured with the rest)
+    trains as the eager step does."""
     import loopformer.module
 
     graphs = []
@@ -166,7 +172,8 @@ def test_gpu_graph_training_matches_eager_training(tmp_path, monkeypatch, precis
     args = [*gpu, "trainer.accelerator=gpu", f"trainer.precision={precision}",
             "trainer.max_steps=12", "test.every_n_steps=6"]
     ref = run(compose_cfg(*args, run_dir=tmp_path / "eager"))
-    new = run(compose_cfg(*args, "perf.cuda_graph=true", run_dir=tmp_path / "graph"))
+    new = run(compose_cfg(*args, "perf.cuda_graph=true", f"perf.compile={str(compiled).lower()}",
+                          run_dir=tmp_path / "graph"))
     assert ref.global_step == new.global_step == 12
     # TINY's shape is fixed from step 6 (9 points, 3 loops): two eager steps, then replays;
     # steps 3-5 (7 points, 3 loops) capture one graph too

@@ -85,6 +85,19 @@ def test_metrics_follow_the_curriculum_and_test_loss_at_its_steps(tiny, tmp_path
     assert {"train/grad_norm", "train/lr"} <= set(train_rows[0])
 
 
+def test_the_default_callbacks_log_the_training_speed(tiny, tmp_path):
+    """callbacks=default adds time/steps_per_s at every logging step after the first."""
+    cfg = compose_cfg(*tiny, "callbacks=default", "trainer.max_steps=9",
+                      "trainer.log_every_n_steps=2", run_dir=tmp_path / "run")
+    assert "step_rate" in cfg.callbacks
+    run(cfg)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    rates = {int(r["step"]): r["time/steps_per_s"] for r in rows if "time/steps_per_s" in r}
+    assert sorted(rates) == [3, 5, 7]  # logged at steps 1, 3, 5, 7: the first has no interval
+    # each interval is 2 steps of a model this small: well above 1 and below 1e6 steps/s
+    assert all(1 < v < 1e6 for v in rates.values()), rates
+
+
 def test_a_stock_model_checkpoint_monitors_test_loss(tiny, tmp_path):
     """test/* reach trainer.callback_metrics: Lightning's ModelCheckpoint, from the callbacks
     group, keeps the checkpoint of the step with the lowest test/loss in metrics.csv."""

@@ -1,0 +1,107 @@
+"""The benchmark tools' own logic: which configuration the GPU check trains with, and the
+figures the profiler summary and the run-speed report compute."""
+
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_pick  # noqa: E402
+import profile_step  # noqa: E402
+import run_speed  # noqa: E402
+
+
+def _junit(path, outcomes):
+    suite = ET.Element("testsuite")
+    for name, ok in outcomes.items():
+        case = ET.SubElement(suite, "testcase", name=name)
+        if not ok:
+            ET.SubElement(case, "failure")
+    ET.ElementTree(suite).write(path)
+
+
+def _bench(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps({"shape": "final", "path": "lightning", **r}) + "\n"
+                            for r in rows))
+
+
+GRAPH = "test_gpu_graph_training_matches_eager_training"
+BF16 = ["trainer.precision=bf16-mixed"]
+COMPILED_GRAPH = [*BF16, "perf.compile=true", "perf.cuda_graph=true"]
+
+
+@pytest.mark.parametrize("compiled_graph_ok,expected", [(True, COMPILED_GRAPH),
+                                                        (False, [*BF16, "perf.cuda_graph=true"])])
+def test_the_fastest_configuration_counts_only_if_its_own_gpu_tests_passed(
+        tmp_path, compiled_graph_ok, expected):
+    _junit(tmp_path / "gpu_tests.xml", {
+        "test_bf16_autocast_agrees_with_fp32_on_gpu": True,
+        "test_compiled_block_agrees_with_eager_on_gpu[default]": True,
+        "test_gpu_smoke_training[default]": True,
+        "test_captured_step_graph_replays_the_reference_gradients": True,
+        f"{GRAPH}[32-true]": True, f"{GRAPH}[bf16-mixed]": True,
+        f"{GRAPH}[bf16-mixed-compiled]": compiled_graph_ok})
+    _bench(tmp_path / "bench.jsonl", [
+        {"steps_per_s": 20.0, "extra": []},
+        {"steps_per_s": 150.0, "extra": [*BF16, "perf.cuda_graph=true"]},
+        {"steps_per_s": 190.0, "extra": COMPILED_GRAPH},
+        {"steps_per_s": 900.0, "extra": ["perf.cuda_graph=true"], "path": "plain"}])
+    assert gpu_pick.pick(tmp_path) == expected
+
+
+def test_a_configuration_whose_tests_did_not_run_is_not_picked(tmp_path):
+    _junit(tmp_path / "gpu_tests.xml", {"test_bf16_autocast_agrees_with_fp32_on_gpu": True})
+    _bench(tmp_path / "bench.jsonl", [{"steps_per_s": 20.0, "extra": []},
+                                      {"steps_per_s": 90.0, "extra": ["perf.cuda_graph=true"]}])
+    assert gpu_pick.pick(tmp_path) == []
+    assert gpu_pick.pick(tmp_path / "missing") is None
+
+
+def test_busy_time_is_the_union_of_intervals():
+    assert profile_step.busy_us([(0, 10), (5, 15), (20, 30), (21, 22)]) == 25
+    assert profile_step.busy_us([]) == 0
+
+
+def test_profile_summary_per_step():
+    def ev(cat, name, ts, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+    trace = {"traceEvents": [
+        ev("cpu_op", "aten::mm", 0, 5), ev("cpu_op", "aten::add", 6, 2),
+        ev("cuda_runtime", "cudaGraphLaunch", 0, 3),
+        ev("cuda_runtime", "cudaLaunchKernel", 4, 1),
+        ev("cuda_runtime", "cudaStreamSynchronize", 9, 50),
+        ev("kernel", "gemm", 10, 300), ev("kernel", "gemm", 400, 300),
+        ev("kernel", "layer_norm", 650, 100), ev("gpu_memcpy", "HtoD", 900, 100),
+        {"ph": "i", "cat": "kernel", "name": "instant", "ts": 0}]}
+    s = profile_step.summarise(trace, steps=2, wall_s=0.002)
+    assert s["wall_ms_per_step"] == 1.0
+    assert s["cpu_ops_per_step"] == 1.0 and s["kernels_per_step"] == 1.5
+    # busy: 10-310, 400-750 (two kernels overlap), 900-1000: 750 us of 2000
+    assert s["device_busy_ms_per_step"] == pytest.approx(0.375)
+    assert s["device_busy_share"] == pytest.approx(0.375)
+    assert s["graph_launches_per_step"] == 0.5 and s["launches_per_step"] == 0.5
+    assert s["waits_per_step"] == 0.5 and s["waits"] == ["cudaStreamSynchronize"]
+    assert s["top_kernels"][0] == ("gemm", 85.7)
+
+
+def test_run_speed_by_curriculum_stage():
+    rows = [
+        {"step": 99, "curriculum/n_dims": 5, "curriculum/n_points": 11},
+        {"step": 199, "curriculum/n_dims": 5, "curriculum/n_points": 11,
+         "time/steps_per_s": 100.0},
+        {"step": 200, "test/loss": 1.0},
+        {"step": 299, "curriculum/n_dims": 6, "curriculum/n_points": 13,
+         "time/steps_per_s": 50.0},
+        {"step": 399, "curriculum/n_dims": 6, "curriculum/n_points": 13,
+         "time/steps_per_s": 25.0}]
+    table, overall = run_speed.speed_by_stage(rows)
+    assert table == [((5, 11), 199, 199, 100.0), ((6, 13), 299, 399, 37.5)]
+    assert overall == pytest.approx(300 / (1 + 2 + 4))  # 300 steps in 7 s
+    with pytest.raises(SystemExit, match="step_rate"):
+        run_speed.speed_by_stage(rows[:1])
