@@ -9,7 +9,7 @@ overrides, profiles ``--steps`` steps after ``--warmup`` steps (compilation and 
 are over by then) and prints, per step:
 
 - wall time, and the host's time from the start of one step to the start of the next
-  (``host ms``; without synchronisation the host runs ahead of the device, so when the device
+  (``host_ms_per_step``; without synchronisation the host runs ahead of the device, so when the device
   is the bottleneck this time grows until it matches the wall time);
 - device kernels and the device's busy share: the union of the kernels' and copies'
   intervals over the wall time (on a CPU: operator calls instead of kernels);
@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_train import SHAPES, overrides, run_with  # noqa: E402
 
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+# runtime calls that make the host wait for the device
 SYNC_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize",
-              "cudaMemcpy", "cudaStreamWaitEvent")  # the last one only blocks the device
+              "cudaMemcpy")
 
 
 def busy_us(intervals: list[tuple[float, float]]) -> float:
@@ -59,7 +60,7 @@ def summarise(trace: dict, steps: int, wall_s: float) -> dict:
     kernels = [e for e in device if e.get("cat") == "kernel"]
     runtime = [e for e in events if e.get("cat") == "cuda_runtime"]
     ops = [e for e in events if e.get("cat") == "cpu_op"]
-    waits = [e for e in runtime if e.get("name") in SYNC_CALLS[:-1]]
+    waits = [e for e in runtime if e.get("name") in SYNC_CALLS]
     out = {"steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps,
            "cpu_ops_per_step": len(ops) / steps}
     if device:

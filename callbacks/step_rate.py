@@ -14,9 +14,9 @@ class StepRate(L.Callback):
     logging step, fixed-test-set evaluations and checkpoints included (the speed a run really
     trains at). The first logging step of a process has no interval yet and logs nothing.
 
-    On a GPU the host queues steps ahead of the device; metrics reach the host at logging
-    steps, so each interval ends with the device caught up, and intervals of a few logging
-    periods give the device's pace."""
+    On a GPU the host queues steps ahead of the device but waits for it at every logging step
+    (the logged values are read back), so the host can be at most one logging period ahead,
+    and in steady training each interval's rate is the device's pace."""
 
     def __init__(self):
         self.last: tuple[int, float] | None = None
