@@ -9,8 +9,8 @@ overrides, profiles ``--steps`` steps after ``--warmup`` steps (compilation and 
 are over by then) and prints, per step:
 
 - wall time, and the host's time from the start of one step to the start of the next
-  (``host_ms_per_step``; without synchronisation the host runs ahead of the device, so when the device
-  is the bottleneck this time grows until it matches the wall time);
+  (``host_ms_per_step``; without synchronisation the host runs ahead of the device, so when
+  the device is the bottleneck this time grows until it matches the wall time);
 - device kernels and the device's busy share: the union of the kernels' and copies'
   intervals over the wall time (on a CPU: operator calls instead of kernels);
 - host calls that wait for the device (``*Synchronize``, blocking ``cudaMemcpy``), which a
