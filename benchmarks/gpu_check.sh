@@ -117,22 +117,26 @@ run_jobs() {
 }
 
 train() {  # train SECONDS
-    local seconds=$1 extra run=logs/gpu_seed_lr resume=()
+    local seconds=$1 extra run=logs/gpu_seed_lr resume=() budget=$1
     if [ "${RESUME:-0}" = 1 ]; then  # the settings the run started with, unless TRAIN_EXTRA
         extra=${TRAIN_EXTRA-$(cat "$run.extra" 2>/dev/null)}
         resume=(ckpt_path=last)
+        # trainer.max_time counts the training time of every segment of a resumed run
+        budget=$(( $(cat "$run.seconds" 2>/dev/null || echo 0) + seconds ))
     else
         extra=${TRAIN_EXTRA-$(fastest)}
         rm -rf "$run"
         mkdir -p logs
         echo "$extra" >"$run.extra"
     fi
+    echo "$budget" >"$run.seconds"
     echo "== experiment=seed_lr for $seconds s with: ${extra:-defaults} ${resume[*]}"
     date -u
     # shellcheck disable=SC2086
     timeout $((seconds + 150)) "$PY" train.py experiment=seed_lr run_dir="$run" \
-        logger=csv trainer.enable_progress_bar=false "${resume[@]}" \
-        trainer.max_time="$(printf '00:00:%02d:%02d' $((seconds / 60)) $((seconds % 60)))" $extra
+        logger=csv trainer.enable_progress_bar=false "${resume[@]}" $extra \
+        trainer.max_time="$(printf '00:%02d:%02d:%02d' $((budget / 3600)) \
+            $((budget % 3600 / 60)) $((budget % 60)))"
     date -u
     mkdir -p "$out/seed_lr"
     cp "$run/metrics.csv" "$run/eval/results.json" "$run/eval/training_curve.png" \
