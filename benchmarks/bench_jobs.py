@@ -32,14 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_train import SHAPES, overrides, run_with  # noqa: E402
-
-
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+from bench_train import SHAPES, overrides, run_with, sync  # noqa: E402
 
 
 def worker(args) -> dict:

@@ -52,6 +52,14 @@ def overrides(shape: str, steps: int, extra: list[str]) -> list[str]:
             "checkpoint.keep_every_n_steps=0", "eval.at_end=false", *extra]
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work, if there is a GPU (timing windows start and end here)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def run_with(ov: list[str], callback) -> None:
     """Train through ``train.py``'s path (``loopformer.training.run``) with the config that
     ``ov`` composes and ``callback`` added to the run's callbacks."""

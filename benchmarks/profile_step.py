@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_train import SHAPES, overrides, run_with  # noqa: E402
+from bench_train import SHAPES, overrides, run_with, sync  # noqa: E402
 
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 # runtime calls that make the host wait for the device
@@ -93,10 +93,6 @@ def profile(args) -> dict:
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     state: dict = {"starts": []}
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize()
 
     class Window(L.Callback):
         def on_train_batch_start(self, trainer, *a):
