@@ -28,7 +28,8 @@ class ModelConfig:
     n_dims: int = 20  # input dimension d of x
     n_positions: int = 101  # longest prompt, in points (the embedding table holds 2n+1)
     n_embd: int = 256  # width
-    n_layer: int = 1  # layers of the block (looped), stack depth (transformer, tied)
+    n_layer: int = 1  # layers of the block (looped), stack depth (transformer),
+    #                    applications of the one-block backbone (tied)
     n_head: int = 8  # attention heads (also SSM heads)
     mixer: str = "attention"  # attention | ssm: the token mixer inside each block
     injection: str = "add"  # add: z = f(z + e), mul: z = f(z * e)   (looped only)
@@ -242,13 +243,23 @@ class Transformer(InContextModel):
 
 
 class TiedTransformer(InContextModel):
-    """One block applied ``n_layer`` times, no injection (the reference's weight-tied model)."""
+    """Yang et al.'s weight-tied model: the whole one-block backbone applied ``n_layer`` times.
+
+    ``h_0 = e`` (the read-in embedding), ``h_{i+1} = ln_f(block(h_i + p))`` for
+    ``i < n_layer``, predictions read from ``h_{n_layer}``: every application re-adds the
+    position embedding ``p`` and applies the final LayerNorm, and the prompt enters once, at
+    the start. In terms of the looped family it is the looped backbone iterated without
+    re-injection: its first application is one loop of the looped model (``z_0 = 0``, add
+    injection), and each later one is the looped step with the injected embedding set to 0."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, 1)
 
     def forward(self, xs, ys, n_loops=None, window=None, tol=None):
-        h = self.backbone(self.embed(xs, ys), blocks=[self.blocks[0]] * self.cfg.n_layer)
+        h = self.embed(xs, ys)  # (B, 2n, C)
+        pos = self.position(h.shape[1], h.device)
+        for _ in range(self.cfg.n_layer):
+            h = self.backbone(h, pos=pos)
         return self.read(h).unsqueeze(0)  # (1, B, n)
 
 

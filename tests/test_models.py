@@ -307,13 +307,47 @@ def test_transformer_is_stack_by_hand():
                                    rtol=0, atol=1e-10)
 
 
-def test_tied_is_one_block_repeated_by_hand():
+def tied_by_hand(model, xs, ys):
+    """Yang et al.'s weight-tied model: h_0 = e; n_layer times h = ln_f(block(h + p)); the
+    prompt is embedded once and never injected again."""
+    h = embed_by_hand(model, xs, ys)
+    pos = model.wpe.weight[: h.shape[1]]
+    for _ in range(model.cfg.n_layer):
+        h = ln_by_hand(block_by_hand(model.blocks[0], h + pos, model.cfg), model.ln_f)
+    return read_by_hand(model, h).unsqueeze(0)
+
+
+def test_tied_reapplies_the_whole_backbone_by_hand():
     model = make(family="tied", n_layer=3)
     assert len(model.blocks) == 1
     xs, ys = prompt(3, 6)
     with torch.no_grad():
-        ref = stack_by_hand(model, xs, ys, [model.blocks[0]] * 3)
-        torch.testing.assert_close(model(xs, ys), ref, rtol=0, atol=1e-10)
+        out = model(xs, ys)
+        torch.testing.assert_close(out, tied_by_hand(model, xs, ys), rtol=0, atol=1e-10)
+        # not the shared-weight stack (position embedding and final LayerNorm once)
+        stack = stack_by_hand(model, xs, ys, [model.blocks[0]] * 3)
+        assert (out - stack).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("n_layer", [1, 4])
+def test_tied_is_the_looped_backbone_without_reinjection(n_layer):
+    """With the same weights, the weight-tied model's first application is one loop of the
+    looped model (z_0 = 0, additive injection), and each later application is the looped step
+    with the injected embedding replaced by zeros."""
+    tied = make(family="tied", n_layer=n_layer)
+    looped = make(family="looped", n_layer=1)
+    looped.load_state_dict(tied.state_dict())
+    xs, ys = prompt(3, 6)
+    with torch.no_grad():
+        e = looped.embed(xs, ys)
+        z = looped.step(torch.zeros_like(e), e, None)  # loop 1: z_1 = Backbone(0 + e)
+        torch.testing.assert_close(looped.read(z), looped(xs, ys, n_loops=1)[-1],
+                                   rtol=0, atol=1e-12)
+        for _ in range(n_layer - 1):
+            z = looped.step(z, torch.zeros_like(e), None)  # no re-injection
+        torch.testing.assert_close(tied(xs, ys)[-1], looped.read(z), rtol=0, atol=1e-12)
+        if n_layer > 1:  # re-injecting the prompt is a different model
+            assert (tied(xs, ys)[-1] - looped(xs, ys, n_loops=n_layer)[-1]).abs().max() > 1e-3
 
 
 LOOP_CASES = [
