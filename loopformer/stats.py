@@ -87,7 +87,7 @@ which uses the examples without their covariance: a run below 0.5 does better th
 Other tasks have other plateaus: pass a threshold of their own."""
 
 
-def _min_exact_n(alpha: float = ALPHA) -> int:
+def min_exact_n(alpha: float = ALPHA) -> int:
     """The fewest seeds per variant for which an exact two-sided test of n vs n can reach
     ``alpha``: the most extreme split has p = 2 / C(2n, n) (3 vs 3: 0.1; 4 vs 4: 0.029)."""
     n = 1
@@ -168,7 +168,7 @@ def seeds_needed(a, b, alpha: float = ALPHA, power: float = POWER) -> int | None
     ss = float(((ta - ta.mean()) ** 2).sum() + ((tb - tb.mean()) ** 2).sum())
     var = ss / (n_a + n_b - 2)
     z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
-    return max(_min_exact_n(alpha), math.ceil(2 * z * z * var / diff**2))
+    return max(min_exact_n(alpha), math.ceil(2 * z * z * var / diff**2))
 
 
 def rate_seeds_needed(k_a: int, n_a: int, k_b: int, n_b: int, alpha: float = ALPHA,
@@ -182,7 +182,7 @@ def rate_seeds_needed(k_a: int, n_a: int, k_b: int, n_b: int, alpha: float = ALP
         return None
     z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
     n = z * z * (pa * (1 - pa) + pb * (1 - pb)) / (pa - pb) ** 2
-    return max(_min_exact_n(alpha), math.ceil(n))
+    return max(min_exact_n(alpha), math.ceil(n))
 
 
 class Verdict(NamedTuple):
