@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import os
 import platform
 import re
@@ -44,6 +45,8 @@ from loopformer.stats import (
     min_exact_n,
 )
 from loopformer.study import Study, plan
+
+log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "docs" / "results" / "data"
@@ -147,11 +150,17 @@ def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOL
             "meta": meta, "runs": runs}
 
 
-def write_study_data(study: Study, study_dir: Path) -> Path:
+def write_study_data(study: Study, study_dir: Path) -> Path | None:
     """``STUDY_DIR/data.json``, written when the study is aggregated (its metadata are the
-    sweep's own: command, commit, machine, versions)."""
+    sweep's own: command, commit, machine, versions). A study whose runs have no fixed-test-set
+    curve gets its report without it, and a warning."""
+    try:
+        data = study_data(study, study_dir)
+    except ConfigError as e:
+        log.warning("no %s: %s", study_dir / "data.json", e)
+        return None
     path = study_dir / "data.json"
-    path.write_text(json.dumps(study_data(study, study_dir), indent=1) + "\n")
+    path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 
 

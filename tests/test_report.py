@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from loopformer.errors import ConfigError
 from loopformer.report import export, main, pages_with_tables, rebuild
@@ -39,9 +40,9 @@ def fake_run(run_dir: Path, test_errors: list[float], final: float) -> None:
     (run_dir / "eval" / "results.json").write_text(json.dumps({
         "task": "linear_regression", "active_dims": 5, "n_points": 11, "n_prompts": 1280,
         "parameters": 50112, "trained_loops": 6, "torch": "2.13.0",
-        "curves": {"model": {"kind": "model", "mean": curve},
-                   "model@30": {"kind": "model", "mean": [v + 0.1 for v in curve]},
-                   "least_squares": {"kind": "baseline", "mean": [0.0] * 11}}}))
+        "curves": {name: {"kind": kind, "mean": c, "low": c, "high": c} for name, kind, c in [
+            ("model", "model", curve), ("model@30", "model", [v + 0.1 for v in curve]),
+            ("least_squares", "baseline", [0.0] * 11)]}}))
 
 
 @pytest.fixture
@@ -67,6 +68,33 @@ def test_export_reads_runs(study_dir, tmp_path):
     assert r["torch"] == "2.13.0" and r["test_every_n_steps"] == 500
     assert data["escape"] == {"threshold": 0.5, "metric": "test/error_pos/010"}
     assert data["meta"]["commit"] == "abc1234" and data["meta"]["wall_time_s"] >= 0
+
+
+def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
+    from loopformer.study import Study, aggregate
+
+    study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml"))
+    aggregate(study, study_dir)
+    data = json.loads((study_dir / "data.json").read_text())
+    assert data["meta"]["command"] == "python sweep.py study=seed_variants_cpu"
+    assert data["variants"] == ["looped", "drop_3"] and data["seeds"] == [42, 123, 1233]
+    # the export refines the sweep's data: same runs, the sweep's metadata kept
+    out = export(study_dir, tmp_path / "s.json", overrides={"wall_time_s": 60.0})
+    exported = json.loads(out.read_text())
+    assert exported["runs"] == data["runs"]
+    assert exported["meta"] == {**data["meta"], "wall_time_s": 60.0,
+                                "wall_time_source": "stated at export"}
+
+
+def test_a_study_without_test_curves_is_aggregated_without_data(study_dir, caplog):
+    from loopformer.study import Study, aggregate
+
+    for metrics in study_dir.glob("runs/*/*/metrics.csv"):
+        metrics.write_text("step,train/loss\n1,2\n")
+    study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml"))
+    aggregate(study, study_dir)
+    assert (study_dir / "report.md").is_file() and not (study_dir / "data.json").exists()
+    assert "test.every_n_steps > 0" in caplog.text
 
 
 def _page(tmp_path, body: str) -> Path:
