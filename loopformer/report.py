@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
@@ -44,7 +45,9 @@ from loopformer.stats import (
     escape_step,
     min_exact_n,
 )
-from loopformer.study import Study, plan
+
+if TYPE_CHECKING:  # the study module (plots, lightning) is imported only to export
+    from loopformer.study import Study
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,8 @@ def _span(runs: list[RunDir]) -> float | None:
 def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOLD,
                meta: dict | None = None) -> dict:
     """The data of a study's finished runs (see the module's docstring)."""
+    from loopformer.study import plan
+
     jobs = plan(study, study_dir)
     runs = [r for j in jobs if (r := _run_record(j.variant, j.seed, RunDir(j.run_dir),
                                                  threshold))]
@@ -140,7 +145,8 @@ def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOL
     meta = dict(meta or environment(study))
     meta.setdefault("wall_time_s", _span([RunDir(j.run_dir) for j in jobs]))
     meta.setdefault("wall_time_source", "file times: first run started to last run evaluated")
-    return {"format": FORMAT, "study": study.name, "task": first["task"],
+    config = {k: getattr(study, k) for k in ("name", "base", "variants", "seeds", "examples")}
+    return {"format": FORMAT, "study": study.name, "config": config, "task": first["task"],
             "active_dims": first["active_dims"], "n_points": first["n_points"],
             "n_prompts": first["n_prompts"], "examples": list(study.examples),
             "variants": [v for v in study.variants if any(r["variant"] == v for r in runs)],
@@ -167,16 +173,23 @@ def write_study_data(study: Study, study_dir: Path) -> Path | None:
 def export(study_dir: Path, out: Path | None = None, name: str | None = None,
            threshold: float = ESCAPE_THRESHOLD, overrides: dict | None = None) -> Path:
     """Rebuild a study's data from its runs into ``out`` (default ``docs/results/data/<study>
-    .json``). The metadata come from ``STUDY_DIR/data.json`` (written by the sweep) if there
-    is one, else from this process; ``overrides`` (command, commit, wall_time_s) replace
-    them."""
-    name = name or study_dir.resolve().name
-    conf = ROOT / "conf" / "study" / f"{name}.yaml"
-    if not conf.is_file():
-        raise ConfigError(f"no study config {conf}; pass --study NAME of a conf/study/*.yaml")
-    study = Study.from_config(OmegaConf.load(conf))
+    .json``). The study's definition and metadata come from ``STUDY_DIR/data.json`` (written
+    by the sweep) if there is one, else from ``conf/study/<name>.yaml`` (``name``, default the
+    directory's name) and this process; ``overrides`` (command, commit, wall_time_s) replace
+    the metadata."""
+    from loopformer.study import Study
+
     previous = study_dir / "data.json"
-    meta = json.loads(previous.read_text())["meta"] if previous.is_file() else None
+    previous = json.loads(previous.read_text()) if previous.is_file() else None
+    if previous and not name:
+        study = Study.from_config(OmegaConf.create(previous["config"]))
+    else:
+        conf = ROOT / "conf" / "study" / f"{name or study_dir.resolve().name}.yaml"
+        if not conf.is_file():
+            raise ConfigError(f"no study config {conf} and no {study_dir / 'data.json'}; pass "
+                              f"--study NAME of a conf/study/*.yaml")
+        study = Study.from_config(OmegaConf.load(conf))
+    meta = previous["meta"] if previous else None
     data = study_data(study, study_dir, threshold, meta)
     data["meta"].update({k: v for k, v in (overrides or {}).items() if v is not None})
     if (overrides or {}).get("wall_time_s") is not None:
@@ -281,8 +294,7 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
         ka = sum(r["escape_step"] is not None for r in ra)
         kb = sum(r["escape_step"] is not None for r in rb)
         ea, eb = _errors(ra, k, loops), _errors(rb, k, loops)
-        means = (f"{statistics.fmean(ea) if ea else float('nan'):.4f} vs "
-                 f"{statistics.fmean(eb) if eb else float('nan'):.4f}")
+        means = " vs ".join(f"{statistics.fmean(e):.4f}" if e else "-" for e in (ea, eb))
         lines.append(f"| {a} vs {b} | {ka}/{len(ra)} vs {kb}/{len(rb)} | "
                      f"{compare_rates(a, ka, len(ra), b, kb, len(rb)).text} | {means} | "
                      f"{compare_means(a, ea, b, eb).text} |")
@@ -307,14 +319,22 @@ def table_runs(data: dict, opts: dict) -> list[str]:
     return lines
 
 
+def _duration(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    parts = [(h, "h"), (rest // 60, "min"), (rest % 60, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{v} {unit}" for v, unit in parts)
+
+
 def table_meta(data: dict, opts: dict) -> list[str]:
     m = data["meta"]
     mach = m.get("machine") or {}
     machine = ", ".join(str(x) for x in (mach.get("cpu"), f"{mach.get('cores')} cores",
                                           mach.get("gpu")) if x)
     wall = m.get("wall_time_s")
-    wall = (f"{int(wall // 3600)} h {int(wall % 3600 // 60)} min {wall % 60:.0f} s "
-            f"({m.get('wall_time_source')})" if wall is not None else "not recorded")
+    wall = (f"{_duration(wall)} ({m.get('wall_time_source')})" if wall is not None
+            else "not recorded")
     torches = sorted({r["torch"] for r in data["runs"] if r["torch"]})
     rows = [("command", f"`{m.get('command')}`"), ("commit", f"`{m.get('commit')}`"),
             ("machine", machine or "-"),

@@ -104,7 +104,7 @@ def _page(tmp_path, body: str) -> Path:
 
 
 def test_tables_by_hand(study_dir, tmp_path):
-    export(study_dir, tmp_path / "data" / "s.json")
+    export(study_dir, tmp_path / "data" / "s.json", overrides={"wall_time_s": 5004.6})
     page = _page(tmp_path, "<!-- table:variants data=s k=10 -->\n<!-- /table:variants -->\n"
                  "<!-- table:comparisons data=s pairs=looped:drop_3 -->\nstale\n"
                  "<!-- /table:comparisons -->\n")
@@ -122,6 +122,13 @@ def test_tables_by_hand(study_dir, tmp_path):
             "| 0.0400 vs 0.0600 | not resolved with 3 vs 1 seeds (p = 0.50, permutation); about 4 "
             "seeds per variant would resolve a difference of this size |") in lines
     assert text.endswith("<!-- /table:comparisons -->\n\ntext after\n")
+    page.write_text("<!-- table:comparisons data=s pairs=drop_3:drop_3 -->\n"
+                    "<!-- /table:comparisons -->\n"
+                    "<!-- table:meta data=s -->\n<!-- /table:meta -->\n")
+    text = rebuild(page)[0]
+    assert "| 1/3 vs 1/3 | not resolved with 3 seeds (1/3 vs 1/3; p = 1.00, Fisher's exact); the " \
+           "observed rates are equal | 0.0600 vs 0.0600 |" in text
+    assert "| wall time | 1 h 23 min 25 s (stated at export) |" in text
     page.write_text(text)
     assert rebuild(page)[1] == []  # rebuilt tables are stable
 
