@@ -357,6 +357,9 @@ def aggregate(study: Study, study_dir: Path) -> dict:
     (study_dir / "report.json").write_text(json.dumps(report, indent=1))
     (study_dir / "report.md").write_text(format_report(report, baseline))
     _plots(study, study_dir, report)
+    from loopformer.report import write_study_data  # data.json: per run, for results pages
+
+    write_study_data(study, study_dir)
     return report
 
 

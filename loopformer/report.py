@@ -1,0 +1,439 @@
+"""A study's data and the tables of its results page, rebuilt from that data by one rule.
+
+``python -m loopformer.report export STUDY_DIR`` writes ``docs/results/data/<study>.json``: per
+run its variant, seed, torch version, the final error at each number of examples and loop count
+(the evaluation's mean over prompts), the fixed test set's curve and the step of escape, with
+the study's command, commit, machine, versions, date and wall time. ``python -m
+loopformer.report tables PAGE.md [--check]`` rebuilds every table between markers
+
+    <!-- table:KIND data=NAME [option=value ...] -->
+    ...
+    <!-- /table:KIND -->
+
+from ``data/NAME.json`` beside the page (``--check``: exit 1 if the page differs instead).
+Kinds: ``variants`` (escape rate, median escape step, error over escaped seeds), ``comparisons``
+(verdicts of :mod:`loopformer.stats`'s rules for ``pairs=A:B,C:D``), ``runs`` (one row per
+run) and ``meta`` (how the data was made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import OmegaConf
+
+from loopformer.csvlog import read_metrics
+from loopformer.errors import ConfigError
+from loopformer.rundir import RunDir
+from loopformer.stats import (
+    ALPHA,
+    ESCAPE_THRESHOLD,
+    POWER,
+    compare_means,
+    compare_rates,
+    escape_step,
+    min_exact_n,
+)
+
+if TYPE_CHECKING:  # the study module (plots, lightning) is imported only to export
+    from loopformer.study import Study
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "docs" / "results" / "data"
+FORMAT = 1
+
+
+def _g(x: float) -> float:
+    return float(f"{x:.6g}")  # 6 significant digits: pages print 4 decimals
+
+
+def _run_record(variant: str, seed: int, run: RunDir, threshold: float) -> dict | None:
+    if not run.results.is_file():
+        return None
+    res = json.loads(run.results.read_text())
+    error = {}
+    for key, c in res["curves"].items():
+        if key == "model" or key.startswith("model@"):  # the model's curves, at each loop count
+            error["trained" if key == "model" else key.removeprefix("model@")] = [
+                _g(v) for v in c["mean"]]
+    last = f"test/error_pos/{res['n_points'] - 1:03d}"  # the most in-context examples
+    rows = [r for r in read_metrics(run.metrics) if last in r] if run.metrics.is_file() else []
+    if not rows:
+        raise ConfigError(f"{run.metrics} has no fixed-test-set curve ({last}); the escape "
+                          f"is read from it: train with test.every_n_steps > 0")
+    steps = [int(r["step"]) for r in rows]
+    errors = [_g(r[last]) for r in rows]
+    cfg = OmegaConf.load(run.config) if run.config.is_file() else None
+    return {"variant": variant, "seed": seed, "torch": res.get("torch"),
+            "parameters": res.get("parameters"), "trained_loops": res.get("trained_loops"),
+            "error": error,
+            "test": {"step": steps, "error_last": errors,
+                     "error_mean": [_g(r["test/error"]) for r in rows]},
+            "test_every_n_steps": int(cfg.test.every_n_steps) if cfg else None,
+            "escape_step": escape_step(steps, errors, threshold)}
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "gpu": gpu}
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty",
+                              "--abbrev=7"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment(study: Study) -> dict:
+    """Where and with what this process runs: the study's metadata when it runs in the
+    process that trained it (``sweep.py``)."""
+    import lightning
+    import torch
+
+    argv = sys.argv if sys.argv and sys.argv[0].endswith("sweep.py") else None
+    return {"command": ("python sweep.py " + " ".join(argv[1:])).strip() if argv
+            else f"python sweep.py study={study.name}",
+            "commit": _commit(), "machine": _machine(), "torch": torch.__version__,
+            "lightning": lightning.__version__, "date": datetime.date.today().isoformat()}
+
+
+def _span(runs: list[RunDir]) -> float | None:
+    """Seconds from the first run's config.yaml to the last results.json (file times): the
+    study's wall time if it ran in one go."""
+    starts = [r.config.stat().st_mtime for r in runs if r.config.is_file()]
+    ends = [r.results.stat().st_mtime for r in runs if r.results.is_file()]
+    return round(max(ends) - min(starts), 1) if starts and ends else None
+
+
+def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOLD,
+               meta: dict | None = None) -> dict:
+    """The data of a study's finished runs (see the module's docstring)."""
+    from loopformer.study import plan
+
+    jobs = plan(study, study_dir)
+    runs = [r for j in jobs if (r := _run_record(j.variant, j.seed, RunDir(j.run_dir),
+                                                 threshold))]
+    if not runs:
+        raise ConfigError(f"no finished runs under {study_dir / 'runs'}; run the study first")
+    first = json.loads(RunDir(next(j.run_dir for j in jobs if j.finished)).results.read_text())
+    meta = dict(meta or environment(study))
+    meta.setdefault("wall_time_s", _span([RunDir(j.run_dir) for j in jobs]))
+    meta.setdefault("wall_time_source", "file times: first run started to last run evaluated")
+    config = {k: getattr(study, k) for k in ("name", "base", "variants", "seeds", "examples")}
+    return {"format": FORMAT, "study": study.name, "config": config, "task": first["task"],
+            "active_dims": first["active_dims"], "n_points": first["n_points"],
+            "n_prompts": first["n_prompts"], "examples": list(study.examples),
+            "variants": [v for v in study.variants if any(r["variant"] == v for r in runs)],
+            "seeds": sorted({r["seed"] for r in runs}),
+            "escape": {"threshold": threshold,
+                       "metric": f"test/error_pos/{first['n_points'] - 1:03d}"},
+            "meta": meta, "runs": runs}
+
+
+def write_study_data(study: Study, study_dir: Path) -> Path | None:
+    """``STUDY_DIR/data.json``, written when the study is aggregated (its metadata are the
+    sweep's own: command, commit, machine, versions). A study whose runs have no fixed-test-set
+    curve gets its report without it, and a warning."""
+    try:
+        data = study_data(study, study_dir)
+    except ConfigError as e:
+        log.warning("no %s: %s", study_dir / "data.json", e)
+        return None
+    path = study_dir / "data.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def export(study_dir: Path, out: Path | None = None, name: str | None = None,
+           threshold: float = ESCAPE_THRESHOLD, overrides: dict | None = None) -> Path:
+    """Rebuild a study's data from its runs into ``out`` (default ``docs/results/data/<study>
+    .json``). The study's definition and metadata come from ``STUDY_DIR/data.json`` (written
+    by the sweep) if there is one, else from ``conf/study/<name>.yaml`` (``name``, default the
+    directory's name) and this process; ``overrides`` (command, commit, wall_time_s) replace
+    the metadata."""
+    from loopformer.study import Study
+
+    previous = study_dir / "data.json"
+    previous = json.loads(previous.read_text()) if previous.is_file() else None
+    if previous and not name:
+        study = Study.from_config(OmegaConf.create(previous["config"]))
+    else:
+        conf = ROOT / "conf" / "study" / f"{name or study_dir.resolve().name}.yaml"
+        if not conf.is_file():
+            raise ConfigError(f"no study config {conf} and no {study_dir / 'data.json'}; pass "
+                              f"--study NAME of a conf/study/*.yaml")
+        study = Study.from_config(OmegaConf.load(conf))
+    meta = previous["meta"] if previous else None
+    data = study_data(study, study_dir, threshold, meta)
+    data["meta"].update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if (overrides or {}).get("wall_time_s") is not None:
+        data["meta"]["wall_time_source"] = "stated at export"
+    out = out or DATA_DIR / f"{study.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    return out
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+def _band(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.fmean(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
+
+
+def _curve_key(loops: str | None) -> str:
+    return "trained" if loops in (None, "trained") else str(loops)
+
+
+def _runs_of(data: dict, variant: str) -> list[dict]:
+    runs = [r for r in data["runs"] if r["variant"] == variant]
+    if not runs:
+        raise ConfigError(f"no runs of variant {variant!r} in the data of {data['study']}; "
+                          f"variants: {data['variants']}")
+    return runs
+
+
+def _errors(runs: list[dict], k: int, loops: str | None) -> list[float]:
+    key = _curve_key(loops)
+    missing = [r["seed"] for r in runs if key not in r["error"]]
+    if missing:
+        raise ConfigError(f"loops={loops} is not among the evaluated loop counts of seeds "
+                          f"{missing}; have {sorted(runs[0]['error'])}")
+    return [r["error"][key][k] for r in runs if r["escape_step"] is not None]
+
+
+def _resolution(data: dict) -> str:
+    every = sorted({r["test_every_n_steps"] for r in data["runs"] if r["test_every_n_steps"]})
+    return f"test every {', '.join(map(str, every))} steps" if every else "the test interval"
+
+
+def _rule(data: dict) -> str:
+    e, n = data["escape"], data["n_points"] - 1
+    return (f"Escaped: the fixed test set's error at {n} examples ({e['metric']}) is below "
+            f"{e['threshold']} from some test step to the end; escape step: the first such "
+            f"step (resolution: {_resolution(data)}).")
+
+
+def _loops_label(data: dict, loops: str | None) -> str:
+    if loops in (None, "trained"):
+        b = sorted({r["trained_loops"] for r in data["runs"] if r["trained_loops"]})
+        return f"at the trained loop count (b = {', '.join(map(str, b))})" if b else ""
+    return f"at {loops} loops"
+
+
+def _examples(data: dict, opts: dict) -> list[int]:
+    ks = [int(k) for k in opts["k"].split(",")] if "k" in opts else data["examples"]
+    return [k for k in ks if k < data["n_points"]] or [data["n_points"] - 1]
+
+
+def table_variants(data: dict, opts: dict) -> list[str]:
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    ks, loops = _examples(data, opts), opts.get("loops")
+    last = ks[-1]
+    lines = [_rule(data) + f" Errors {_loops_label(data, loops)}: mean [min, max] over the "
+             f"escaped seeds; the others are listed apart, at k={last}.", "",
+             "| variant | escaped | median escape step | " + " | ".join(f"k={k}" for k in ks)
+             + f" | not escaped: k={last} |", "|---|---|---|" + "---|" * (len(ks) + 1)]
+    for v in variants:
+        runs = _runs_of(data, v)
+        steps = [r["escape_step"] for r in runs if r["escape_step"] is not None]
+        med = f"{statistics.median(steps):g}" if steps else "-"
+        cells = [_band(_errors(runs, k, loops)) for k in ks]  # checks the loop count first
+        key = _curve_key(loops)
+        stuck = ", ".join(f"{r['seed']}: {r['error'][key][last]:.4f}" for r in runs
+                          if r["escape_step"] is None) or "-"
+        lines.append(f"| {v} | {len(steps)}/{len(runs)} | {med} | " + " | ".join(cells)
+                     + f" | {stuck} |")
+    return lines
+
+
+def table_comparisons(data: dict, opts: dict) -> list[str]:
+    if "pairs" not in opts:
+        raise ConfigError("table:comparisons needs pairs=A:B[,C:D...] (variants of the data)")
+    k, loops = _examples(data, opts)[-1], opts.get("loops")
+    lines = [f"Rules (two-sided, {ALPHA}): escape rates by Fisher's exact test; the error at "
+             f"k={k} {_loops_label(data, loops)}, over escaped seeds only, by an exact "
+             f"permutation test of the difference of means (Monte Carlo above 100,000 splits). "
+             f"Seeds needed: normal approximation at power {POWER} with the observed spread, "
+             f"at least the {min_exact_n()} per variant an exact test needs to reach {ALPHA}.",
+             "",
+             f"| A vs B | escaped | escape rate | error at k={k} (A vs B) | error |",
+             "|---|---|---|---|---|"]
+    for pair in opts["pairs"].split(","):
+        a, sep, b = pair.partition(":")
+        if not sep:
+            raise ConfigError(f"table:comparisons pairs entry {pair!r} is not A:B")
+        ra, rb = _runs_of(data, a), _runs_of(data, b)
+        ka = sum(r["escape_step"] is not None for r in ra)
+        kb = sum(r["escape_step"] is not None for r in rb)
+        ea, eb = _errors(ra, k, loops), _errors(rb, k, loops)
+        means = " vs ".join(f"{statistics.fmean(e):.4f}" if e else "-" for e in (ea, eb))
+        lines.append(f"| {a} vs {b} | {ka}/{len(ra)} vs {kb}/{len(rb)} | "
+                     f"{compare_rates(a, ka, len(ra), b, kb, len(rb)).text} | {means} | "
+                     f"{compare_means(a, ea, b, eb).text} |")
+    return lines
+
+
+def table_runs(data: dict, opts: dict) -> list[str]:
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    ks, loops = _examples(data, opts), opts.get("loops")
+    key = _curve_key(loops)
+    lines = [f"Per run: the escape step, the fixed test set's error at {data['n_points'] - 1} "
+             f"examples at the last test step, and the evaluation's error "
+             f"{_loops_label(data, loops)}.", "",
+             "| variant | seed | torch | escape step | test error (last step) | "
+             + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|---|---|---|" + "---|" * len(ks)]
+    for v in variants:
+        for r in _runs_of(data, v):
+            step = r["escape_step"] if r["escape_step"] is not None else "not escaped"
+            lines.append(f"| {v} | {r['seed']} | {r['torch'] or '-'} | {step} | "
+                         f"{r['test']['error_last'][-1]:.4f} (step {r['test']['step'][-1]}) | "
+                         + " | ".join(f"{r['error'][key][k]:.4f}" for k in ks) + " |")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    h, rest = divmod(round(seconds), 3600)
+    parts = [(h, "h"), (rest // 60, "min"), (rest % 60, "s")]
+    while len(parts) > 1 and parts[0][0] == 0:
+        parts.pop(0)
+    return " ".join(f"{v} {unit}" for v, unit in parts)
+
+
+def table_meta(data: dict, opts: dict) -> list[str]:
+    m = data["meta"]
+    mach = m.get("machine") or {}
+    machine = ", ".join(str(x) for x in (mach.get("cpu"), f"{mach.get('cores')} cores",
+                                          mach.get("gpu")) if x)
+    wall = m.get("wall_time_s")
+    wall = (f"{_duration(wall)} ({m.get('wall_time_source')})" if wall is not None
+            else "not recorded")
+    torches = sorted({r["torch"] for r in data["runs"] if r["torch"]})
+    rows = [("command", f"`{m.get('command')}`"), ("commit", f"`{m.get('commit')}`"),
+            ("machine", machine or "-"),
+            ("torch", ", ".join(torches) or f"{m.get('torch')} (at aggregation)"),
+            ("lightning", m.get("lightning")), ("date", m.get("date")), ("wall time", wall),
+            ("runs", f"{len(data['runs'])} ({len(data['variants'])} variants x seeds "
+                     f"{', '.join(map(str, data['seeds']))})")]
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": table_runs,
+          "meta": table_meta}
+OPTIONS = {"variants": {"data", "variants", "k", "loops"},
+           "comparisons": {"data", "pairs", "k", "loops"},
+           "runs": {"data", "variants", "k", "loops"}, "meta": {"data"}}
+MARKER = re.compile(r"<!-- table:(\w+)((?: +[\w]+=[^\s>]+)*) *-->\n(.*?)<!-- /table:\1 -->",
+                    re.DOTALL)
+
+
+def render(kind: str, opts: dict, data: dict) -> str:
+    if kind not in TABLES:
+        raise ConfigError(f"unknown table kind {kind!r}; use one of {list(TABLES)}")
+    unknown = sorted(set(opts) - OPTIONS[kind])
+    if unknown:
+        raise ConfigError(f"table:{kind} has unknown options {unknown}; allowed: "
+                          f"{sorted(OPTIONS[kind])}")
+    return "\n".join(TABLES[kind](data, opts)) + "\n"
+
+
+def rebuild(page: Path) -> tuple[str, list[str]]:
+    """The page's text with every marked table rebuilt, and the kinds of those that
+    changed."""
+    text, changed, cache = page.read_text(), [], {}
+
+    def sub(m: re.Match) -> str:
+        kind = m.group(1)
+        opts = dict(o.split("=", 1) for o in m.group(2).split())
+        if "data" not in opts:
+            raise ConfigError(f"{page}: table:{kind} needs data=NAME (data/NAME.json beside "
+                              f"the page)")
+        path = page.parent / "data" / f"{opts['data']}.json"
+        if path not in cache:
+            if not path.is_file():
+                raise ConfigError(f"{page}: table:{kind} reads {path}, which does not exist")
+            cache[path] = json.loads(path.read_text())
+        body = render(kind, opts, cache[path])
+        if body != m.group(3):
+            changed.append(kind)
+        return m.group(0)[: m.start(3) - m.start(0)] + body + f"<!-- /table:{kind} -->"
+
+    return MARKER.sub(sub, text), changed
+
+
+def pages_with_tables(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.md") if MARKER.search(p.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loopformer.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="write docs/results/data/<study>.json from a study dir")
+    ex.add_argument("study_dir", type=Path)
+    ex.add_argument("--study", help="conf/study/NAME.yaml (default: the directory's name)")
+    ex.add_argument("--out", type=Path, help="output file (default docs/results/data/...)")
+    ex.add_argument("--threshold", type=float, default=ESCAPE_THRESHOLD,
+                    help="escape threshold on the fixed test set's error at the last position")
+    ex.add_argument("--command", help="the command that ran the study, as the page states it")
+    ex.add_argument("--commit", help="the commit the study ran at")
+    ex.add_argument("--wall-time", type=float, help="the study's wall time in seconds")
+    tb = sub.add_parser("tables", help="rebuild the marked tables of results pages")
+    tb.add_argument("pages", type=Path, nargs="+")
+    tb.add_argument("--check", action="store_true", help="exit 1 if a page differs")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "export":
+            if not args.study_dir.is_dir():
+                raise ConfigError(f"study directory {args.study_dir} does not exist")
+            out = export(args.study_dir, args.out, args.study, args.threshold,
+                         {"command": args.command, "commit": args.commit,
+                          "wall_time_s": args.wall_time})
+            print(f"wrote {out}")
+            return 0
+        stale = []
+        for page in args.pages:
+            text, changed = rebuild(page)
+            if args.check:
+                if changed:
+                    stale.append(f"{page}: tables {changed} differ from their data")
+            else:
+                page.write_text(text)
+                print(f"{page}: rebuilt, {len(changed)} table(s) changed")
+        for line in stale:
+            print(line, file=sys.stderr)
+        return 1 if stale else 0
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Study data and page tables: a hand-made study exported and tabulated, and every committed
+page with marked tables rebuilt from its committed data."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from loopformer.errors import ConfigError
+from loopformer.report import export, main, pages_with_tables, rebuild
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# per run: the fixed test set's error at 10 examples at steps 500, 1000, 1500, and the
+# evaluation's error at 10 examples (trained loops); the threshold is 0.5
+RUNS = {
+    ("looped", 42): ([0.9, 0.3, 0.05], 0.03),     # escapes by step 1000
+    ("looped", 123): ([0.9, 0.7, 0.1], 0.05),     # by 1500
+    ("looped", 1233): ([0.9, 0.4, 0.08], 0.04),   # by 1000
+    ("drop_3", 42): ([0.95, 0.9, 0.85], 0.85),    # stays on the plateau
+    ("drop_3", 123): ([0.95, 0.9, 0.2], 0.06),    # by 1500
+    ("drop_3", 1233): ([0.95, 0.45, 0.9], 0.88),  # dips below and comes back: not escaped
+}
+
+
+def fake_run(run_dir: Path, test_errors: list[float], final: float) -> None:
+    """A finished run as training leaves it: config.yaml, metrics.csv, eval/results.json."""
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("test:\n  every_n_steps: 500\n")
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["step", "train/loss", "test/error", "test/error_pos/010"])
+        w.writeheader()
+        w.writerow({"step": 250, "train/loss": 4.0})  # a training row without the test set
+        for i, e in enumerate(test_errors):
+            w.writerow({"step": 500 * (i + 1), "train/loss": 3.0, "test/error": e + 0.1,
+                        "test/error_pos/010": e})
+    curve = [final + 0.01 * (10 - k) for k in range(11)]  # error at k examples, k = 0..10
+    (run_dir / "eval" / "results.json").write_text(json.dumps({
+        "task": "linear_regression", "active_dims": 5, "n_points": 11, "n_prompts": 1280,
+        "parameters": 50112, "trained_loops": 6, "torch": "2.13.0",
+        "curves": {name: {"kind": kind, "mean": c, "low": c, "high": c} for name, kind, c in [
+            ("model", "model", curve), ("model@30", "model", [v + 0.1 for v in curve]),
+            ("least_squares", "baseline", [0.0] * 11)]}}))
+
+
+@pytest.fixture
+def study_dir(tmp_path):
+    d = tmp_path / "seed_variants_cpu"
+    for (variant, seed), (test, final) in RUNS.items():
+        fake_run(d / "runs" / variant / f"seed={seed}", test, final)
+    return d
+
+
+def test_export_reads_runs(study_dir, tmp_path):
+    out = export(study_dir, tmp_path / "data" / "s.json", overrides={"commit": "abc1234"})
+    data = json.loads(out.read_text())
+    runs = {(r["variant"], r["seed"]): r for r in data["runs"]}
+    assert len(runs) == 6  # the study's other variants have no runs here: left out
+    assert {k: r["escape_step"] for k, r in runs.items()} == {
+        ("looped", 42): 1000, ("looped", 123): 1500, ("looped", 1233): 1000,
+        ("drop_3", 42): None, ("drop_3", 123): 1500, ("drop_3", 1233): None}
+    r = runs[("looped", 123)]
+    assert r["test"]["step"] == [500, 1000, 1500] and r["test"]["error_last"] == [0.9, 0.7, 0.1]
+    assert r["error"]["trained"][10] == pytest.approx(0.05)
+    assert r["error"]["30"][10] == pytest.approx(0.15)
+    assert r["torch"] == "2.13.0" and r["test_every_n_steps"] == 500
+    assert data["escape"] == {"threshold": 0.5, "metric": "test/error_pos/010"}
+    assert data["meta"]["commit"] == "abc1234" and data["meta"]["wall_time_s"] >= 0
+
+
+def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
+    from loopformer.study import Study, aggregate
+
+    study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml"))
+    aggregate(study, study_dir)
+    data = json.loads((study_dir / "data.json").read_text())
+    assert data["meta"]["command"] == "python sweep.py study=seed_variants_cpu"
+    assert data["variants"] == ["looped", "drop_3"] and data["seeds"] == [42, 123, 1233]
+    # the export refines the sweep's data: same runs, the sweep's metadata kept
+    out = export(study_dir, tmp_path / "s.json", overrides={"wall_time_s": 60.0})
+    exported = json.loads(out.read_text())
+    assert exported["runs"] == data["runs"]
+    assert exported["meta"] == {**data["meta"], "wall_time_s": 60.0,
+                                "wall_time_source": "stated at export"}
+
+
+def test_a_study_without_test_curves_is_aggregated_without_data(study_dir, caplog):
+    from loopformer.study import Study, aggregate
+
+    for metrics in study_dir.glob("runs/*/*/metrics.csv"):
+        metrics.write_text("step,train/loss\n1,2\n")
+    study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml"))
+    aggregate(study, study_dir)
+    assert (study_dir / "report.md").is_file() and not (study_dir / "data.json").exists()
+    assert "test.every_n_steps > 0" in caplog.text
+
+
+def _page(tmp_path, body: str) -> Path:
+    page = tmp_path / "page.md"
+    page.write_text(f"# A study\n\n{body}\ntext after\n")
+    return page
+
+
+def test_tables_by_hand(study_dir, tmp_path):
+    export(study_dir, tmp_path / "data" / "s.json", overrides={"wall_time_s": 5004.6})
+    page = _page(tmp_path, "<!-- table:variants data=s k=10 -->\n<!-- /table:variants -->\n"
+                 "<!-- table:comparisons data=s pairs=looped:drop_3 -->\nstale\n"
+                 "<!-- /table:comparisons -->\n")
+    text, changed = rebuild(page)
+    assert changed == ["variants", "comparisons"]
+    lines = text.splitlines()
+    # escape steps 1000, 1500, 1000; error at k=10 over the escaped seeds 0.03, 0.05, 0.04
+    assert "| looped | 3/3 | 1000 | 0.0400 [0.0300, 0.0500] | - |" in lines
+    # only seed 123 escaped; the two others are listed apart, not averaged in
+    assert "| drop_3 | 1/3 | 1500 | 0.0600 [0.0600, 0.0600] | 42: 0.8500, 1233: 0.8800 |" in lines
+    # Fisher, margins 4 escaped of 6: tables x = 1, 2, 3 counted 3, 9, 3 of 15 -> p = 6/15;
+    # permutation of [0.03, 0.05, 0.04] vs [0.06]: 2 of the 4 splits reach |diff| = 0.02
+    assert ("| looped vs drop_3 | 3/3 vs 1/3 | not resolved with 3 seeds (3/3 vs 1/3; p = 0.40, "
+            "Fisher's exact); about 4 seeds per variant would resolve a difference of this size "
+            "| 0.0400 vs 0.0600 | not resolved with 3 vs 1 seeds (p = 0.50, permutation); about 4 "
+            "seeds per variant would resolve a difference of this size |") in lines
+    assert text.endswith("<!-- /table:comparisons -->\n\ntext after\n")
+    page.write_text("<!-- table:comparisons data=s pairs=drop_3:drop_3 -->\n"
+                    "<!-- /table:comparisons -->\n"
+                    "<!-- table:meta data=s -->\n<!-- /table:meta -->\n")
+    text = rebuild(page)[0]
+    assert "| 1/3 vs 1/3 | not resolved with 3 seeds (1/3 vs 1/3; p = 1.00, Fisher's exact); the " \
+           "observed rates are equal | 0.0600 vs 0.0600 |" in text
+    assert "| wall time | 1 h 23 min 25 s (stated at export) |" in text
+    page.write_text(text)
+    assert rebuild(page)[1] == []  # rebuilt tables are stable
+
+
+def test_check_mode_fails_on_a_changed_page(study_dir, tmp_path):
+    export(study_dir, tmp_path / "data" / "s.json")
+    page = _page(tmp_path, "<!-- table:runs data=s k=5,10 loops=30 -->\n<!-- /table:runs -->\n")
+    assert main(["tables", str(page), "--check"]) == 1
+    assert main(["tables", str(page)]) == 0
+    assert "| looped | 42 | 2.13.0 | 1000 | 0.0500 (step 1500) | 0.1800 | 0.1300 |" in \
+        page.read_text()  # at 30 loops: 0.03 + 0.05 + 0.1 at k=5, 0.03 + 0.1 at k=10
+    assert main(["tables", str(page), "--check"]) == 0
+    page.write_text(page.read_text().replace("0.1800", "0.1799"))
+    assert main(["tables", str(page), "--check"]) == 1
+
+
+@pytest.mark.parametrize("marker, message", [
+    ("<!-- table:plots data=s -->", "unknown table kind 'plots'"),
+    ("<!-- table:variants data=s colour=red -->", "unknown options ['colour']"),
+    ("<!-- table:variants data=s loops=99 -->", "loops=99 is not among"),
+    ("<!-- table:comparisons data=s -->", "needs pairs=A:B"),
+    ("<!-- table:comparisons data=s pairs=looped:ssm -->", "no runs of variant 'ssm'"),
+    ("<!-- table:meta data=missing -->", "does not exist"),
+])
+def test_bad_markers_are_refused(study_dir, tmp_path, marker, message):
+    export(study_dir, tmp_path / "data" / "s.json")
+    kind = marker.split(":")[1].split()[0]
+    page = _page(tmp_path, f"{marker}\n<!-- /table:{kind} -->\n")
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        rebuild(page)
+
+
+def test_export_needs_a_test_curve(study_dir, tmp_path):
+    (study_dir / "runs" / "looped" / "seed=42" / "metrics.csv").write_text("step,train/loss\n1,2\n")
+    with pytest.raises(ConfigError, match="test.every_n_steps > 0"):
+        export(study_dir, tmp_path / "s.json")
+
+
+@pytest.mark.parametrize("page", pages_with_tables(ROOT / "docs" / "results")
+                         + pages_with_tables(ROOT / "tests" / "data" / "report"),
+                         ids=lambda p: p.name)
+def test_committed_pages_match_their_data(page):
+    assert rebuild(page)[1] == [], (f"{page}: rebuild with python -m loopformer.report tables "
+                                    f"{page.relative_to(ROOT)}")

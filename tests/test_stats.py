@@ -1,0 +1,86 @@
+"""The comparison rules against hand-computed cases."""
+
+import math
+
+import pytest
+
+from loopformer.stats import (
+    compare_means,
+    compare_rates,
+    escape_step,
+    fisher_exact,
+    permutation_test,
+    rate_seeds_needed,
+    seeds_needed,
+)
+
+
+def test_permutation_exact_by_hand():
+    # 20 splits of 6 values into 3 + 3; only the observed one and its mirror reach |diff| = 3
+    assert permutation_test([1, 2, 3], [4, 5, 6]) == pytest.approx(2 / 20)
+    # {1,2,3,4} into 2 + 2: |diff| of the 6 splits is 2, 1, 0, 0, 1, 2; observed |2 - 3| = 1
+    assert permutation_test([1, 3], [2, 4]) == pytest.approx(4 / 6)
+    assert permutation_test([1, 2, 3], [1, 2, 3]) == 1.0
+    # 4 vs 4 fully separated: 2 / C(8, 4) = 2 / 70
+    assert permutation_test([0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]) == pytest.approx(2 / 70)
+
+
+def test_permutation_monte_carlo_matches_exact():
+    a, b = [1.0, 2.5, 3.0, 4.2, 5.1, 6.0], [3.9, 5.2, 6.1, 7.3, 8.0, 9.4]
+    exact = permutation_test(a, b)  # C(12, 6) = 924 splits
+    mc = permutation_test(a, b, n_resamples=20000, max_exact=100)
+    assert 0 < exact < 0.1
+    assert mc == pytest.approx(exact, abs=0.01)
+    assert permutation_test(a, b, n_resamples=2000, max_exact=100, seed=3) == \
+        permutation_test(a, b, n_resamples=2000, max_exact=100, seed=3)
+
+
+def test_fisher_exact_by_hand():
+    # margins 3 escaped of 6: P(x) = C(3,x) C(3,3-x) / 20 = 1, 9, 9, 1 (/20)
+    assert fisher_exact(3, 3, 0, 3) == pytest.approx(2 / 20)
+    # margins 2 of 6: P(x) = 3, 9, 3 (/15); x = 2 and x = 0 are as likely
+    assert fisher_exact(2, 3, 0, 3) == pytest.approx(6 / 15)
+    assert fisher_exact(5, 5, 0, 5) == pytest.approx(2 / math.comb(10, 5))
+    assert fisher_exact(2, 4, 2, 4) == 1.0
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        fisher_exact(4, 3, 0, 3)
+
+
+def test_escape_step_from_hand_made_curves():
+    steps = [500, 1000, 1500, 2000, 2500]
+    assert escape_step(steps, [0.95, 0.9, 0.4, 0.1, 0.05], 0.5) == 1500
+    assert escape_step(steps, [0.95, 0.45, 0.8, 0.3, 0.2], 0.5) == 2000  # dipped, came back
+    assert escape_step(steps, [0.95, 0.3, 0.2, 0.1, 0.7], 0.5) is None  # fell back at the end
+    assert escape_step(steps, [0.95, 0.9, 0.8, 0.8, 0.7], 0.5) is None
+    assert escape_step(steps, [0.95, 0.9, 0.8, 0.8, 0.7], 0.75) == 2500
+    with pytest.raises(ValueError):
+        escape_step(steps, [0.9, 0.1], 0.5)
+
+
+def test_seeds_needed_normal_approximation():
+    # diff 1, pooled variance 1: 2 (1.95996 + 0.84162)^2 = 15.70 -> 16
+    assert seeds_needed([0, 1, 2], [1, 2, 3]) == 16
+    # a huge difference still needs the 4 seeds an exact test at 0.05 needs (3 vs 3: p >= 0.1)
+    assert seeds_needed([0, 0.01, 0.02], [10, 10.01, 10.02]) == 4
+    assert seeds_needed([1, 2], [2, 1]) is None
+    # rates 1 vs 0.5: (2.80158)^2 (0 + 0.25) / 0.25 = 7.85 -> 8
+    assert rate_seeds_needed(4, 4, 2, 4) == 8
+    assert rate_seeds_needed(2, 4, 2, 4) is None
+
+
+def test_verdict_strings():
+    assert compare_means("a", [0.1, 0.2, 0.3, 0.4], "b", [1, 2, 3, 4]).text == \
+        "a < b (p = 0.0286, permutation, n = 4 vs 4)"
+    v = compare_means("a", [1, 2, 3], "b", [4, 5, 6])
+    assert not v.resolved and v.p == pytest.approx(0.1)
+    assert v.text == ("not resolved with 3 seeds (p = 0.10, permutation); about 4 seeds per "
+                      "variant would resolve a difference of this size")
+    assert compare_means("a", [1, 2, 3], "b", [3, 2, 1]).text == \
+        "not resolved with 3 seeds (p = 1.00, permutation); the observed means are equal"
+    assert compare_rates("a", 5, 5, "b", 0, 5).text == \
+        "a escapes more often than b (5/5 vs 0/5; p = 0.00794, Fisher's exact)"
+    # rates 1 vs 2/3: (2.80158)^2 (0 + 2/9) / (1/9) = 15.70 -> 16
+    assert compare_rates("a", 3, 3, "b", 2, 3).text == (
+        "not resolved with 3 seeds (3/3 vs 2/3; p = 1.00, Fisher's exact); about 16 seeds per "
+        "variant would resolve a difference of this size")
+    assert compare_means("a", [], "b", [1.0]).text == "no values for a"
