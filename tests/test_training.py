@@ -1,6 +1,7 @@
 """The training app: config tree, streaming data, curriculum, test set, checkpoints, resume."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,50 @@ def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny,
                 for r in read_metrics(path)]
 
     assert every_step(timed / "metrics.csv") == every_step(tmp_path / "straight" / "metrics.csv")
+
+
+def _timer_elapsed(ckpt) -> float:
+    """The training time the checkpoint's trainer.max_time timer had counted."""
+    (state,) = [v for k, v in safe_load(ckpt)["callbacks"].items() if k.startswith("Timer")]
+    return state["time_elapsed"]["train"]
+
+
+def test_max_time_covers_every_segment_of_a_resumed_run(tiny, tmp_path):
+    """A run stopped by trainer.max_time=1s and resumed with the same budget has none left:
+    it stops at once, at the step it had reached, without training a step. Resumed with a
+    budget a second above what it spent, it trains on until both segments together reach
+    that budget."""
+    never = ["trainer.max_steps=1000000", "checkpoint.every_n_steps=1000000"]
+    run_dir = tmp_path / "run"
+    first = run(compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", run_dir=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    spent = _timer_elapsed(last)
+    assert first.global_step > 0 and spent >= 1
+
+    again = run(compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", "ckpt_path=last",
+                            run_dir=run_dir))
+    assert again.global_step == first.global_step
+    steps = [int(r["step"]) for r in read_metrics(run_dir / "metrics.csv")]
+    assert steps == list(range(first.global_step))  # no step trained after the first stop
+
+    budget = math.ceil(spent) + 1
+    more = run(compose_cfg(*tiny, *never, f"trainer.max_time=00:00:00:{budget:02d}",
+                           "ckpt_path=last", run_dir=run_dir))
+    assert more.global_step > first.global_step
+    assert _timer_elapsed(last) >= budget
+
+
+def test_ckpt_path_a_run_dir_continues_that_run_from_its_last_checkpoint(tiny, tmp_path):
+    """ckpt_path=<run dir> (no run_dir) resumes that directory's last.ckpt in place."""
+    run(compose_cfg(*tiny, "trainer.max_steps=4", run_dir=tmp_path / "a"))
+    cfg = compose_cfg(*tiny, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'a'}")
+    assert cfg.get("run_dir") is None
+    result = run(cfg)
+    assert result.run_dir == tmp_path / "a" and result.global_step == 8
+    assert _tensors(tmp_path / "a" / "checkpoints" / "last.ckpt")[0] == 8
+    steps = [int(r["step"]) for r in read_metrics(tmp_path / "a" / "metrics.csv")]
+    assert steps == list(range(8))  # one log continued from step 4, each step once
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]  # no other run directory
 
 
 def test_seeds_give_different_data_same_seed_same_run(tiny, tmp_path):
