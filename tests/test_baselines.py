@@ -184,6 +184,32 @@ def test_lasso_matches_sklearn_and_recovers_sparse_w():
     assert err[:, -4:].mean() < 0.05  # zero predictor: 1
 
 
+def test_lasso_counts_the_fits_that_stopped_at_max_iter(caplog):
+    """Fits cut off at max_iter are counted (from the worker processes too), as many as
+    scikit-learn warns about for the same fits; with the default max_iter all converge."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import Lasso
+
+    _, xs, ys = sample("sparse_linear_regression", 4, 16, 10, seed=16, sparsity=2)
+    x, y = xs.double().numpy(), ys.double().numpy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        for b in range(4):
+            for k in range(1, 16):
+                Lasso(alpha=0.001, fit_intercept=False, max_iter=3).fit(x[b, :k], y[b, :k])
+    expected = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    assert expected > 0
+    cut = B.Lasso(0.001, max_iter=3, n_jobs=2)
+    cut(xs, ys)
+    assert cut.diagnostics == {"fits": 60, "unconverged_fits": expected}
+    assert f"lasso_0.001: {expected} of 60 fits stopped at max_iter=3" in caplog.text
+    full = B.Lasso(0.001, n_jobs=1)
+    full(xs, ys)
+    assert full.diagnostics == {"fits": 60, "unconverged_fits": 0}
+
+
 def test_decision_tree_matches_sklearn_and_beats_zero():
     from sklearn.tree import DecisionTreeRegressor
 

@@ -61,6 +61,15 @@ def test_model_curve_matches_the_runs_trained_loop_count(trained_run):
     assert res["trained_loops"] == 3 and set(res["curves"]) == {"model"}
 
 
+def test_results_count_the_lasso_fits_that_did_not_converge(trained_run):
+    res = evaluate_run(trained_run, n_prompts=8, extra_loops=[3], n_resamples=20, baselines=[
+        {"name": "lasso", "alpha": 0.001, "max_iter": 2, "n_jobs": 1},
+        {"name": "lasso", "alpha": 0.1, "n_jobs": 1}])
+    cut, full = res["curves"]["lasso_0.001"], res["curves"]["lasso_0.1"]
+    assert cut["fits"] == full["fits"] == 8 * 8  # 8 prompts, prefixes 1..8 of 9 points
+    assert 0 < cut["unconverged_fits"] <= 64 and full["unconverged_fits"] == 0
+
+
 def test_model_curves_equal_predict_at_each_loop_count(trained_run, monkeypatch):
     """``model``, ``model@N`` and the loop curve against ``model.predict(n_loops=N)`` on the
     prompts the evaluation drew (recorded from the task), batch by batch or not."""
