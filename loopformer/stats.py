@@ -1,4 +1,4 @@
-"""Error curves: normalised squared errors and bootstrap bands over prompts."""
+"""Error curves: means over prompts with bootstrap bands."""
 
 from __future__ import annotations
 
@@ -20,19 +20,6 @@ class Curve(NamedTuple):
     @classmethod
     def from_dict(cls, d: dict[str, list[float]]) -> Curve:
         return cls(list(d["mean"]), list(d["low"]), list(d["high"]))
-
-
-def squared_error(preds: torch.Tensor, ys: torch.Tensor,
-                  normalizer: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """``(preds - ys)^2 / normalizer`` per prompt and position, shape (P, n).
-
-    With the task's normalizer (E[y^2] of the noiseless target) the zero predictor scores
-    about 1.
-    """
-    if preds.shape != ys.shape or preds.dim() != 2:
-        raise ValueError(f"expected preds and ys of the same (P, n) shape; got "
-                         f"{tuple(preds.shape)} and {tuple(ys.shape)}")
-    return (preds - ys).square() / normalizer
 
 
 def bootstrap_band(errors: torch.Tensor, n_resamples: int = 1000, low: float = 5,

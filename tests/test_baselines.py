@@ -12,7 +12,7 @@ from conftest import compose_cfg
 from loopformer import baselines as B
 from loopformer.config import build_spec
 from loopformer.errors import ConfigError
-from loopformer.stats import Curve, bootstrap_band, squared_error
+from loopformer.stats import Curve, bootstrap_band
 from loopformer.tasks import build_task
 
 
@@ -22,6 +22,12 @@ def sample(task: str, n_prompts: int, n_points: int, n_dims: int, seed: int = 0,
     g = torch.Generator().manual_seed(seed)
     xs, ys = t.sample(n_prompts, n_points, active_dims=active_dims, generator=g)
     return t, xs, ys
+
+
+def squared_error(preds: torch.Tensor, ys: torch.Tensor, normalizer: float) -> torch.Tensor:
+    """``(preds - ys)^2 / normalizer`` per prompt and position: the zero predictor scores ~1."""
+    assert preds.shape == ys.shape
+    return (preds - ys).square() / normalizer
 
 
 def prompt_means(err: torch.Tensor) -> tuple[float, float]:
