@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF, ROOT, compose_cfg
+from omegaconf import OmegaConf
 
 from loopformer import build_model
 from loopformer.checkpoints import safe_load
 from loopformer.config import build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Schedule
+from loopformer.errors import ConfigError
 from loopformer.evaluate import evaluate, load_model
 from loopformer.rundir import RunDir
 from loopformer.training import run
@@ -311,6 +314,49 @@ def test_every_study_variant_composes_and_validates(name):
         cfg = compose_cfg(*study.base, *overrides)
         spec = build_spec(cfg)
         assert count_parameters(build_model(spec.model)) > 0, variant
+
+
+SEED_VARIANTS = {  # the seed study's 17 variants, as seed_variants_cpu.yaml listed them
+    "looped": (), "keep_11": ("model.keep_tokens=11",), "keep_0.5": ("model.keep_tokens=0.5",),
+    "keep_0.7": ("model.keep_tokens=0.7",), "keep_0.8": ("model.keep_tokens=0.8",),
+    "keep_0.9": ("model.keep_tokens=0.9",), "drop_3": ("model.keep_tokens=-3",),
+    "drop_5": ("model.keep_tokens=-5",), "drop_7": ("model.keep_tokens=-7",),
+    "drop_10": ("model.keep_tokens=-10",), "layers_2": ("model.n_layer=2",),
+    "layers_4": ("model.n_layer=4",),
+    "layers_2_inject_every_layer": ("model.n_layer=2", "model.inject_every_layer=true"),
+    "ssm": ("model=ssm",), "skip": ("model.skip_connection=true",),
+    "skip_drop_3": ("model.skip_connection=true", "model.keep_tokens=-3"),
+    "skip_drop_7": ("model.skip_connection=true", "model.keep_tokens=-7"),
+}
+
+
+def test_seed_variants_cpu_plans_the_seed_studys_17_variants(tmp_path):
+    from omegaconf import OmegaConf
+
+    from loopformer.study import Study, job_config, plan
+
+    cpu = OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml")
+    study = Study.from_config(cpu)
+    assert study.variants == SEED_VARIANTS  # same names, overrides and order
+    listed = OmegaConf.merge(cpu, {"variants": {k: list(v) for k, v in SEED_VARIANTS.items()}})
+    listed.pop("variants_from")
+    jobs, expected = plan(study, tmp_path), plan(Study.from_config(listed), tmp_path)
+    assert len(jobs) == 17 * 3 and jobs == expected
+    assert [job_config(j, (*study.base, *study.variants[j.variant])) for j in jobs] == [
+        job_config(j, (*study.base, *SEED_VARIANTS[j.variant])) for j in expected]
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"variants": {"a": []}}, "sets both study.variants and study.variants_from=paper_cpu"),
+    ({"variants_from": "nope"}, "study.variants_from=nope is not another study; allowed: ["),
+    ({"variants_from": "seed_variants_cpu"}, "that study must list its variants itself"),
+])
+def test_variants_from_is_checked(extra, message):
+    from loopformer.study import Study
+
+    cfg = {"name": "s", "seeds": [1], "variants_from": "paper_cpu", **extra}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Study.from_config(OmegaConf.create(cfg))
 
 
 def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():
