@@ -4,6 +4,9 @@
 * the full decision-tree suite (least squares, 3-NN, averaging, greedy tree of depth 4,
   xgboost) on 1280 prompts x 101 points, d = 20. ``--prompts`` times fewer prompts and
   extrapolates linearly (the CPU-fitted baselines cost the same per prompt);
+* the sparse-regression suite's Lasso fits (alpha 1, 0.1, 0.01, 0.001) on 1280 prompts x 41
+  points, d = 20, sparsity 3 (``--lasso-prompts`` times fewer and extrapolates), with the
+  number of fits that stopped at ``max_iter`` before reaching ``tol``;
 * optionally (``--reference-prompts``) the naive loop of Garg et al. -- a fresh
   ``DecisionTreeRegressor`` / default ``XGBRegressor`` per prompt and prefix, one process --
   on a few prompts, extrapolated to 1280.
@@ -141,6 +144,26 @@ def bench_tree_suite(args) -> None:
               f"suite is {ref / full:.1f}x faster (wall, same conditions)")
 
 
+def bench_lasso_suite(args) -> None:
+    xs, ys = sample("sparse_linear_regression", args.lasso_prompts, args.ls_points, args.dims,
+                    args.seed, sparsity=3)
+    suite = [b for b in B.build_baselines("default", OmegaConf.to_container(OmegaConf.load(
+        ROOT / "conf" / "task" / "sparse_linear_regression.yaml").eval.suite), n_jobs=args.jobs)
+        if isinstance(b, B.Lasso)]
+    scale = FULL_PROMPTS / args.lasso_prompts
+    print(f"\nsparse-regression Lasso fits, {args.lasso_prompts} prompts x {args.ls_points} "
+          f"points x d={args.dims}, n_jobs={args.jobs}, scaled to {FULL_PROMPTS} prompts")
+    total = total_cpu = 0.0
+    for baseline in suite:
+        _, sec, cpu = timed_cpu(baseline, xs, ys)
+        total, total_cpu = total + sec * scale, total_cpu + cpu * scale
+        fits = getattr(baseline, "diagnostics", {})
+        print(f"  {baseline.name:14s} wall {sec:6.2f} s, CPU {cpu:6.2f} s -> wall "
+              f"{sec * scale:6.1f} s; {fits or 'no fit counts'}")
+    print(f"  {'total':14s} -> wall {total:6.1f} s, CPU {total_cpu:6.1f} s for {FULL_PROMPTS} "
+          f"prompts")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--prompts", type=int, default=FULL_PROMPTS,
@@ -150,6 +173,9 @@ def main() -> None:
     p.add_argument("--tree-points", type=int, default=101)
     p.add_argument("--jobs", type=int, default=2, help="joblib workers for the CPU fits")
     p.add_argument("--repeats", type=int, default=5, help="least-squares timing runs")
+    p.add_argument("--lasso-prompts", type=int, default=FULL_PROMPTS,
+                   help="prompts for the Lasso fits (extrapolated linearly to 1280)")
+    p.add_argument("--skip-lasso", action="store_true")
     p.add_argument("--reference-prompts", type=int, default=0,
                    help="also time the naive per-prefix loop on this many prompts")
     p.add_argument("--threads", type=int, default=0,
@@ -161,6 +187,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"cpus {os.cpu_count()}, load average {os.getloadavg()}")
     bench_least_squares(args)
+    if not args.skip_lasso:
+        bench_lasso_suite(args)
     if not args.skip_tree:
         bench_tree_suite(args)
     print(f"load average {os.getloadavg()}")

@@ -18,13 +18,14 @@
 # jobs: benchmarks/bench_jobs.py, K = 1 2 4 8 concurrent runs of that configuration (JOBS_K),
 #   10 s windows (JOBS_SECONDS), then K = 8 under CUDA MPS where nvidia-cuda-mps-control exists.
 #   Writes OUTDIR/jobs.jsonl.
-# train: experiment=seed_lr at the seed's cadence (fixed test set of 100,000 prompts every
+# train: experiment=seed_lr on the GPU (trainer.accelerator=gpu) at the seed's cadence (fixed test set of 100,000 prompts every
 #   10,000 steps, checkpoints every 1,000) for TRAIN_SECONDS (default 360), then the end-of-run
 #   evaluation. Speed settings: TRAIN_EXTRA if set, else the fastest configuration whose gpu
 #   tests passed. The run lives in logs/gpu_seed_lr (kept while the machine stays warm);
 #   RESUME=1 continues it with the settings it started with. Copies metrics.csv, the
 #   evaluation's results.json and training_curve.png to OUTDIR/seed_lr/ and prints steps/s per
-#   curriculum stage (benchmarks/run_speed.py).
+#   curriculum stage (benchmarks/run_speed.py). Any step that fails (training, a missing file
+#   to copy) stops the stage with a message and a non-zero exit.
 # all: check, profile, jobs, then train for what is left of ALL_SECONDS (default 570) after a
 #   margin of 150 s for the evaluation and the copies. Everything printed goes to
 #   OUTDIR/<stage>.log. At most 8 files come back from a device call: all writes 8.
@@ -116,13 +117,19 @@ run_jobs() {
     fi
 }
 
-train() {  # train SECONDS
-    local seconds=$1 extra run=logs/gpu_seed_lr resume=() budget=$1
+train() (  # train SECONDS; a subshell under set -e: the first failed step fails the stage
+    set -e
+    trap 'echo "== train: failed (exit $?): $BASH_COMMAND" >&2' ERR
+    local seconds=$1 extra run=logs/gpu_seed_lr resume=() budget=$1 file
     if [ "${RESUME:-0}" = 1 ]; then  # the settings the run started with, unless TRAIN_EXTRA
-        extra=${TRAIN_EXTRA-$(cat "$run.extra" 2>/dev/null)}
+        for file in "$run.extra" "$run.seconds"; do
+            [ -f "$file" ] || { echo "== train: RESUME=1 but $file is missing: no run to" \
+                "continue (start one without RESUME)" >&2; exit 1; }
+        done
+        extra=${TRAIN_EXTRA-$(cat "$run.extra")}
         resume=(ckpt_path=last)
         # trainer.max_time counts the training time of every segment of a resumed run
-        budget=$(( $(cat "$run.seconds" 2>/dev/null || echo 0) + seconds ))
+        budget=$(( $(cat "$run.seconds") + seconds ))
     else
         extra=${TRAIN_EXTRA-$(fastest)}
         rm -rf "$run"
@@ -130,19 +137,19 @@ train() {  # train SECONDS
         echo "$extra" >"$run.extra"
     fi
     echo "$budget" >"$run.seconds"
-    echo "== experiment=seed_lr for $seconds s with: ${extra:-defaults} ${resume[*]}"
+    echo "== experiment=seed_lr for $seconds s on the GPU with: ${extra:-defaults} ${resume[*]}"
     date -u
     # shellcheck disable=SC2086
     timeout $((seconds + 150)) "$PY" train.py experiment=seed_lr run_dir="$run" \
-        logger=csv trainer.enable_progress_bar=false "${resume[@]}" $extra \
-        trainer.max_time="$(printf '00:%02d:%02d:%02d' $((budget / 3600)) \
+        trainer.accelerator=gpu logger=csv trainer.enable_progress_bar=false "${resume[@]}" \
+        $extra trainer.max_time="$(printf '00:%02d:%02d:%02d' $((budget / 3600)) \
             $((budget % 3600 / 60)) $((budget % 60)))"
     date -u
     mkdir -p "$out/seed_lr"
     cp "$run/metrics.csv" "$run/eval/results.json" "$run/eval/training_curve.png" \
-        "$out/seed_lr/" 2>/dev/null
+        "$out/seed_lr/"
     "$PY" benchmarks/run_speed.py "$run"
-}
+)
 
 case $stage in
 check | profile)

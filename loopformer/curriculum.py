@@ -34,10 +34,6 @@ class Schedule:
         if self.start < 1:
             raise ConfigError(f"{key}.start={self.start} must be >= 1")
 
-    @property
-    def final(self) -> int:
-        return self.end
-
 
 @dataclass(frozen=True)
 class CurriculumState:

@@ -101,10 +101,11 @@ def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
     kinds = dict.fromkeys(errors, "model")
 
     xs_cpu, ys_cpu = xs.cpu(), ys.cpu()
+    notes: dict[str, dict[str, int]] = {}
     for p in ev.baselines:
         log.info("baseline %s", p.name)
         errors[p.name] = (p(xs_cpu, ys_cpu) - ys_cpu).square() / norm
-        kinds[p.name] = "baseline"
+        kinds[p.name], notes[p.name] = "baseline", dict(p.diagnostics)
 
     band = lambda e: bootstrap_band(e.cpu(), n_resamples=ev.n_resamples, seed=ev.seed).to_dict()
     loop_curve = errors.pop("loop_curve", None)
@@ -115,7 +116,8 @@ def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
         "n_prompts": ev.n_prompts, "seed": ev.seed, "torch": torch.__version__,
         "trained_loops": shape.n_loops if spec.looped else None,
         "extra_loops": loops[1:],
-        "curves": {name: {"kind": kinds[name], **band(e)} for name, e in errors.items()},
+        "curves": {name: {"kind": kinds[name], **band(e), **notes.get(name, {})}
+                   for name, e in errors.items()},
     }
     if loop_curve is not None:
         results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),

@@ -26,19 +26,6 @@ class Curve(NamedTuple):
         return cls(list(d["mean"]), list(d["low"]), list(d["high"]))
 
 
-def squared_error(preds: torch.Tensor, ys: torch.Tensor,
-                  normalizer: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """``(preds - ys)^2 / normalizer`` per prompt and position, shape (P, n).
-
-    With the task's normalizer (E[y^2] of the noiseless target) the zero predictor scores
-    about 1.
-    """
-    if preds.shape != ys.shape or preds.dim() != 2:
-        raise ValueError(f"expected preds and ys of the same (P, n) shape; got "
-                         f"{tuple(preds.shape)} and {tuple(ys.shape)}")
-    return (preds - ys).square() / normalizer
-
-
 def bootstrap_band(errors: torch.Tensor, n_resamples: int = 1000, low: float = 5,
                    high: float = 95, seed: int = 0) -> Curve:
     """Mean over prompts of ``errors`` (P, n) with a percentile bootstrap band.

@@ -53,11 +53,14 @@ class Study:
     launcher: str | None = None  # hydra/launcher option the study runs with by default
     n_jobs: int | None = None  # concurrent runs (joblib launcher); threads split among them
 
-    KEYS = ("name", "base", "variants", "seeds", "examples", "groups", "launcher", "n_jobs")
+    KEYS = ("name", "base", "variants", "variants_from", "seeds", "examples", "groups",
+            "launcher", "n_jobs")
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Study:
         d = OmegaConf.to_container(cfg, resolve=True)
+        if d.get("variants_from") is not None:
+            d["variants"] = _variants_from(d)
         missing = [k for k in ("name", "variants", "seeds") if not d.get(k)]
         if missing:
             raise ConfigError(f"study is missing {missing}; a study names variants and seeds")
@@ -75,6 +78,24 @@ class Study:
                    {k: tuple(v or ()) for k, v in d["variants"].items()},
                    tuple(int(s) for s in d["seeds"]), tuple(d.get("examples") or ()),
                    groups, d.get("launcher"), n_jobs)
+
+
+def _variants_from(d: dict) -> dict:
+    """``study.variants_from: NAME``: the variants of ``conf/study/NAME.yaml``, so a study at
+    another scale runs the same variants without restating them."""
+    source = str(d["variants_from"])
+    allowed = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+    if d.get("variants"):
+        raise ConfigError(f"study sets both study.variants and study.variants_from={source}; "
+                          f"keep one")
+    if source not in allowed or source == d.get("name"):
+        raise ConfigError(f"study.variants_from={source} is not another study; allowed: "
+                          f"{[a for a in allowed if a != d.get('name')]}")
+    other = OmegaConf.to_container(OmegaConf.load(CONF / "study" / f"{source}.yaml"))
+    if other.get("variants_from") is not None or not other.get("variants"):
+        raise ConfigError(f"study.variants_from={source}: that study must list its variants "
+                          f"itself (variants_from does not chain)")
+    return other["variants"]
 
 
 @dataclass(frozen=True)

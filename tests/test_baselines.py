@@ -12,7 +12,7 @@ from conftest import compose_cfg
 from loopformer import baselines as B
 from loopformer.config import build_spec
 from loopformer.errors import ConfigError
-from loopformer.stats import Curve, bootstrap_band, squared_error
+from loopformer.stats import Curve, bootstrap_band
 from loopformer.tasks import build_task
 
 
@@ -22,6 +22,12 @@ def sample(task: str, n_prompts: int, n_points: int, n_dims: int, seed: int = 0,
     g = torch.Generator().manual_seed(seed)
     xs, ys = t.sample(n_prompts, n_points, active_dims=active_dims, generator=g)
     return t, xs, ys
+
+
+def squared_error(preds: torch.Tensor, ys: torch.Tensor, normalizer: float) -> torch.Tensor:
+    """``(preds - ys)^2 / normalizer`` per prompt and position: the zero predictor scores ~1."""
+    assert preds.shape == ys.shape
+    return (preds - ys).square() / normalizer
 
 
 def prompt_means(err: torch.Tensor) -> tuple[float, float]:
@@ -184,6 +190,32 @@ def test_lasso_matches_sklearn_and_recovers_sparse_w():
     assert err[:, -4:].mean() < 0.05  # zero predictor: 1
 
 
+def test_lasso_counts_the_fits_that_stopped_at_max_iter(caplog):
+    """Fits cut off at max_iter are counted (from the worker processes too), as many as
+    scikit-learn warns about for the same fits; with the default max_iter all converge."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import Lasso
+
+    _, xs, ys = sample("sparse_linear_regression", 4, 16, 10, seed=16, sparsity=2)
+    x, y = xs.double().numpy(), ys.double().numpy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        for b in range(4):
+            for k in range(1, 16):
+                Lasso(alpha=0.001, fit_intercept=False, max_iter=3).fit(x[b, :k], y[b, :k])
+    expected = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    assert expected > 0
+    cut = B.Lasso(0.001, max_iter=3, n_jobs=2)
+    cut(xs, ys)
+    assert cut.diagnostics == {"fits": 60, "unconverged_fits": expected}
+    assert f"lasso_0.001: {expected} of 60 fits stopped at max_iter=3" in caplog.text
+    full = B.Lasso(0.001, n_jobs=1)
+    full(xs, ys)
+    assert full.diagnostics == {"fits": 60, "unconverged_fits": 0}
+
+
 def test_decision_tree_matches_sklearn_and_beats_zero():
     from sklearn.tree import DecisionTreeRegressor
 
@@ -219,6 +251,49 @@ def test_gd_2layer_nn_fits_relu_task_and_runs_under_inference_mode(one_thread):
     assert preds.shape == ys.shape and (preds[:, 0] == 0).all()
     assert squared_error(preds, ys, task.normalizer())[:, -6:].mean() < 0.5
     torch.testing.assert_close(net(xs, ys), preds)  # seeded init: deterministic
+
+
+def test_gd_2layer_nn_equals_one_adam_trained_net_per_prompt_and_prefix(monkeypatch, one_thread):
+    """Each (prompt, prefix k) is its own net relu(x W1 + b1) . w2 + b2, trained from the
+    baseline's initial weights by torch.optim.Adam on the mean squared error over points
+    0..k-1 and read out at point k: a plain per-net loop here. The initial weights are
+    recorded from the optimisers the baseline creates (net j's hidden units are the j-th
+    block of h columns)."""
+    adam, inits = torch.optim.Adam, []
+
+    class RecordingAdam(adam):
+        def __init__(self, params, **kw):
+            params = list(params)
+            inits.append([p.detach().clone() for p in params])
+            super().__init__(params, **kw)
+
+    h, steps, lr = 5, 25, 2e-2
+    _, xs, ys = sample("relu_2nn_regression", 2, 9, 3, seed=15, hidden_layer_size=4)
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    got = B.GD2LayerNN(hidden_size=h, steps=steps, lr=lr, seed=3)(xs, ys)
+    monkeypatch.setattr(torch.optim, "Adam", adam)
+    assert (got[:, 0] == 0).all()
+
+    first = 1  # prefixes are fitted in consecutive groups, one optimiser per group
+    expected = torch.zeros_like(got)
+    for w1, b1, w2, b2 in inits:
+        nets = b1.shape[2]
+        for b in range(xs.shape[0]):
+            for j in range(nets):
+                k = first + j
+                params = [t.clone().requires_grad_() for t in (
+                    w1[b, :, j * h:(j + 1) * h], b1[b, 0, j], w2[b, 0, j], b2[b, 0, j])]
+                net = lambda x, p=params: torch.relu(x @ p[0] + p[1]) @ p[2] + p[3]  # noqa: E731
+                opt = adam(params, lr=lr)
+                for _ in range(steps):
+                    opt.zero_grad()
+                    ((net(xs[b, :k]) - ys[b, :k]) ** 2).mean().backward()
+                    opt.step()
+                with torch.no_grad():
+                    expected[b, k] = net(xs[b, k])
+        first += nets
+    assert first == xs.shape[1]  # every prefix 1..n-1 had its net
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_parallel_over_prompts_equals_serial():
@@ -289,6 +364,22 @@ def test_bootstrap_band_contains_mean_narrows_and_is_seeded():
                                errors.double().mean(0))
     d = narrow.to_dict()
     assert set(d) == {"mean", "low", "high"} and Curve.from_dict(d) == narrow
+
+
+def test_a_90_percent_band_of_the_mean_covers_the_true_mean_90_percent_of_the_time():
+    """2000 independent datasets of 100 normal errors (one per column, true mean 2): the
+    default band should miss the true mean below in about 5% of them and above in about 5%.
+    Binomial standard deviation of a 5% rate over 2000 datasets: 0.5 percentage points."""
+    g = torch.Generator().manual_seed(14)
+    true_mean, n_datasets = 2.0, 2000
+    errors = true_mean + torch.randn(100, n_datasets, generator=g, dtype=torch.float64)
+    band = bootstrap_band(errors, seed=1)
+    low, high = torch.tensor(band.low), torch.tensor(band.high)
+    below = (high < true_mean).double().mean().item()  # band entirely below the truth
+    above = (low > true_mean).double().mean().item()
+    # percentile bootstrap of a mean of n = 100 normals: ~0.4% under the nominal rate overall
+    assert abs(below - 0.05) < 0.02 and abs(above - 0.05) < 0.02, (below, above)
+    assert abs((1 - below - above) - 0.90) < 0.025, (below, above)
 
 
 def _assert_png(path):

@@ -105,3 +105,59 @@ def test_run_speed_by_curriculum_stage():
     assert overall == pytest.approx(300 / (1 + 2 + 4))  # 300 steps in 7 s
     with pytest.raises(SystemExit, match="step_rate"):
         run_speed.speed_by_stage(rows[:1])
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for the interpreter: logs its arguments; "train.py" writes what FAKE_WRITES lists
+echo "$*" >>"$FAKE_LOG"
+if [ "$1" = train.py ]; then
+    for f in $FAKE_WRITES; do
+        mkdir -p "$(dirname "logs/gpu_seed_lr/$f")" && : >"logs/gpu_seed_lr/$f"
+    done
+    exit "${FAKE_EXIT:-0}"
+fi
+"""
+RUN_FILES = "metrics.csv eval/results.json eval/training_curve.png"
+
+
+def _train_stage(tmp_path, **env):
+    """gpu_check.sh's train stage, from a copy of the script in tmp_path (its logs/ land
+    there), with a stand-in interpreter."""
+    import os
+    import shutil
+    import subprocess
+
+    (tmp_path / "benchmarks").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "benchmarks" / "gpu_check.sh", tmp_path / "benchmarks")
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "FAKE_LOG": str(tmp_path / "calls"),
+           "TRAIN_EXTRA": "", "TRAIN_SECONDS": "60", **env}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "train", str(tmp_path / "out")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    return proc, calls
+
+
+def test_gpu_check_train_stage_forces_the_gpu_and_copies_the_run(tmp_path):
+    proc, calls = _train_stage(tmp_path, FAKE_WRITES=RUN_FILES)
+    assert proc.returncode == 0, proc.stdout
+    train_call = next(c for c in calls.splitlines() if c.startswith("train.py"))
+    assert "trainer.accelerator=gpu" in train_call.split()
+    assert sorted(p.name for p in (tmp_path / "out" / "seed_lr").iterdir()) == [
+        "metrics.csv", "results.json", "training_curve.png"]
+    assert "benchmarks/run_speed.py logs/gpu_seed_lr" in calls
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"FAKE_WRITES": "metrics.csv"}, "failed (exit 1): cp "),  # no evaluation files
+    ({"FAKE_WRITES": RUN_FILES, "FAKE_EXIT": "3"}, "failed (exit 3)"),  # training failed
+    ({"RESUME": "1"}, "RESUME=1 but logs/gpu_seed_lr.extra is missing"),
+], ids=["missing-copy", "training-fails", "nothing-to-resume"])
+def test_gpu_check_train_stage_fails_on_any_failed_step(tmp_path, env, message):
+    proc, calls = _train_stage(tmp_path, **env)
+    assert proc.returncode != 0
+    assert message in proc.stdout  # the stage tees everything it prints to train.log
+    assert message in (tmp_path / "out" / "train.log").read_text()
+    assert "run_speed.py" not in calls  # nothing ran after the failed step

@@ -50,7 +50,6 @@ def test_schedule_boundaries_explicitly():
     assert sched.at(75_000) == 41  # 11 + 15 * 2
     assert sched.at(74_999) == 39
     assert sched.at(10**9) == 41
-    assert sched.final == 41
 
 
 def test_schedule_is_monotone_and_pure():

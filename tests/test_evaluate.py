@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import ROOT, compose_cfg
 
-from loopformer.evaluate import evaluate_run, main
+from loopformer.evaluate import evaluate, evaluate_run, load_model, load_spec, main
+from loopformer.models import build_model
 from loopformer.training import run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -58,6 +59,71 @@ def test_model_curve_matches_the_runs_trained_loop_count(trained_run):
                        n_resamples=100)
     # TINY trains at b = 3 loops, so the extra count equal to it adds no new curve
     assert res["trained_loops"] == 3 and set(res["curves"]) == {"model"}
+
+
+def test_results_count_the_lasso_fits_that_did_not_converge(trained_run):
+    res = evaluate_run(trained_run, n_prompts=8, extra_loops=[3], n_resamples=20, baselines=[
+        {"name": "lasso", "alpha": 0.001, "max_iter": 2, "n_jobs": 1},
+        {"name": "lasso", "alpha": 0.1, "n_jobs": 1}])
+    cut, full = res["curves"]["lasso_0.001"], res["curves"]["lasso_0.1"]
+    assert cut["fits"] == full["fits"] == 8 * 8  # 8 prompts, prefixes 1..8 of 9 points
+    assert 0 < cut["unconverged_fits"] <= 64 and full["unconverged_fits"] == 0
+
+
+def test_model_curves_equal_predict_at_each_loop_count(trained_run, monkeypatch):
+    """``model``, ``model@N`` and the loop curve against ``model.predict(n_loops=N)`` on the
+    prompts the evaluation drew (recorded from the task), batch by batch or not."""
+    spec = load_spec(trained_run, n_prompts=40, extra_loops=[1, 5], baselines=[],
+                     n_resamples=20, batch_size=16)
+    model = load_model(trained_run, spec)
+    drawn, sample = [], spec.task.sample
+
+    def recorded(*args, **kwargs):
+        drawn.append(sample(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(spec.task, "sample", recorded)
+    res = evaluate(model, spec)
+    (xs, ys), = drawn
+    norm = res["normalizer"]
+
+    def errors(n_loops):  # (P, n) normalised squared errors of an independent forward
+        return (model.predict(xs, ys, n_loops=n_loops) - ys).square() / norm
+
+    assert res["trained_loops"] == 3 and set(res["curves"]) == {"model", "model@1", "model@5"}
+    for name, n_loops in (("model", 3), ("model@1", 1), ("model@5", 5)):
+        torch.testing.assert_close(torch.tensor(res["curves"][name]["mean"]),
+                                   errors(n_loops).mean(0), rtol=1e-5, atol=1e-7)
+    last = [errors(n)[:, -1].mean().item() for n in range(1, 6)]
+    torch.testing.assert_close(torch.tensor(res["loop_curve"]["mean"]), torch.tensor(last),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_evaluate_ckpt_step_scores_that_kept_checkpoint(tmp_path):
+    """``ckpt=step=2`` scores checkpoints/step=2.ckpt: the same curves as those weights loaded
+    here by hand, and not those of the run's last weights (step 4)."""
+    from conftest import TINY
+
+    run_dir = tmp_path / "run"
+    run(compose_cfg(*TINY, "trainer.max_steps=4", "checkpoint.keep_every_n_steps=2",
+                    run_dir=run_dir))
+    opts = {"n_prompts": 32, "extra_loops": [4], "baselines": [], "n_resamples": 20}
+    scored = {}
+    for ckpt in ("step=2", "last"):
+        assert main([f"run={run_dir}", f"ckpt={ckpt}",
+                     *(f"{k}={v}" for k, v in opts.items())]) == 0
+        scored[ckpt] = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert scored["step=2"]["checkpoint"] == "step=2"
+
+    spec = load_spec(run_dir, **opts)
+    state = torch.load(run_dir / "checkpoints" / "step=2.ckpt", weights_only=True)
+    assert state["global_step"] == 2
+    model = build_model(spec.model)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state["state_dict"].items()})
+    by_hand = evaluate(model, spec)
+    for name in ("model", "model@4"):
+        assert scored["step=2"]["curves"][name] == by_hand["curves"][name]
+        assert scored["step=2"]["curves"][name] != scored["last"]["curves"][name]
 
 
 @pytest.mark.parametrize("device,message", [

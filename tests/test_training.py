@@ -1,6 +1,8 @@
 """The training app: config tree, streaming data, curriculum, test set, checkpoints, resume."""
 
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,12 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF, ROOT, compose_cfg
+from omegaconf import OmegaConf
 
 from loopformer import build_model
 from loopformer.checkpoints import safe_load
 from loopformer.config import build_spec
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Schedule
+from loopformer.errors import ConfigError
 from loopformer.evaluate import evaluate, load_model
 from loopformer.rundir import RunDir
 from loopformer.training import run
@@ -200,6 +204,50 @@ def test_a_run_stopped_by_max_time_checkpoints_and_evaluates_its_last_step(tiny,
     assert every_step(timed / "metrics.csv") == every_step(tmp_path / "straight" / "metrics.csv")
 
 
+def _timer_elapsed(ckpt) -> float:
+    """The training time the checkpoint's trainer.max_time timer had counted."""
+    (state,) = [v for k, v in safe_load(ckpt)["callbacks"].items() if k.startswith("Timer")]
+    return state["time_elapsed"]["train"]
+
+
+def test_max_time_covers_every_segment_of_a_resumed_run(tiny, tmp_path):
+    """A run stopped by trainer.max_time=1s and resumed with the same budget has none left:
+    it stops at once, at the step it had reached, without training a step. Resumed with a
+    budget a second above what it spent, it trains on until both segments together reach
+    that budget."""
+    never = ["trainer.max_steps=1000000", "checkpoint.every_n_steps=1000000"]
+    run_dir = tmp_path / "run"
+    first = run(compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", run_dir=run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    spent = _timer_elapsed(last)
+    assert first.global_step > 0 and spent >= 1
+
+    again = run(compose_cfg(*tiny, *never, "trainer.max_time=00:00:00:01", "ckpt_path=last",
+                            run_dir=run_dir))
+    assert again.global_step == first.global_step
+    steps = [int(r["step"]) for r in read_metrics(run_dir / "metrics.csv")]
+    assert steps == list(range(first.global_step))  # no step trained after the first stop
+
+    budget = math.ceil(spent) + 1
+    more = run(compose_cfg(*tiny, *never, f"trainer.max_time=00:00:00:{budget:02d}",
+                           "ckpt_path=last", run_dir=run_dir))
+    assert more.global_step > first.global_step
+    assert _timer_elapsed(last) >= budget
+
+
+def test_ckpt_path_a_run_dir_continues_that_run_from_its_last_checkpoint(tiny, tmp_path):
+    """ckpt_path=<run dir> (no run_dir) resumes that directory's last.ckpt in place."""
+    run(compose_cfg(*tiny, "trainer.max_steps=4", run_dir=tmp_path / "a"))
+    cfg = compose_cfg(*tiny, "trainer.max_steps=8", f"ckpt_path={tmp_path / 'a'}")
+    assert cfg.get("run_dir") is None
+    result = run(cfg)
+    assert result.run_dir == tmp_path / "a" and result.global_step == 8
+    assert _tensors(tmp_path / "a" / "checkpoints" / "last.ckpt")[0] == 8
+    steps = [int(r["step"]) for r in read_metrics(tmp_path / "a" / "metrics.csv")]
+    assert steps == list(range(8))  # one log continued from step 4, each step once
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]  # no other run directory
+
+
 def test_seeds_give_different_data_same_seed_same_run(tiny, tmp_path):
     losses = {}
     for name, seed in (("a", 1), ("b", 2), ("c", 1)):
@@ -266,6 +314,49 @@ def test_every_study_variant_composes_and_validates(name):
         cfg = compose_cfg(*study.base, *overrides)
         spec = build_spec(cfg)
         assert count_parameters(build_model(spec.model)) > 0, variant
+
+
+SEED_VARIANTS = {  # the seed study's 17 variants, as seed_variants_cpu.yaml listed them
+    "looped": (), "keep_11": ("model.keep_tokens=11",), "keep_0.5": ("model.keep_tokens=0.5",),
+    "keep_0.7": ("model.keep_tokens=0.7",), "keep_0.8": ("model.keep_tokens=0.8",),
+    "keep_0.9": ("model.keep_tokens=0.9",), "drop_3": ("model.keep_tokens=-3",),
+    "drop_5": ("model.keep_tokens=-5",), "drop_7": ("model.keep_tokens=-7",),
+    "drop_10": ("model.keep_tokens=-10",), "layers_2": ("model.n_layer=2",),
+    "layers_4": ("model.n_layer=4",),
+    "layers_2_inject_every_layer": ("model.n_layer=2", "model.inject_every_layer=true"),
+    "ssm": ("model=ssm",), "skip": ("model.skip_connection=true",),
+    "skip_drop_3": ("model.skip_connection=true", "model.keep_tokens=-3"),
+    "skip_drop_7": ("model.skip_connection=true", "model.keep_tokens=-7"),
+}
+
+
+def test_seed_variants_cpu_plans_the_seed_studys_17_variants(tmp_path):
+    from omegaconf import OmegaConf
+
+    from loopformer.study import Study, job_config, plan
+
+    cpu = OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml")
+    study = Study.from_config(cpu)
+    assert study.variants == SEED_VARIANTS  # same names, overrides and order
+    listed = OmegaConf.merge(cpu, {"variants": {k: list(v) for k, v in SEED_VARIANTS.items()}})
+    listed.pop("variants_from")
+    jobs, expected = plan(study, tmp_path), plan(Study.from_config(listed), tmp_path)
+    assert len(jobs) == 17 * 3 and jobs == expected
+    assert [job_config(j, (*study.base, *study.variants[j.variant])) for j in jobs] == [
+        job_config(j, (*study.base, *SEED_VARIANTS[j.variant])) for j in expected]
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"variants": {"a": []}}, "sets both study.variants and study.variants_from=paper_cpu"),
+    ({"variants_from": "nope"}, "study.variants_from=nope is not another study; allowed: ["),
+    ({"variants_from": "seed_variants_cpu"}, "that study must list its variants itself"),
+])
+def test_variants_from_is_checked(extra, message):
+    from loopformer.study import Study
+
+    cfg = {"name": "s", "seeds": [1], "variants_from": "paper_cpu", **extra}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Study.from_config(OmegaConf.create(cfg))
 
 
 def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():

@@ -33,6 +33,8 @@ class Baseline:
     requires: ClassVar[tuple[str, ...]] = ()
     # shorthand -> class, filled as subclasses are defined
     by_shorthand: ClassVar[dict[str, type[Baseline]]] = {}
+    # counts about the last predict call that results should carry (e.g. unconverged fits)
+    diagnostics: dict[str, int] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
