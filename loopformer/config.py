@@ -23,6 +23,7 @@ from loopformer.baselines import build_baselines
 from loopformer.curriculum import Curriculum
 from loopformer.errors import ConfigError, typed
 from loopformer.models import ModelConfig, keep_mask_len
+from loopformer.ood import resolve as resolve_ood
 from loopformer.tasks import Task, build_task
 
 SCHEDULES = ("constant", "cosine", "wsd")
@@ -121,6 +122,10 @@ class EvalConfig:
     device: str | None  # where the model runs; null: the GPU if there is one
     ckpt: str  # the checkpoint `python -m loopformer.evaluate` scores: last | step=N | a path
     suite: Any = None  # the task's baselines (conf/task/*.yaml)
+    # out-of-distribution shifts (loopformer/ood.py): none | default (the task's ood_suite) |
+    # a list of shift names; in a RunSpec, the tuple of names (ood.resolve checks them)
+    ood: Any = "none"
+    ood_suite: Any = None  # the shifts that apply to the task (conf/task/*.yaml); none: none
 
 
 @dataclass
@@ -205,7 +210,8 @@ def settings(cfg: DictConfig) -> Settings:
 def eval_config(ev: EvalConfig) -> EvalConfig:
     """``ev`` with its baselines built (so a bad one is refused before training)."""
     out = dataclasses.replace(ev, extra_loops=tuple(ev.extra_loops or ()),
-                              baselines=tuple(build_baselines(ev.baselines, ev.suite)))
+                              baselines=tuple(build_baselines(ev.baselines, ev.suite)),
+                              ood=resolve_ood(ev.ood, ev.ood_suite))
     for key in ("n_prompts", "batch_size", "n_resamples"):
         _positive(f"eval.{key}", getattr(out, key))
     for n in out.extra_loops:

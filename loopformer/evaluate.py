@@ -23,6 +23,7 @@ from loopformer.csvlog import read_metrics
 from loopformer.data import generator
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, build_model, count_parameters
+from loopformer.ood import evaluate_ood, format_ood_table, plot_ood
 from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops, plot_training_curve
 from loopformer.rundir import RunDir
 from loopformer.stats import bootstrap_band
@@ -60,25 +61,30 @@ def load_model(run_dir: Path, spec: RunSpec, ckpt: str | None = "last") -> InCon
 
 @torch.no_grad()
 def model_errors(model: InContextModel, xs, ys, norm: float, spec: RunSpec,
-                 loops: list[int], batch_size: int) -> dict[str, torch.Tensor]:
+                 loops: list[int], batch_size: int, queries=None,
+                 query_ys=None) -> dict[str, torch.Tensor]:
     """Normalised squared errors ``(P, n)`` of the model at each loop count in ``loops`` (the
-    first is the trained count), and ``loop_curve``: last-position error ``(P, L_max)``."""
+    first is the trained count), and ``loop_curve``: last-position error ``(P, L_max)``.
+    With ``queries`` (P, m, d), the errors ``(P, m)`` at those side queries against
+    ``query_ys`` (:meth:`~loopformer.models.InContextModel.layout`)."""
     out: dict[str, list] = {}
     trained = loops[0]
     L = max(loops)
     for i in range(0, xs.shape[0], batch_size):
         x, y = xs[i:i + batch_size], ys[i:i + batch_size]
+        side = {} if queries is None else {"queries": queries[i:i + batch_size]}
+        target = y if queries is None else query_ys[i:i + batch_size]
         if spec.looped:
             # one pass: the predictions after every iteration, nothing else kept
-            preds = model(x, y, n_loops=L, window=L)  # (L, b, n)
-            err = (preds - y).square() / norm  # (L, b, n)
+            preds = model(x, y, n_loops=L, window=L, **side)  # (L, b, n)
+            err = (preds - target).square() / norm  # (L, b, n)
             out.setdefault("model", []).append(err[trained - 1])
             for extra in loops[1:]:
                 out.setdefault(f"model@{extra}", []).append(err[extra - 1])
             out.setdefault("loop_curve", []).append(err[:, :, -1].T)  # (b, L)
         else:
-            preds = model(x, y)[-1]  # (b, n)
-            out.setdefault("model", []).append((preds - y).square() / norm)
+            preds = model(x, y, **side)[-1]  # (b, n)
+            out.setdefault("model", []).append((preds - target).square() / norm)
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -122,6 +128,8 @@ def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
     if loop_curve is not None:
         results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
                                  **band(loop_curve)}
+    if ev.ood:
+        results["ood"] = evaluate_ood(model, spec, ev, device, loops)
     return results
 
 
@@ -152,6 +160,8 @@ def write_results(results: dict, run: RunDir) -> None:
     if "loop_curve" in results:
         plot_error_vs_loops(results["loop_curve"], results["trained_loops"],
                             out_dir / "error_vs_loops.png")
+    if results.get("ood"):
+        plot_ood(results, out_dir)
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -170,6 +180,10 @@ def _with_eval_defaults(cfg):
             ev.suite = task_eval.get("suite")
             if ev.get("extra_loops") is None:
                 ev.extra_loops = task_eval.get("extra_loops")
+    if "ood_suite" not in ev:
+        task_file = CONF / "task" / f"{cfg.task.name}.yaml"
+        if task_file.is_file():
+            ev.ood_suite = (OmegaConf.load(task_file).get("eval") or {}).get("ood_suite")
     defaults = OmegaConf.load(CONF / "config.yaml").eval
     for key, value in defaults.items():
         if key not in ev:
@@ -186,7 +200,7 @@ def load_spec(run_dir: Path, **overrides) -> RunSpec:
         raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run "
                           f"directory?")
     cfg = _with_eval_defaults(OmegaConf.load(path))
-    allowed = sorted(set(cfg.get("eval") or {}) - {"at_end", "suite"})
+    allowed = sorted(set(cfg.get("eval") or {}) - {"at_end", "suite", "ood_suite"})
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown evaluation options {unknown}; allowed: {allowed} and run")
@@ -221,7 +235,10 @@ def evaluate_run(run_dir: str | Path, spec: RunSpec | None = None,
         plot_training_curve(read_metrics(run.metrics), spec.task.normalizer,
                             run.eval / "training_curve.png",
                             title=f"{spec.name}: {spec.task.name}")
-    log.info("%s\nwrote %s", format_table(results), run.eval)
+    table = format_table(results)
+    if results.get("ood"):
+        table += "\n" + format_ood_table(results)
+    log.info("%s\nwrote %s", table, run.eval)
     return results
 
 

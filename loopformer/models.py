@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -116,13 +117,15 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in (q, k, v))  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        # mask (T, T), True where attention is allowed; None: causal
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                           is_causal=mask is None)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
@@ -158,12 +161,22 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x):
-        x = x + self.drop(self.attn(self.ln_1(x)))
+    def forward(self, x, mask=None):
+        mixed = self.attn(self.ln_1(x)) if mask is None else self.attn(self.ln_1(x), mask)
+        x = x + self.drop(mixed)
         return x + self.mlp(self.ln_2(x))
 
 
 # ----------------------------------------------------------------------------- models
+
+
+class Layout(NamedTuple):
+    """A prompt's tokens as the backbone sees them."""
+
+    e: torch.Tensor  # (B, T, C) read-in embeddings
+    slots: torch.Tensor  # (T,) each token's index in the plain 2n-token prompt
+    mask: torch.Tensor | None  # (T, T) True where attention is allowed; None: causal
+    read_at: slice  # the tokens predictions are read at
 
 
 class InContextModel(nn.Module):
@@ -212,18 +225,40 @@ class InContextModel(nn.Module):
         tokens = torch.stack((xs, ys_wide), dim=2).view(B, 2 * n, d)  # (B, 2n, d)
         return self.read_in(tokens)  # (B, 2n, C)
 
+    def layout(self, xs, ys, queries: torch.Tensor | None = None) -> Layout:
+        """The prompt ``x1, (y1,0..), x2, ...``; with ``queries`` (B, m, d), ``m <= n`` side
+        tokens appended: query ``i`` sits at ``x_i``'s position, sees the examples before
+        ``i`` and itself, and no token sees it. The prediction read at query ``i`` is then the
+        one the plain prompt with ``queries_i`` as its point ``i`` gives at ``i``, for all
+        ``i`` in one pass (``m`` per-position prompts for one prompt up to 1.5x longer)."""
+        e = self.embed(xs, ys)  # (B, 2n, C)
+        n = xs.shape[1]
+        slots = torch.arange(2 * n, device=e.device)
+        if queries is None:
+            return Layout(e, slots, None, slice(0, 2 * n, 2))
+        if self.cfg.mixer != "attention":
+            raise ValueError("side queries need an attention mixer (a mask); use "
+                             "per-position prompts for model.mixer=" + self.cfg.mixer)
+        m = queries.shape[1]
+        e = torch.cat((e, self.read_in(queries)), dim=1)  # (B, T = 2n + m, C)
+        slots = torch.cat((slots, 2 * torch.arange(m, device=e.device)))  # (T,)
+        plain = torch.arange(2 * n + m, device=e.device) < 2 * n  # (T,)
+        mask = (slots[None, :] < slots[:, None]) & plain[None, :]  # strictly earlier, plain
+        mask |= torch.eye(2 * n + m, dtype=torch.bool, device=e.device)  # (T, T)
+        return Layout(e, slots, mask, slice(2 * n, 2 * n + m))
+
     def position(self, T: int, device) -> torch.Tensor:
         return self.wpe(torch.arange(T, device=device))  # (T, C)
 
-    def read(self, h: torch.Tensor) -> torch.Tensor:
-        """Predictions at the x tokens: (B, 2n, C) -> (B, n)."""
-        return self.read_out(h[:, ::2]).squeeze(-1)
+    def read(self, h: torch.Tensor, at: slice = slice(None, None, 2)) -> torch.Tensor:
+        """Predictions at the x tokens (or ``at``): (B, 2n, C) -> (B, n)."""
+        return self.read_out(h[:, at]).squeeze(-1)
 
-    def backbone(self, h: torch.Tensor, blocks=None, pos=None) -> torch.Tensor:
+    def backbone(self, h: torch.Tensor, blocks=None, pos=None, mask=None) -> torch.Tensor:
         pos = self.position(h.shape[1], h.device) if pos is None else pos
         h = self.drop(h + pos)
         for block in self.blocks if blocks is None else blocks:
-            h = block(h)
+            h = block(h, mask)
         return self.ln_f(h)
 
     @torch.no_grad()
@@ -238,8 +273,10 @@ class Transformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.n_layer)
 
-    def forward(self, xs, ys, n_loops=None, window=None, tol=None):
-        return self.read(self.backbone(self.embed(xs, ys))).unsqueeze(0)  # (1, B, n)
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None, queries=None):
+        p = self.layout(xs, ys, queries)
+        h = self.backbone(p.e, pos=self.wpe(p.slots), mask=p.mask)
+        return self.read(h, p.read_at).unsqueeze(0)  # (1, B, n)
 
 
 class TiedTransformer(InContextModel):
@@ -255,12 +292,12 @@ class TiedTransformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, 1)
 
-    def forward(self, xs, ys, n_loops=None, window=None, tol=None):
-        h = self.embed(xs, ys)  # (B, 2n, C)
-        pos = self.position(h.shape[1], h.device)
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None, queries=None):
+        p = self.layout(xs, ys, queries)
+        h, pos = p.e, self.wpe(p.slots)  # (B, T, C), (T, C)
         for _ in range(self.cfg.n_layer):
-            h = self.backbone(h, pos=pos)
-        return self.read(h).unsqueeze(0)  # (1, B, n)
+            h = self.backbone(h, pos=pos, mask=p.mask)
+        return self.read(h, p.read_at).unsqueeze(0)  # (1, B, n)
 
 
 class LoopedTransformer(InContextModel):
@@ -281,7 +318,11 @@ class LoopedTransformer(InContextModel):
             return z + e if s is None else z + e + s
         return z * e if s is None else z * e * s
 
-    def keep(self, z):
+    def keep(self, z, masked=None):
+        """``z`` with the state tokens ``keep_tokens`` drops set to the neutral element
+        (``masked`` (T,): those tokens, where the layout is not the plain prompt)."""
+        if masked is not None:
+            return z.masked_fill(masked[:, None], self.neutral)
         n_masked = (keep_mask_len(self.cfg.keep_tokens, z.shape[1], strict=False)
                     if self.cfg.keep_tokens else 0)
         if n_masked == 0:
@@ -291,46 +332,52 @@ class LoopedTransformer(InContextModel):
         neutral = torch.full_like(z[:, :n_masked], self.neutral)
         return torch.cat((neutral, z[:, n_masked:]), dim=1)  # (B, T, C)
 
-    def step(self, z, e, s, pos=None):
+    def step(self, z, e, s, pos=None, mask=None, masked=None):
         """One loop iteration: (B, T, C) -> (B, T, C)."""
-        z = self.keep(z)
+        z = self.keep(z, masked)
         if not self.cfg.inject_every_layer:
-            return self.backbone(self.inject(z, e, s), pos=pos)
+            return self.backbone(self.inject(z, e, s), pos=pos, mask=mask)
         pos = self.position(z.shape[1], z.device) if pos is None else pos
         h = z
         for i, block in enumerate(self.blocks):
             h = self.inject(h, e, s)
             if i == 0:
                 h = self.drop(h + pos)
-            h = block(h)
+            h = block(h, mask)
         return self.ln_f(h)
 
     def forward(self, xs, ys, n_loops: int | None = None, window: int | None = None,
-                tol: float | None = None):
+                tol: float | None = None, queries: torch.Tensor | None = None):
         """Run ``n_loops`` iterations; return the predictions of the last ``window`` ones,
         ``(window, B, n)``. Iterations before them run without gradient and store nothing.
-        With ``tol`` (inference), stop once predictions change by less than ``tol``."""
+        With ``tol`` (inference), stop once predictions change by less than ``tol``. With
+        ``queries``, the predictions at the side queries (:meth:`InContextModel.layout`)."""
         b = n_loops if n_loops is not None else 1
         window = b if window is None else min(window, b)
         if b < 1 or window < 1:
             raise ConfigError(f"n_loops={b} and window={window} must be >= 1")
-        e = self.embed(xs, ys)  # (B, 2n, C)
+        p = self.layout(xs, ys, queries)
+        e, mask, masked = p.e, p.mask, None  # (B, T, C)
+        if queries is not None and self.cfg.keep_tokens:  # as in the plain 2n-token prompt
+            masked = p.slots < keep_mask_len(self.cfg.keep_tokens, 2 * xs.shape[1],
+                                             strict=False)
         z = torch.full_like(e, self.neutral)
         s = torch.full_like(e, self.neutral) if self.cfg.skip_connection else None
-        pos = self.position(e.shape[1], e.device)  # (2n, C), looked up once for all iterations
+        pos = self.wpe(p.slots)  # (T, C), looked up once for all iterations
         preds, prev = [], None
         for t in range(b):
             grad = t >= b - window and torch.is_grad_enabled()
             with torch.set_grad_enabled(grad):
                 if grad and self.checkpoint_window:
-                    z_new = checkpoint(self.step, z, e, s, pos, use_reentrant=False)
+                    z_new = checkpoint(self.step, z, e, s, pos, mask, masked,
+                                       use_reentrant=False)
                 else:
-                    z_new = self.step(z, e, s, pos)
+                    z_new = self.step(z, e, s, pos, mask, masked)
                 z, s = z_new, (z if s is not None else None)
             if t >= b - window:
-                preds.append(self.read(z))
+                preds.append(self.read(z, p.read_at))
             elif tol is not None:
-                cur = self.read(z)
+                cur = self.read(z, p.read_at)
                 if prev is not None and (cur - prev).abs().max() < tol:
                     return cur.unsqueeze(0)
                 prev = cur

@@ -204,3 +204,37 @@ def plot_training_curve(rows: Sequence[Mapping[str, float]], normalizer, path: s
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False,
               fontsize=9)
     return _finish(fig, ax, path, legend=False)
+
+
+def plot_ood_summary(ood: Mapping[str, Any], path: str | Path, two_d: int, title: str = "",
+                     floor: float = 1e-3) -> Path:
+    """Error at ``k = 2d`` examples per shift (``results["ood"]``): models (each loop count)
+    as markers with their bootstrap band, baselines as small grey markers. A shift scored on
+    fewer positions is read at its last one, marked ``*`` in its label."""
+    shifts = list(ood)
+    x = np.arange(len(shifts))
+    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(shifts) + 2), 4.5))
+    names = list(ood[shifts[0]]["curves"])
+    models = [c for c in names if ood[shifts[0]]["curves"][c].get("kind") != "baseline"]
+    width = 0.6 / max(1, len(models))
+    for i, name in enumerate(names):
+        def at(field, name=name):  # the curve's field at each shift's summary position
+            return _positive([ood[s]["curves"][name][field][ood[s]["summary_k"]]
+                              for s in shifts], floor)
+
+        mean = at("mean")
+        if name in models:
+            off = x + (models.index(name) - (len(models) - 1) / 2) * width
+            err = np.abs(np.stack([at("low"), at("high")]) - mean)
+            ax.errorbar(off, mean, yerr=err, fmt="o", color=_MODEL_COLORS[i % 10], label=name,
+                        capsize=2, zorder=3)
+        else:
+            ax.plot(x, mean, linestyle="none", marker="_x^sv"[i % 5], color="0.55",
+                    markersize=7, label=name)
+    ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="zero predictor")
+    ax.set_xticks(x, [s + ("" if ood[s]["summary_k"] == two_d else "*") for s in shifts],
+                  rotation=45, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel(f"normalised error at k = {two_d} (* last scored k)")
+    ax.set_title(title)
+    return _finish(fig, ax, path)

@@ -374,14 +374,53 @@ def aggregate(study: Study, study_dir: Path) -> dict:
               "loop_curves": loop_curves,
               "examples": list(study.examples), "groups": {k: list(v) for k, v in
                                                           study.groups.items()}}
+    ood = aggregate_ood(study, jobs)
+    if ood:
+        report["ood"] = ood
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (study_dir / "report.md").write_text(format_report(report, baseline))
+    (study_dir / "report.md").write_text(format_report(report, baseline) +
+                                         (format_ood_report(ood) if ood else ""))
     _plots(study, study_dir, report)
     from loopformer.report import write_study_data  # data.json: per run, for results pages
 
     write_study_data(study, study_dir)
     return report
+
+
+def aggregate_ood(study: Study, jobs: list[Job]) -> dict:
+    """The out-of-distribution blocks (``results["ood"]``) over seeds: per variant, shift
+    and model curve (each loop count), the error at the shift's summary position (``k = 2d``
+    or its last scored one): mean and min..max over the seeds that scored it."""
+    values: dict = {}  # variant -> shift -> curve -> [per-seed error]
+    ks: dict = {}
+    for job in jobs:
+        res = _load_results(job)
+        for shift, block in ((res or {}).get("ood") or {}).items():
+            k = block["summary_k"]
+            ks[shift] = k
+            for name, c in block["curves"].items():
+                if c.get("kind") == "model":
+                    values.setdefault(job.variant, {}).setdefault(shift, {}).setdefault(
+                        name, []).append(c["mean"][k])
+    return {v: {s: {name: {"k": ks[s], "seeds": len(e), **{
+        key: val[0] for key, val in _band([[x] for x in e]).items()}}
+        for name, e in by_curve.items()} for s, by_curve in by_shift.items()}
+        for v, by_shift in values.items() if v in study.variants}
+
+
+def format_ood_report(ood: dict) -> str:
+    """A markdown table: variant x shift x loop count, mean [min, max] over seeds."""
+    lines = ["", "## Out of distribution", "",
+             "Normalised error at k = 2d examples (or the shift's last scored k, given), "
+             "mean [min, max] over seeds.", "",
+             "| variant | shift | k | curve | error |", "|---|---|---|---|---|"]
+    for v, by_shift in ood.items():
+        for s, by_curve in by_shift.items():
+            for name, c in by_curve.items():
+                lines.append(f"| {v} | {s} | {c['k']} | {name} | {c['mean']:.4f} "
+                             f"[{c['low']:.4f}, {c['high']:.4f}] |")
+    return "\n".join(lines) + "\n"
 
 
 def _plots(study: Study, study_dir: Path, report: dict) -> None:
