@@ -77,13 +77,35 @@ def _run_record(variant: str, seed: int, run: RunDir, threshold: float) -> dict 
     steps = [int(r["step"]) for r in rows]
     errors = [_g(r[last]) for r in rows]
     cfg = OmegaConf.load(run.config) if run.config.is_file() else None
-    return {"variant": variant, "seed": seed, "torch": res.get("torch"),
+    record = {"variant": variant, "seed": seed, "torch": res.get("torch"),
             "parameters": res.get("parameters"), "trained_loops": res.get("trained_loops"),
             "error": error,
             "test": {"step": steps, "error_last": errors,
                      "error_mean": [_g(r["test/error"]) for r in rows]},
             "test_every_n_steps": int(cfg.test.every_n_steps) if cfg else None,
             "escape_step": escape_step(steps, errors, threshold)}
+    if res.get("ood"):
+        record["ood"] = _ood_record(res["ood"])
+    return record
+
+
+def _ood_record(ood: dict) -> dict:
+    """Per shift of the out-of-distribution suite: its summary position ``k`` (2d, or the
+    last scored one), normaliser, and the error there of the model at each loop count and of
+    each baseline."""
+    out = {}
+    for shift, block in ood.items():
+        k = block["summary_k"]
+        model, baselines = {}, {}
+        for key, c in block["curves"].items():
+            if c["kind"] == "model":
+                model["trained" if key == "model" else key.removeprefix("model@")] = \
+                    _g(c["mean"][k])
+            else:
+                baselines[key] = _g(c["mean"][k])
+        out[shift] = {"k": k, "normalizer": _g(block["normalizer"]), "error": model,
+                      "baselines": baselines}
+    return out
 
 
 def _machine() -> dict:
@@ -319,6 +341,54 @@ def table_runs(data: dict, opts: dict) -> list[str]:
     return lines
 
 
+def _factor_key(run: dict, factor: str) -> str | None:
+    """The error key of ``factor`` x the run's trained loop count (``1``: the trained one)."""
+    if factor == "1":
+        return "trained"
+    b = run["trained_loops"]
+    return str(int(factor) * b) if b else None
+
+
+def table_ood(data: dict, opts: dict) -> list[str]:
+    """Shifts (rows) x variant and loop count (columns): the error at the shift's summary
+    position, mean [min, max] over the escaped seeds; then the baselines (one run's: every
+    run of a study draws the same prompts)."""
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    factors = opts.get("loops", "1").split(",")
+    if any(not f.isdigit() or int(f) < 1 for f in factors):
+        raise ConfigError(f"table:ood loops={opts['loops']} must list multiples of the trained "
+                          f"loop count b (1, 5, 20, ...)")
+    runs = {v: [r for r in _runs_of(data, v) if r["escape_step"] is not None] for v in variants}
+    every = [r for v in variants for r in _runs_of(data, v)]
+    if not all(r.get("ood") for r in every):
+        raise ConfigError(f"table:ood: runs of {data['study']} without an out-of-distribution "
+                          f"block; evaluate them with eval.ood=default")
+    shifts = list(every[0]["ood"])
+    baselines = [b for b in opts["baselines"].split(",")] if "baselines" in opts else sorted(
+        {b for s in shifts for b in every[0]["ood"][s]["baselines"]})
+    cols = [(v, f) for v in variants for f in factors
+            if any(_factor_key(r, f) in r["ood"][shifts[0]]["error"] for r in _runs_of(data, v))]
+    label = {"1": "b"}
+    d = data["active_dims"]
+    lines = [f"Normalised error at k = 2d = {2 * d} examples (* the shift's last scored k), at b, "
+             f"5b, ... loops (b: the trained loop count): mean [min, max] over the seeds that "
+             f"escaped the plateau (escaped/all in brackets after the variant); the baselines "
+             f"on the same prompts.", "",
+             "| shift | k | " + " | ".join(f"{v} ({len(runs[v])}/{len(_runs_of(data, v))}) "
+                                          f"@{label.get(f, f + 'b')}" for v, f in cols)
+             + "".join(f" | {b}" for b in baselines) + " |",
+             "|---|---|" + "---|" * (len(cols) + len(baselines))]
+    for shift in shifts:
+        k = every[0]["ood"][shift]["k"]
+        cells = [_band([r["ood"][shift]["error"][_factor_key(r, f)] for r in runs[v]
+                        if _factor_key(r, f) in r["ood"][shift]["error"]]) for v, f in cols]
+        base = [every[0]["ood"][shift]["baselines"].get(b) for b in baselines]
+        lines.append(f"| {shift} | {k}{'' if k == 2 * d else '*'} | " + " | ".join(cells)
+                     + "".join(f" | {x:.4f}" if x is not None else " | -" for x in base)
+                     + " |")
+    return lines
+
+
 def _duration(seconds: float) -> str:
     h, rest = divmod(round(seconds), 3600)
     parts = [(h, "h"), (rest // 60, "min"), (rest % 60, "s")]
@@ -346,10 +416,11 @@ def table_meta(data: dict, opts: dict) -> list[str]:
 
 
 TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": table_runs,
-          "meta": table_meta}
+          "meta": table_meta, "ood": table_ood}
 OPTIONS = {"variants": {"data", "variants", "k", "loops"},
            "comparisons": {"data", "pairs", "k", "loops"},
-           "runs": {"data", "variants", "k", "loops"}, "meta": {"data"}}
+           "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
+           "ood": {"data", "variants", "loops", "baselines"}}
 MARKER = re.compile(r"<!-- table:(\w+)((?: +[\w]+=[^\s>]+)*) *-->\n(.*?)<!-- /table:\1 -->",
                     re.DOTALL)
 

@@ -173,3 +173,35 @@ def test_export_needs_a_test_curve(study_dir, tmp_path):
 def test_committed_pages_match_their_data(page):
     assert rebuild(page)[1] == [], (f"{page}: rebuild with python -m loopformer.report tables "
                                     f"{page.relative_to(ROOT)}")
+
+
+def test_ood_table_by_hand(study_dir, tmp_path):
+    """Each run gets two shifts; the table averages the escaped seeds only, per loop count
+    (b = 6 and 5b = 30), at each shift's summary position, with one run's baselines."""
+    for (variant, seed), (_, final) in RUNS.items():
+        path = study_dir / "runs" / variant / f"seed={seed}" / "eval" / "results.json"
+        res = json.loads(path.read_text())
+        curve = lambda v, k: [0.0] * k + [v] + [0.0] * (10 - k)  # noqa: E731
+        res["ood"] = {
+            "standard": {"summary_k": 10, "normalizer": 5.0, "curves": {
+                "model": {"kind": "model", "mean": curve(final, 10)},
+                "model@30": {"kind": "model", "mean": curve(2 * final, 10)},
+                "least_squares": {"kind": "baseline", "mean": curve(0.0, 10)}}},
+            "orthogonal_train_test": {"summary_k": 4, "normalizer": 5.0, "curves": {
+                "model": {"kind": "model", "mean": curve(10 * final, 4)},
+                "model@30": {"kind": "model", "mean": curve(20 * final, 4)},
+                "least_squares": {"kind": "baseline", "mean": curve(1.5, 4)}}}}
+        path.write_text(json.dumps(res))
+    export(study_dir, tmp_path / "data" / "s.json")
+    page = _page(tmp_path, "<!-- table:ood data=s loops=1,5 -->\n<!-- /table:ood -->\n")
+    lines = rebuild(page)[0].splitlines()
+    # looped: all three escaped (0.03, 0.05, 0.04); drop_3: only seed 123 (0.06)
+    assert ("| shift | k | looped (3/3) @b | looped (3/3) @5b | drop_3 (1/3) @b | "
+            "drop_3 (1/3) @5b | least_squares |") in lines
+    assert ("| standard | 10 | 0.0400 [0.0300, 0.0500] | 0.0800 [0.0600, 0.1000] | "
+            "0.0600 [0.0600, 0.0600] | 0.1200 [0.1200, 0.1200] | 0.0000 |") in lines
+    assert ("| orthogonal_train_test | 4* | 0.4000 [0.3000, 0.5000] | 0.8000 [0.6000, 1.0000] | "
+            "0.6000 [0.6000, 0.6000] | 1.2000 [1.2000, 1.2000] | 1.5000 |") in lines
+    page.write_text("<!-- table:ood data=s loops=x -->\n<!-- /table:ood -->\n")
+    with pytest.raises(ConfigError, match="loops=x"):
+        rebuild(page)
