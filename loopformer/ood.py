@@ -309,7 +309,7 @@ def evaluate_ood(model, spec, ev, device, loops: list[int]) -> dict:
 def format_ood_table(results: dict) -> str:
     """Mean normalised error at the summary position, per shift (rows) and curve."""
     ood = results["ood"]
-    names = list(next(iter(ood.values()))["curves"])
+    names = list(dict.fromkeys(c for block in ood.values() for c in block["curves"]))
     width = max(len(s) for s in ood) + 2
     lines = [f"out of distribution: normalised error at k = 2d = {2 * results['active_dims']}"
              f" examples (* the last scored position)",
@@ -318,7 +318,8 @@ def format_ood_table(results: dict) -> str:
         k = block["summary_k"]
         mark = "*" if k != 2 * results["active_dims"] else " "
         lines.append(f"{shift + mark:<{width}}" + "".join(
-            f"{block['curves'][c]['mean'][k]:>14.4f}" for c in names))
+            f"{block['curves'][c]['mean'][k]:>14.4f}" if c in block["curves"] else f"{'':>14}"
+            for c in names))
     return "\n".join(lines)
 
 

@@ -214,13 +214,13 @@ def plot_ood_summary(ood: Mapping[str, Any], path: str | Path, two_d: int, title
     shifts = list(ood)
     x = np.arange(len(shifts))
     fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(shifts) + 2), 4.5))
-    names = list(ood[shifts[0]]["curves"])
-    models = [c for c in names if ood[shifts[0]]["curves"][c].get("kind") != "baseline"]
+    names = list(dict.fromkeys(c for s in shifts for c in ood[s]["curves"]))  # noise: + ridge
+    models = [c for c in names if ood[shifts[0]]["curves"].get(c, {}).get("kind") == "model"]
     width = 0.6 / max(1, len(models))
     for i, name in enumerate(names):
         def at(field, name=name):  # the curve's field at each shift's summary position
             return _positive([ood[s]["curves"][name][field][ood[s]["summary_k"]]
-                              for s in shifts], floor)
+                              if name in ood[s]["curves"] else np.nan for s in shifts], floor)
 
         mean = at("mean")
         if name in models:
