@@ -389,6 +389,59 @@ def table_ood(data: dict, opts: dict) -> list[str]:
     return lines
 
 
+def plot_ood(data: dict, path: Path, variants: list[str] | None = None,
+             factors: tuple[str, ...] = ("1", "5", "20")) -> Path:
+    """The error at k = 2d per shift: each variant at each loop count (mean over its escaped
+    seeds, bars from min to max), the baselines as grey marks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = variants or data["variants"]
+    every = [r for v in variants for r in _runs_of(data, v)]
+    shifts = list(every[0]["ood"])
+    cols = [(v, f) for v in variants for f in factors
+            if any(_factor_key(r, f) in r["ood"][shifts[0]]["error"] for r in _runs_of(data, v))]
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(shifts) + 3), 4.8))
+    width = 0.7 / max(1, len(cols))
+    colors = plt.get_cmap("tab20")
+    for i, (v, f) in enumerate(cols):
+        runs = [r for r in _runs_of(data, v) if r["escape_step"] is not None]
+        xs, mean, low, high = [], [], [], []
+        for j, s in enumerate(shifts):
+            vals = [r["ood"][s]["error"][_factor_key(r, f)] for r in runs
+                    if _factor_key(r, f) in r["ood"][s]["error"]]
+            if vals:
+                xs.append(j + (i - (len(cols) - 1) / 2) * width)
+                mean.append(statistics.fmean(vals))
+                low.append(min(vals))
+                high.append(max(vals))
+        if xs:
+            ax.errorbar(xs, mean, yerr=[[m - lo for m, lo in zip(mean, low, strict=True)],
+                                        [hi - m for m, hi in zip(mean, high, strict=True)]],
+                        fmt="o", markersize=4, capsize=2, color=colors(i % 20),
+                        label=f"{v} @{'b' if f == '1' else f + 'b'}")
+    names = sorted({b for s in shifts for b in every[0]["ood"][s]["baselines"]})
+    for i, b in enumerate(names):
+        ys = [every[0]["ood"][s]["baselines"].get(b, float("nan")) for s in shifts]
+        ax.plot(range(len(shifts)), [max(y, 1e-3) for y in ys], linestyle="none",
+                marker="_x^sv"[i % 5], color="0.55", markersize=7, label=b)
+    ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="zero predictor")
+    d = data["active_dims"]
+    ax.set_xticks(range(len(shifts)), [s + ("" if every[0]["ood"][s]["k"] == 2 * d else "*")
+                                       for s in shifts], rotation=45, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel(f"normalised error at k = {2 * d} (* last scored k)")
+    ax.set_title(f"{data['study']}: out of distribution (mean over escaped seeds, min..max)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _duration(seconds: float) -> str:
     h, rest = divmod(round(seconds), 3600)
     parts = [(h, "h"), (rest // 60, "min"), (rest % 60, "s")]
@@ -479,8 +532,21 @@ def main(argv: list[str] | None = None) -> int:
     tb = sub.add_parser("tables", help="rebuild the marked tables of results pages")
     tb.add_argument("pages", type=Path, nargs="+")
     tb.add_argument("--check", action="store_true", help="exit 1 if a page differs")
+    pl = sub.add_parser("plot-ood", help="the out-of-distribution summary plot of a study's data")
+    pl.add_argument("data", type=Path, help="docs/results/data/NAME.json")
+    pl.add_argument("out", type=Path, help="the PNG to write")
+    pl.add_argument("--variants", help="comma-separated variants (default: all)")
     args = parser.parse_args(argv)
     try:
+        if args.cmd == "plot-ood":
+            if not args.data.is_file():
+                raise ConfigError(f"data file {args.data} does not exist")
+            data = json.loads(args.data.read_text())
+            if not all(r.get("ood") for r in data["runs"]):
+                raise ConfigError(f"{args.data}: runs without an out-of-distribution block")
+            plot_ood(data, args.out, args.variants.split(",") if args.variants else None)
+            print(f"wrote {args.out}")
+            return 0
         if args.cmd == "export":
             if not args.study_dir.is_dir():
                 raise ConfigError(f"study directory {args.study_dir} does not exist")

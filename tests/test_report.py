@@ -205,3 +205,6 @@ def test_ood_table_by_hand(study_dir, tmp_path):
     page.write_text("<!-- table:ood data=s loops=x -->\n<!-- /table:ood -->\n")
     with pytest.raises(ConfigError, match="loops=x"):
         rebuild(page)
+    out = tmp_path / "ood.png"
+    assert main(["plot-ood", str(tmp_path / "data" / "s.json"), str(out)]) == 0
+    assert out.stat().st_size > 0
