@@ -7,14 +7,14 @@ from conftest import TINY, compose_cfg
 from omegaconf import OmegaConf, open_dict
 
 from loopformer import ConfigError, ModelConfig, config
-from loopformer.config import OptimConfig, PerfConfig, build_spec
+from loopformer.config import OptimConfig, PerfConfig, Settings
 from loopformer.errors import typed
 from loopformer.module import LoopformerModule
 
 
 def _refused(*overrides, cfg=None) -> str:
     with pytest.raises(ConfigError) as err:
-        build_spec(cfg if cfg is not None else compose_cfg(*TINY, *overrides))
+        Settings.from_config(cfg if cfg is not None else compose_cfg(*TINY, *overrides))
     message = str(err.value)
     assert "\n" not in message, message
     return message
@@ -71,12 +71,12 @@ def test_an_unknown_key_is_refused_with_the_allowed_ones(key, allowed):
 def test_omegaconf_conversions_still_apply():
     cfg = compose_cfg(*TINY, "optimizer.weight_decay=1", "perf.threads=2", "eval.extra_loops=7")
     cfg.optimizer.lr = "1e-3"  # YAML 1.1 reads 1e-3 (no dot) as a string
-    spec = build_spec(cfg)
-    assert spec.optim.lr == 1e-3 and spec.optim.weight_decay == 1.0
-    assert isinstance(spec.optim.weight_decay, float) and spec.optim.betas == (0.9, 0.999)
+    spec = Settings.from_config(cfg)
+    assert spec.optimizer.lr == 1e-3 and spec.optimizer.weight_decay == 1.0
+    assert isinstance(spec.optimizer.weight_decay, float) and spec.optimizer.betas == (0.9, 0.999)
     assert spec.perf.threads == 2 and spec.eval.extra_loops == (7,)  # one count: a list of one
-    assert build_spec(compose_cfg(*TINY, "eval.extra_loops=null")).eval.extra_loops == ()
-    assert build_spec(compose_cfg(*TINY, "model.keep_tokens=3")).model.keep_tokens == 3
+    assert Settings.from_config(compose_cfg(*TINY, "eval.extra_loops=null")).eval.extra_loops == ()
+    assert Settings.from_config(compose_cfg(*TINY, "model.keep_tokens=3")).model.keep_tokens == 3
 
 
 def test_keys_a_config_leaves_out_take_the_schema_defaults():
@@ -84,7 +84,7 @@ def test_keys_a_config_leaves_out_take_the_schema_defaults():
     cfg = compose_cfg(*TINY)
     with open_dict(cfg):
         del cfg["perf"], cfg.optimizer["schedule"], cfg.optimizer["warmup_steps"]
-    spec = build_spec(cfg)
+    spec = Settings.from_config(cfg)
     assert spec.perf == PerfConfig() and spec.optim == OptimConfig()
     with open_dict(cfg):
         del cfg.data["batch_size"]  # no default: conf/config.yaml holds it
@@ -101,16 +101,18 @@ def test_schema_defaults_are_the_values_in_conf():
 
 def test_the_module_takes_the_spec_and_keeps_the_config_for_the_checkpoint(monkeypatch):
     config = OmegaConf.to_container(compose_cfg(*TINY), resolve=True)
-    spec = build_spec(OmegaConf.create(config))
+    spec = Settings.from_config(OmegaConf.create(config))
     import loopformer.module
 
-    monkeypatch.setattr(loopformer.module, "build_spec", None)  # the module must not re-parse
+    monkeypatch.setattr(loopformer.module, "Settings", None)  # the module must not re-parse
     module = LoopformerModule(spec, config)
     assert module.spec is spec and dict(module.hparams) == {"config": config}
 
 
 def test_loops_jitter_is_checked_and_kept():
     assert "curriculum.loops_jitter=-1 must be >= 0" in _refused("curriculum.loops_jitter=-1")
-    assert build_spec(compose_cfg(*TINY, "curriculum.loops_jitter=2")).curriculum.loops_jitter == 2
+    cfg = compose_cfg(*TINY, "curriculum.loops_jitter=2")
+    assert Settings.from_config(cfg).curriculum.loops_jitter == 2
     # like the loop schedule, it has no effect on a model without loops, and is no error there
-    assert build_spec(compose_cfg(*TINY, "model=transformer", "curriculum.loops_jitter=2"))
+    assert Settings.from_config(compose_cfg(*TINY, "model=transformer",
+                                            "curriculum.loops_jitter=2"))

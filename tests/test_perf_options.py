@@ -6,7 +6,7 @@ import torch
 from conftest import TINY, compose_cfg
 
 from loopformer import ConfigError, ModelConfig, build_model, build_task
-from loopformer.config import PerfConfig, build_spec
+from loopformer.config import PerfConfig, Settings
 from loopformer.module import LoopformerModule
 from loopformer.training import run
 
@@ -55,7 +55,7 @@ def test_perf_config_is_applied_and_validated(tiny, tmp_path):
     with pytest.raises(ConfigError, match="perf.threads"):
         PerfConfig(threads=0)
     with pytest.raises(ConfigError, match="unknown key perf.cmopile; allowed: compile, "):
-        build_spec(compose_cfg(*tiny, "+perf.cmopile=true"))
+        Settings.from_config(compose_cfg(*tiny, "+perf.cmopile=true"))
 
 
 def test_evaluation_gets_an_uncompiled_copy_of_a_compiled_model():
