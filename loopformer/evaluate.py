@@ -17,10 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from loopformer.checkpoints import safe_load
 from loopformer.config import EvalConfig, Settings, check_device, cli_options
-from loopformer.csvlog import read_metrics
-from loopformer.data import generator
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, build_model, count_parameters
 from loopformer.plots import plot_error_vs_examples, plot_error_vs_loops, plot_training_curve
@@ -41,6 +38,8 @@ def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path:
 
 
 def load_model(run_dir: Path, spec: Settings, ckpt: str | None = "last") -> InContextModel:
+    from loopformer.checkpoints import safe_load  # imports lightning: after the checks
+
     path = checkpoint_path(run_dir, ckpt)
     state = safe_load(path)["state_dict"]
     model = build_model(spec.model)
@@ -77,6 +76,8 @@ def evaluate(model: InContextModel, spec: Settings, ev: EvalConfig | None = None
     """Score ``model`` and the baselines on fresh prompts at the final shape, as ``ev`` (by
     default the run's ``eval`` settings) says. Each curve says whether it is a ``model`` or a
     ``baseline`` (its ``kind``)."""
+    from loopformer.data import generator  # imports lightning: after the checks
+
     ev = ev or spec.eval
     device = torch.device(device or next(model.parameters()).device)
     model = model.to(device).eval()
@@ -213,6 +214,8 @@ def evaluate_run(run_dir: str | Path, settings: Settings | None = None,
     run = RunDir(run_dir)
     write_results(results, run)
     if run.metrics.is_file():
+        from loopformer.csvlog import read_metrics  # imports lightning
+
         plot_training_curve(read_metrics(run.metrics), spec.function.normalizer,
                             run.eval / "training_curve.png",
                             title=f"{spec.name}: {spec.function.name}")

@@ -85,7 +85,7 @@ def test_keys_a_config_leaves_out_take_the_schema_defaults():
     with open_dict(cfg):
         del cfg["perf"], cfg.optimizer["schedule"], cfg.optimizer["warmup_steps"]
     spec = Settings.from_config(cfg)
-    assert spec.perf == PerfConfig() and spec.optim == OptimConfig()
+    assert spec.perf == PerfConfig() and spec.optimizer == OptimConfig()
     with open_dict(cfg):
         del cfg.data["batch_size"]  # no default: conf/config.yaml holds it
     assert _refused(cfg=cfg) == "data.batch_size is missing"

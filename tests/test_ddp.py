@@ -30,7 +30,7 @@ def _spec(*overrides):
 
 
 def _data(spec):
-    return PromptDataModule(spec.task, spec.curriculum, spec.data.batch_size, spec.seed)
+    return PromptDataModule(spec.function, spec.curriculum, spec.data.batch_size, spec.seed)
 
 
 def test_every_rank_draws_its_own_prompts():
@@ -43,7 +43,7 @@ def test_every_rank_draws_its_own_prompts():
 
 
 def _test_set(spec):
-    return FixedTestSet(spec.task, spec.curriculum, spec.test.size, spec.test.batch_size,
+    return FixedTestSet(spec.function, spec.curriculum, spec.test.size, spec.test.batch_size,
                         spec.test.seed)
 
 
