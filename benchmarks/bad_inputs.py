@@ -4,7 +4,8 @@
 
 Runs every case below as its own command (``train.py``, ``python -m loopformer.evaluate``,
 ``sweep.py``) in a fresh working directory, and prints a Markdown table: the command, the
-line it was refused with, and the wall time to the refusal (Python's start included). A case
+line it was refused with, and the time to the refusal (Python's start included): wall clock,
+and the CPU time of the command (user + system), which a busy machine does not inflate. A case
 fails when the exit status is not 2, stderr is not one ``error:`` line naming the key, a
 traceback shows, or a file was added, changed or removed. Exit status: the failures.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -67,6 +69,7 @@ TRAIN = [
     ("trainer", "trainer.devices=0", "trainer.devices=0"),
     ("trainer", "trainer.gradient_clip_val=nan", "trainer.gradient_clip_val=nan"),
     ("trainer", "+trainer.logger=true", "trainer.logger"),
+    ("trainer", "+trainer.foo=1", "trainer: "),  # Lightning's own words, from its Trainer
     ("trainer", "trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0"),
     ("logger", "logger=wandb logger.wandb.mode=live", "logger.wandb.mode='live'"),
     ("logger", "+logger.foo=1", "unknown key logger.foo"),
@@ -129,8 +132,13 @@ def _fixtures(root: Path) -> None:
     (root / "empty").mkdir()
 
 
-def check(cmd: list[str], key: str) -> tuple[bool, str, float]:
-    """Run ``cmd`` in a fresh directory: (passed, its refusal line, seconds)."""
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def check(cmd: list[str], key: str) -> tuple[bool, str, float, float]:
+    """Run ``cmd`` in a fresh directory: (passed, its refusal line, wall s, CPU s)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _fixtures(root)
@@ -138,9 +146,9 @@ def check(cmd: list[str], key: str) -> tuple[bool, str, float]:
             cmd = [c.replace("{" + name + "}", str(root / name)) for c in cmd]
         before = _snapshot(root)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
         lines = proc.stderr.strip().splitlines()
         line = lines[0] if lines else ""
         ok = (proc.returncode == 2 and len(lines) == 1 and line.startswith("error: ")
@@ -148,7 +156,7 @@ def check(cmd: list[str], key: str) -> tuple[bool, str, float]:
               and _snapshot(root) == before)
         if not ok:
             line = f"FAILED (exit {proc.returncode}): {proc.stderr.strip()[-300:]!r}"
-        return ok, line.replace(str(root), "TMP"), seconds
+        return ok, line.replace(str(root), "TMP"), seconds, cpu
 
 
 def main() -> int:
@@ -163,18 +171,21 @@ def main() -> int:
     cases += [("sweep.py", [py, str(ROOT / "sweep.py"), "study=paper_cpu", *a.split()],
                f"sweep.py study=paper_cpu {a}", k) for a, k in SWEEP]
     cases = [c for c in cases if args.filter in c[2]]
-    print("| # | group | command | refused with | s |\n|---|---|---|---|---|")
-    failures, times = 0, []
+    print("| # | group | command | refused with | wall s | CPU s |\n|---|---|---|---|---|---|")
+    failures, times, cpus = 0, [], []
     for i, (group, cmd, shown, key) in enumerate(cases, 1):
-        ok, line, seconds = check(cmd, key)
+        ok, line, seconds, cpu = check(cmd, key)
         failures += not ok
         times.append(seconds)
+        cpus.append(cpu)
         shown = shown.replace("{run}", "RUN").replace("{held}", "HELD").replace("{empty}",
                                                                                  "EMPTY")
-        print(f"| {i} | {group} | `{shown}` | {line.replace('|', '/')} | {seconds:.1f} |",
-              flush=True)
-    print(f"\n{len(cases) - failures}/{len(cases)} refused as they should; time to refusal "
-          f"{min(times):.1f}-{max(times):.1f} s (median {sorted(times)[len(times) // 2]:.1f} s)")
+        print(f"| {i} | {group} | `{shown}` | {line.replace('|', '/')} | {seconds:.1f} | "
+              f"{cpu:.1f} |", flush=True)
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    print(f"\n{len(cases) - failures}/{len(cases)} refused as they should; time to refusal: "
+          f"wall {min(times):.1f}-{max(times):.1f} s (median {median(times):.1f}), CPU "
+          f"{min(cpus):.1f}-{max(cpus):.1f} s (median {median(cpus):.1f})")
     return failures
 
 
