@@ -70,7 +70,7 @@ TRAIN = [
     ("trainer", "trainer.gradient_clip_val=nan", "trainer.gradient_clip_val=nan"),
     ("trainer", "+trainer.logger=true", "trainer.logger"),
     ("trainer", "+trainer.foo=1", "trainer: "),  # Lightning's own words, from its Trainer
-    ("trainer", "trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0"),
+    ("trainer", "trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1"),
     ("logger", "logger=wandb logger.wandb.mode=live", "logger.wandb.mode='live'"),
     ("logger", "+logger.foo=1", "unknown key logger.foo"),
     ("callbacks", "+callbacks.extra=1", "callbacks.extra"),

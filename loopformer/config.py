@@ -263,9 +263,11 @@ def check_trainer_args(t: dict) -> None:
     if "max_steps" not in t:
         raise ConfigError("trainer.max_steps is missing")
     _int("trainer.max_steps", t["max_steps"], 1)
-    for key in ("num_nodes", "log_every_n_steps", "accumulate_grad_batches"):
+    for key in ("num_nodes", "accumulate_grad_batches"):
         if key in t:
             _int(f"trainer.{key}", t[key], 1)
+    if "log_every_n_steps" in t:  # 0: no metrics logged (nor the loss check at logging steps)
+        _int("trainer.log_every_n_steps", t["log_every_n_steps"], 0)
     choice("trainer.accelerator", str(t.get("accelerator", "auto")), ACCELERATORS)
     choice("trainer.precision", str(t.get("precision", "32-true")), PRECISIONS)
     if str(t.get("accelerator")) == "cpu" and str(t.get("precision")) in PRECISIONS_GPU_ONLY:
