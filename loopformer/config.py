@@ -282,7 +282,13 @@ def check_trainer_args(t: dict) -> None:
                              or not math.isfinite(clip) or clip < 0):
         raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (or null)")
     max_time = t.get("max_time")
-    if max_time is not None:
+    if isinstance(max_time, dict):  # Lightning takes timedelta's arguments too
+        units = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
+        for unit, value in max_time.items():
+            choice("trainer.max_time key", unit, units)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"trainer.max_time.{unit}={value!r} must be a number >= 0")
+    elif max_time is not None:
         parts = str(max_time).split(":")
         if len(parts) != 4 or not all(p.isdigit() for p in parts) \
                 or not any(int(p) for p in parts):
