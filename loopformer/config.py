@@ -292,7 +292,7 @@ def check_trainer_args(t: dict) -> None:
         parts = str(max_time).split(":")
         if len(parts) != 4 or not all(p.isdigit() for p in parts) \
                 or not any(int(p) for p in parts):
-            raise ConfigError(f"trainer.max_time={max_time!r} is not a duration; use "
+            raise ConfigError(f"trainer.max_time={max_time!r} is not a positive duration; use "
                               f"DD:HH:MM:SS, e.g. 00:01:30:00 (or null)")
     for key in ("enable_progress_bar", "enable_model_summary"):
         if key in t and not isinstance(t[key], bool):

@@ -140,7 +140,7 @@ QUICKSTART = ["experiment=quickstart", "trainer.max_steps=2"]
     (["optimizer.betas=[0.9,1.5]"], "optimizer.betas[1]=1.5 must be in [0, 1)"),
     (["test.seed=4294967296"], "test.seed=4294967296 is outside the seeds"),
     (["+trainer.logger=true"], "trainer.logger is set by loopformer itself"),
-    (["trainer.max_time=1:30"], "trainer.max_time='1:30' is not a duration"),
+    (["trainer.max_time=1:30"], "trainer.max_time='1:30' is not a positive duration"),
     (["+logger.foo=1"], "unknown key logger.foo; allowed: csv, wandb"),
     (["name=${nosuch}"], "name: Interpolation key 'nosuch' not found"),
 ])
