@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 QS = "experiment=quickstart"
 
 # (group, arguments, what the refusal must name); {run} is a trained-looking run directory
-# (config.yaml only), {held} a run directory holding a checkpoint, {empty} an empty one
+# (config.yaml only), {held} a run directory holding a checkpoint
 TRAIN = [
     ("top level", "+foo=1", "unknown key foo"),
     ("top level", "seed=-1", "seed=-1"),
@@ -82,7 +82,7 @@ TRAIN = [
     ("eval", "eval.baselines=[lsq]", "eval.baselines"),
     ("eval", "eval.seed=-1", "eval.seed=-1"),
     ("run dir", "ckpt_path=last", "ckpt_path=last"),
-    ("run dir", "ckpt_path=last run_dir={empty}", "ckpt_path=last"),
+    ("run dir", "ckpt_path=last run_dir=nosuch", "ckpt_path=last"),
     ("run dir", "ckpt_path=nosuch.ckpt", "ckpt_path=nosuch.ckpt"),
     ("run dir", "run_dir={held}", "already holds a run"),
 ]
@@ -129,7 +129,6 @@ def _fixtures(root: Path) -> None:
                                                                 .to_dict()))
     (root / "held" / "checkpoints").mkdir(parents=True)
     (root / "held" / "checkpoints" / "last.ckpt").write_bytes(b"")
-    (root / "empty").mkdir()
 
 
 def _cpu_seconds() -> float:
@@ -142,7 +141,7 @@ def check(cmd: list[str], key: str) -> tuple[bool, str, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _fixtures(root)
-        for name in ("run", "held", "empty"):
+        for name in ("run", "held"):
             cmd = [c.replace("{" + name + "}", str(root / name)) for c in cmd]
         before = _snapshot(root)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
@@ -178,8 +177,7 @@ def main() -> int:
         failures += not ok
         times.append(seconds)
         cpus.append(cpu)
-        shown = shown.replace("{run}", "RUN").replace("{held}", "HELD").replace("{empty}",
-                                                                                 "EMPTY")
+        shown = shown.replace("{run}", "RUN").replace("{held}", "HELD")
         print(f"| {i} | {group} | `{shown}` | {line.replace('|', '/')} | {seconds:.1f} | "
               f"{cpu:.1f} |", flush=True)
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
