@@ -7,22 +7,25 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from loopformer.errors import ConfigError
+from loopformer.errors import ConfigError, typed
 from loopformer.rundir import discard_unused_output_dir
-from loopformer.study import Interrupted, Study, aggregate, launch
+from loopformer.study import Interrupted, RunsFailed, Study, SweepConfig, aggregate, launch
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep")
 def main(cfg: DictConfig) -> None:
+    # a refused command: one line, exit 2; a failed or stopped run: its own exit code; any
+    # other error is a bug and shows its traceback
     try:
-        study = Study.from_config(cfg.study)
-        study_dir = Path(cfg.study_dir)
-        if not cfg.aggregate_only:
-            launch(study, study_dir, cfg.launcher, tuple(cfg.overrides), cfg.n_jobs)
+        opts = typed(SweepConfig, cfg)
+        study = Study.from_config(opts.study)
+        study_dir = Path(opts.study_dir)
+        if not opts.aggregate_only:
+            launch(study, study_dir, opts.launcher, tuple(opts.overrides), opts.n_jobs)
         aggregate(study, study_dir)
         print((study_dir / "report.md").read_text())
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         discard_unused_output_dir()  # a refused command leaves no study directory behind
         sys.exit(2)
     except Interrupted as e:
@@ -30,7 +33,7 @@ def main(cfg: DictConfig) -> None:
               f"to resume: finished runs are kept, the others continue from their last "
               f"checkpoint.", file=sys.stderr)
         sys.exit(130)
-    except RuntimeError as e:
+    except RunsFailed as e:
         logging.getLogger("loopformer").error("%s", e)
         sys.exit(1)
 

@@ -85,7 +85,7 @@ def bf16_peak(device_name: str) -> float | None:
 def flops_per_step(spec) -> float:
     """Matmul FLOPs of one training step (forward 2x, backward 4x the MACs)."""
     m, s = spec.model, spec.curriculum.final
-    T, C, B = 2 * s.n_points, m.n_embd, spec.batch_size
+    T, C, B = 2 * s.n_points, m.n_embd, spec.data.batch_size
     per_layer = B * T * (12 * C * C) * 2 + B * 2 * T * T * C  # linear layers + attention
     if m.family == "looped":
         layers_grad = spec.curriculum.window * m.n_layer
@@ -99,12 +99,12 @@ def measure(shape: str, path: str, steps: int, warmup: int, extra: list[str]) ->
     import torch
     from hydra import compose, initialize_config_dir
 
-    from loopformer.config import build_spec
+    from loopformer.config import Settings
 
     ov = overrides(shape, steps + warmup, extra) + ["run_dir=/tmp/_bench"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=ov)
-    spec = build_spec(cfg)
+    spec = Settings.from_config(cfg)
     cuda = torch.cuda.is_available()
     times: list[float] = []
     span: list[float] = []  # wall clock at the first timed step and after the last (synchronised)
@@ -144,11 +144,11 @@ def measure(shape: str, path: str, steps: int, warmup: int, extra: list[str]) ->
 
         device = torch.device("cuda" if cuda else "cpu")
         model = build_model(spec.model).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=spec.optim.lr)
+        opt = torch.optim.Adam(model.parameters(), lr=spec.optimizer.lr)
         s = spec.curriculum.final
         for i in range(steps + warmup):
             t0 = step_start(i)
-            xs, ys = spec.task.sample(spec.batch_size, s.n_points, s.n_dims,
+            xs, ys = spec.function.sample(spec.data.batch_size, s.n_points, s.n_dims,
                                       generator(device, 0, i, 0))
             preds = model(xs, ys, n_loops=s.n_loops, window=spec.curriculum.window)
             loss = (preds - ys).square().mean()

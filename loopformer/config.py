@@ -1,33 +1,69 @@
-"""Turn a composed Hydra config into validated, typed run settings.
+"""The composed Hydra config, read once into one typed object: :class:`Settings`.
 
-The config groups rest on typed schemas, the dataclasses below and :class:`ModelConfig`,
-:class:`Curriculum`: :func:`build_spec` reads them once (OmegaConf structured configs, so a
-wrong type or unknown key is refused with its full key), then checks the rules that span
-fields. ``conf/`` holds the values a run uses; a dataclass default fills a key that a config
-leaves out (an older run's ``config.yaml``), and equals ``conf/``'s value (tests check it).
-Everything is checked here, before any directory is written or any step is trained; each
-error names the override to change and the values it accepts.
+Each config group rests on a typed schema (the dataclasses below, :class:`ModelConfig`,
+:class:`Curriculum`); :meth:`Settings.from_config` merges the whole composed config into them
+(OmegaConf structured configs), so a wrong type or an unknown key anywhere, top level
+included, is refused with its full key, and a non-finite number too. Each schema checks its
+own values in ``__post_init__``, next to its fields; :class:`Settings` checks the rules that
+span groups. :func:`parse` adds what a training command needs from the machine and the disk
+(the devices, the run directory, the checkpoint to resume), so everything is checked before
+any directory is written or any step is trained. ``conf/`` holds the values a run uses; a
+dataclass default fills a key that a config leaves out (an older run's ``config.yaml``) and
+equals ``conf/``'s value (tests check it). Every error is a :class:`ConfigError` that names
+the key to change and the values it accepts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from loopformer.baselines import build_baselines
+from loopformer.baselines import Baseline, build_baselines
 from loopformer.curriculum import Curriculum
 from loopformer.errors import ConfigError, typed
 from loopformer.models import ModelConfig, keep_mask_len
 from loopformer.ood import resolve as resolve_ood
+from loopformer.rundir import RunDir, hydra_output_dir
 from loopformer.tasks import Task, build_task
 
 SCHEDULES = ("constant", "cosine", "wsd")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SEED_MAX = 2**32 - 1  # Lightning's seed_everything seeds NumPy, which takes 0..2**32-1
+
+
+def at_least(key: str, value, low) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value} must be >= {low}")
+
+
+def check_seed(key: str, value: int) -> None:
+    if not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{key}={value} is outside the seeds the generators take; use "
+                          f"0..{SEED_MAX}")
+
+
+def in_range(key: str, value: float, low: float, high: float, high_open: bool = False,
+             low_open: bool = False) -> None:
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        raise ConfigError(f"{key}={value} must be in {'(' if low_open else '['}{low}, "
+                          f"{high}{')' if high_open else ']'}")
+
+
+def choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is unknown; choose one of "
+                          f"{', '.join(map(str, allowed))}")
 
 
 @dataclass
@@ -42,6 +78,15 @@ class OptimConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)  # OmegaConf hands a list
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr={self.lr} must be > 0")
+        at_least("optimizer.weight_decay", self.weight_decay, 0)
+        for i, beta in enumerate(self.betas):
+            in_range(f"optimizer.betas[{i}]", beta, 0, 1, high_open=True)
+        choice("optimizer.schedule", self.schedule, SCHEDULES)
+        at_least("optimizer.warmup_steps", self.warmup_steps, 0)
+        in_range("optimizer.min_lr_ratio", self.min_lr_ratio, 0, 1)
+        in_range("optimizer.decay_fraction", self.decay_fraction, 0, 1, low_open=True)
 
     def lr_factor(self, step: int, total: int) -> float:
         """The learning rate at optimizer step ``step`` of ``total``, as a fraction of lr:
@@ -68,6 +113,12 @@ class TestSetConfig:
     batch_size: int = 1000  # prompts per evaluation batch
     seed: int = 1
 
+    def __post_init__(self):
+        at_least("test.every_n_steps", self.every_n_steps, 0)
+        at_least("test.size", self.size, 1)
+        at_least("test.batch_size", self.batch_size, 1)
+        check_seed("test.seed", self.seed)
+
 
 @dataclass
 class PerfConfig:
@@ -81,9 +132,7 @@ class PerfConfig:
     matmul_precision: str = "highest"  # float32 matmuls: highest | high (TF32) | medium
 
     def __post_init__(self):
-        if self.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"perf.compile_mode={self.compile_mode!r} is unknown; "
-                              f"choose one of {', '.join(COMPILE_MODES)}")
+        choice("perf.compile_mode", self.compile_mode, COMPILE_MODES)
         if self.cuda_graph and self.compile and self.compile_mode != "default":
             raise ConfigError(f"perf.cuda_graph=true already replays the step as a CUDA graph; "
                               f"use perf.compile_mode=default with it, not "
@@ -91,10 +140,7 @@ class PerfConfig:
         if self.cuda_graph and self.activation_checkpointing:
             raise ConfigError("perf.cuda_graph=true cannot be combined with "
                               "perf.activation_checkpointing=true; set one of them to false")
-        allowed = ("highest", "high", "medium")
-        if self.matmul_precision not in allowed:
-            raise ConfigError(f"perf.matmul_precision={self.matmul_precision!r} is unknown; "
-                              f"choose one of {', '.join(allowed)}")
+        choice("perf.matmul_precision", self.matmul_precision, ("highest", "high", "medium"))
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"perf.threads={self.threads} must be >= 1 (or null)")
 
@@ -103,6 +149,19 @@ class PerfConfig:
         if self.threads:
             torch.set_num_threads(self.threads)
         torch.set_float32_matmul_precision(self.matmul_precision)
+
+
+def check_device(key: str, device: str) -> str:
+    """``device`` as torch writes it, if it names a torch device this machine has."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"{key}={device!r} is not a torch device; use cpu or cuda") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key}={device} but no CUDA device is visible; use {key}=cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}={device} but no MPS device is visible; use {key}=cpu")
+    return str(dev)
 
 
 @dataclass
@@ -114,23 +173,46 @@ class EvalConfig:
     seed: int  # their seed, and the bootstrap's
     # loop counts scored beyond the trained one (the task's YAML): a list, one count or null
     extra_loops: tuple[int, ...] | None
-    # eval.baselines as written ("default": the task's eval.suite); in a RunSpec, the built
-    # Baseline objects (build_baselines checks them)
-    baselines: Any
+    baselines: Any  # "default" (the task's eval.suite), or a list of names and entries
     batch_size: int  # prompts per model forward
     n_resamples: int  # bootstrap resamples of the 90% band
     device: str | None  # where the model runs; null: the GPU if there is one
     ckpt: str  # the checkpoint `python -m loopformer.evaluate` scores: last | step=N | a path
     suite: Any = None  # the task's baselines (conf/task/*.yaml)
     # out-of-distribution shifts (loopformer/ood.py): none | default (the task's ood_suite) |
-    # a list of shift names; in a RunSpec, the tuple of names (ood.resolve checks them)
+    # a list of shift names, as written; ``shifts`` holds the names it selects
     ood: Any = "none"
     ood_suite: Any = None  # the shifts that apply to the task (conf/task/*.yaml); none: none
+
+    def __post_init__(self):
+        self.extra_loops = tuple(self.extra_loops or ())  # null: none
+        for key in ("n_prompts", "batch_size", "n_resamples"):
+            at_least(f"eval.{key}", getattr(self, key), 1)
+        for n in self.extra_loops:
+            at_least("eval.extra_loops", n, 1)
+        check_seed("eval.seed", self.seed)
+        if self.device is not None:
+            check_device("eval.device", self.device)
+        self.predictors  # noqa: B018 -- a bad baseline is refused here, before training
+        self.shifts  # noqa: B018 -- and a bad out-of-distribution shift
+
+    @cached_property
+    def predictors(self) -> tuple[Baseline, ...]:
+        """The baselines that ``baselines`` names, built."""
+        return tuple(build_baselines(self.baselines, self.suite))
+
+    @cached_property
+    def shifts(self) -> tuple[str, ...]:
+        """The out-of-distribution shifts that ``ood`` selects (checked against the task's)."""
+        return resolve_ood(self.ood, self.ood_suite)
 
 
 @dataclass
 class DataConfig:
     batch_size: int  # prompts per training batch
+
+    def __post_init__(self):
+        at_least("data.batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -138,144 +220,361 @@ class CheckpointConfig:
     every_n_steps: int  # resumable checkpoints/last.ckpt
     keep_every_n_steps: int  # permanent checkpoints/step=N.ckpt (0 disables)
 
+    def __post_init__(self):
+        at_least("checkpoint.every_n_steps", self.every_n_steps, 1)
+        at_least("checkpoint.keep_every_n_steps", self.keep_every_n_steps, 0)
+
 
 @dataclass
-class TrainerSteps:
-    max_steps: int  # the rest of ``trainer`` is Lightning's, checked by its Trainer
+class WandbConfig:
+    project: str = "loopformer"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
+
+    def __post_init__(self):
+        choice("logger.wandb.mode", self.mode, ("offline", "online", "disabled"))
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True  # RUN_DIR/metrics.csv
+    wandb: WandbConfig | None = None  # null: no W&B run
+
+
+# ----------------------------------------------------------------------------- trainer
+
+# Lightning's own values; fp16 needs a GPU, the CUDA graph step takes fp32 or bf16
+PRECISIONS = ("64", "64-true", "32", "32-true", "16", "16-mixed", "16-true", "bf16",
+              "bf16-mixed", "bf16-true", "transformer-engine", "transformer-engine-float16")
+PRECISIONS_GPU_ONLY = ("16", "16-mixed", "16-true")
+CUDA_GRAPH_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "bf16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Trainer arguments the run sets itself (from checkpoint.*, logger, callbacks, run_dir)
+TRAINER_OWN = ("max_epochs", "logger", "callbacks", "default_root_dir", "enable_checkpointing",
+               "plugins", "num_sanity_val_steps", "limit_val_batches")
+
+
+def _int(key: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    at_least(key, value, low)
+    return value
+
+
+def check_trainer_args(t: dict) -> None:
+    """The rules on the ``trainer`` block (Lightning ``Trainer`` arguments) that do not depend
+    on the machine; Lightning refuses an argument it does not know when the Trainer is built,
+    before anything is written."""
+    own = sorted(set(t) & set(TRAINER_OWN))
+    if own:
+        raise ConfigError(f"trainer.{own[0]} is set by loopformer itself (from checkpoint.*, "
+                          f"logger, callbacks, run_dir); remove it")
+    if "max_steps" not in t:
+        raise ConfigError("trainer.max_steps is missing")
+    _int("trainer.max_steps", t["max_steps"], 1)
+    for key in ("num_nodes", "accumulate_grad_batches"):
+        if key in t:
+            _int(f"trainer.{key}", t[key], 1)
+    if "log_every_n_steps" in t:  # 0: no metrics logged (nor the loss check at logging steps)
+        _int("trainer.log_every_n_steps", t["log_every_n_steps"], 0)
+    choice("trainer.accelerator", str(t.get("accelerator", "auto")), ACCELERATORS)
+    choice("trainer.precision", str(t.get("precision", "32-true")), PRECISIONS)
+    if str(t.get("accelerator")) == "cpu" and str(t.get("precision")) in PRECISIONS_GPU_ONLY:
+        raise ConfigError(f"trainer.precision={t['precision']} (fp16) needs a GPU; on CPU use "
+                          f"32-true or bf16-mixed")
+    devices = t.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1 \
+            and devices != -1:
+        raise ConfigError(f"trainer.devices={devices} must be >= 1, -1 or auto")
+    clip = t.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
+                             or not math.isfinite(clip) or clip < 0):
+        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (or null)")
+    max_time = t.get("max_time")
+    if isinstance(max_time, dict):  # Lightning takes timedelta's arguments too
+        units = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
+        for unit, value in max_time.items():
+            choice("trainer.max_time key", unit, units)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"trainer.max_time.{unit}={value!r} must be a number >= 0")
+    elif max_time is not None:
+        parts = str(max_time).split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts) \
+                or not any(int(p) for p in parts):
+            raise ConfigError(f"trainer.max_time={max_time!r} is not a positive duration; use "
+                              f"DD:HH:MM:SS, e.g. 00:01:30:00 (or null)")
+    for key in ("enable_progress_bar", "enable_model_summary"):
+        if key in t and not isinstance(t[key], bool):
+            raise ConfigError(f"trainer.{key}={t[key]!r} must be true or false")
+
+
+# ----------------------------------------------------------------------------- settings
 
 
 @dataclass
 class Settings:
-    """The typed part of the composed config (``task.*`` is the task class's, checked by
-    build_task; ``trainer``, ``logger`` and ``callbacks`` are Lightning's)."""
+    """The composed config, typed: every key a run reads, checked. ``task.*`` are the task
+    class's own arguments (checked by :func:`build_task`), ``trainer`` Lightning's
+    (:func:`check_trainer_args`), ``callbacks`` Lightning callbacks by ``_target_``.
 
-    seed: int
+    :func:`parse` also sets ``paths`` (:class:`RunPaths`: the run directory and the checkpoint
+    to resume) and ``accelerator`` (the device training runs on)."""
+
+    seed: int  # the run's seed: prompts, loop jitter, initial weights
     model: ModelConfig
+    task: dict[str, Any]  # name: the task class; the rest: its arguments
     curriculum: Curriculum
     data: DataConfig
     optimizer: OptimConfig
     test: TestSetConfig
     checkpoint: CheckpointConfig
-    trainer: TrainerSteps
+    trainer: dict[str, Any]  # Lightning Trainer arguments
     eval: EvalConfig
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks
     perf: PerfConfig = field(default_factory=PerfConfig)  # runs saved before it lack it
+    name: str = ""  # the run's name (W&B, plot titles)
+    run_dir: str | None = None  # null: logs/runs/<timestamp> (Hydra's output directory)
+    ckpt_path: str | None = None  # resume: last | a .ckpt file | a run directory
 
+    def __post_init__(self):
+        check_seed("seed", self.seed)
+        model, cur = self.model, self.curriculum
+        cur.validate()
+        if cur.dims.end > model.n_dims:
+            raise ConfigError(f"curriculum.dims.end={cur.dims.end} exceeds model.n_dims="
+                              f"{model.n_dims}; use 1..{model.n_dims}")
+        self.function.check_active_dims(cur.dims.start)
+        if cur.points.end > model.n_positions:
+            raise ConfigError(f"curriculum.points.end={cur.points.end} exceeds model.n_positions="
+                              f"{model.n_positions}; use curriculum.points.end <= "
+                              f"{model.n_positions} or raise model.n_positions")
+        if self.looped:
+            seq_len = 2 * cur.points.end  # tokens of the longest prompt
+            keep_mask_len(model.keep_tokens, seq_len, cur.points.end)
+            if model.keep_tokens > seq_len:  # would silently keep everything
+                raise ConfigError(f"model.keep_tokens={model.keep_tokens:g} exceeds the "
+                                  f"{seq_len} tokens of a {cur.points.end}-point prompt; use "
+                                  f"-{seq_len - 1}..{seq_len} or a fraction in (0,1)")
+        check_trainer_args(self.trainer)
+        for name, c in self.callbacks.items():
+            if not isinstance(c, dict) or not isinstance(c.get("_target_"), str):
+                raise ConfigError(f"callbacks.{name} must be a mapping with a _target_ (the "
+                                  f"callback's class) and its arguments")
 
-@dataclass(frozen=True)
-class RunSpec:
-    """The validated settings of one training run."""
+    @cached_property
+    def function(self) -> Task:
+        """The task (the function class prompts are drawn from), built from ``task.*``."""
+        return build_task(self.task.get("name"), self.model.n_dims, **self.task_params)
 
-    model: ModelConfig
-    task: Task
-    task_params: dict
-    curriculum: Curriculum
-    batch_size: int
-    optim: OptimConfig
-    test: TestSetConfig
-    checkpoint_every: int
-    keep_every: int
-    seed: int
-    max_steps: int
-    eval: EvalConfig
-    perf: PerfConfig
-    name: str  # the run's name (W&B, plot titles)
+    @property
+    def task_params(self) -> dict:
+        return {k: v for k, v in self.task.items() if k != "name"}
 
     @property
     def looped(self) -> bool:
         return self.model.family == "looped"
 
+    def to_dict(self) -> dict:
+        """The settings as plain containers (``config.yaml``, the checkpoint's copy)."""
+        return OmegaConf.to_container(OmegaConf.structured(self))
 
-def _positive(key: str, value, allow_zero: bool = False) -> None:
-    if value is None or (value < 0 if allow_zero else value <= 0):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}={value} must be {bound}")
-
-
-def _plain(value):
-    """A config node as plain Python containers, interpolations resolved."""
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def settings(cfg: DictConfig) -> Settings:
-    """The typed part of ``cfg``: wrong types and unknown keys are refused here."""
-    raw = {f.name: _plain(cfg[f.name]) for f in dataclasses.fields(Settings)
-           if f.name in cfg and f.name != "trainer"}
-    raw["trainer"] = {"max_steps": OmegaConf.select(cfg, "trainer.max_steps")}
-    ev = raw.get("eval") or {}
-    if isinstance(ev.get("extra_loops"), int):  # one count
-        ev["extra_loops"] = [ev["extra_loops"]]
-    return typed(Settings, raw)
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> Settings:
+        """``cfg`` (a composed config, or a run's ``config.yaml``) read into Settings; its
+        own values checked, not the machine's devices nor the disk."""
+        try:
+            raw = OmegaConf.to_container(cfg, resolve=True)
+        except InterpolationResolutionError as e:
+            first = str(e.msg).strip().splitlines()[0]
+            raise ConfigError(f"{e.full_key}: {first}") from e
+        ev = raw.get("eval") or {}
+        if isinstance(ev.get("extra_loops"), int):  # one count
+            ev["extra_loops"] = [ev["extra_loops"]]
+        return typed(cls, raw)
 
 
-def eval_config(ev: EvalConfig) -> EvalConfig:
-    """``ev`` with its baselines built (so a bad one is refused before training)."""
-    out = dataclasses.replace(ev, extra_loops=tuple(ev.extra_loops or ()),
-                              baselines=tuple(build_baselines(ev.baselines, ev.suite)),
-                              ood=resolve_ood(ev.ood, ev.ood_suite))
-    for key in ("n_prompts", "batch_size", "n_resamples"):
-        _positive(f"eval.{key}", getattr(out, key))
-    for n in out.extra_loops:
-        _positive("eval.extra_loops", n)
+# ----------------------------------------------------------------------------- machine
+
+
+def _device_count(accelerator: str) -> int:
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.device_count()
+    if accelerator == "mps":
+        return int(torch.backends.mps.is_available())
+    return os.cpu_count() or 1
+
+
+def _n_devices(devices, acc: str) -> int:
+    """How many processes Lightning starts per node for ``trainer.devices``."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip(",")
+    if text in ("auto", "-1"):  # auto on CPU is one process; -1 is every device
+        return 1 if acc == "cpu" and text == "auto" else _device_count(acc)
+    if "," in text:  # "0,1": those device ids
+        return len(text.split(","))
+    return int(text) if text.isdigit() else 1
+
+
+def _hydra_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _external_launcher() -> bool:
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+
+
+def check_trainer(s: Settings) -> str:
+    """The device rules this machine decides; returns the accelerator training runs on."""
+    t = s.trainer
+    acc = str(t.get("accelerator", "auto"))
+    if acc == "auto":
+        acc = "gpu" if torch.cuda.is_available() else "cpu"
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={t['accelerator']} but no CUDA device is "
+                          f"visible; use trainer.accelerator=cpu (or auto)")
+    precision = str(t.get("precision", "32-true"))
+    if acc == "cpu" and precision in PRECISIONS_GPU_ONLY:
+        raise ConfigError(f"trainer.precision={precision} (fp16) needs a GPU; on CPU use "
+                          f"32-true or bf16-mixed")
+    devices = t.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        available = _device_count(acc)
+        if devices > available:
+            raise ConfigError(f"trainer.devices={devices} but only {available} {acc} device(s) "
+                              f"exist; use trainer.devices=1..{available}")
+    strategy = str(t.get("strategy", "auto"))
+    n_procs = _n_devices(devices, acc) * int(t.get("num_nodes", 1))
+    relaunches = strategy.startswith("ddp") and not any(
+        k in strategy for k in ("spawn", "fork", "notebook"))
+    if relaunches and n_procs > 1 and _hydra_multirun() and not _external_launcher():
+        # Lightning would start the other ranks by re-running the command line, which in a
+        # multirun job starts the whole sweep again
+        raise ConfigError(f"trainer.strategy={strategy} with {n_procs} processes cannot run "
+                          f"inside a multirun on this launcher; use hydra/launcher=slurm with "
+                          f"hydra.launcher.tasks_per_node={n_procs}, or trainer.devices=1")
+    return acc
+
+
+def check_cuda_graph(s: Settings, acc: str) -> None:
+    """perf.cuda_graph replays forward and backward on one GPU with the optimizer outside the
+    graph: refuse the trainer settings it cannot honour, before anything starts."""
+    if not s.perf.cuda_graph:
+        return
+    t = s.trainer
+    if acc not in ("gpu", "cuda"):
+        raise ConfigError(f"perf.cuda_graph=true needs a CUDA device but the run is on {acc}; "
+                          f"use trainer.accelerator=gpu, or perf.cuda_graph=false")
+    if t.get("devices", 1) not in (1, "1") or int(t.get("num_nodes", 1)) != 1:
+        raise ConfigError(f"perf.cuda_graph=true runs on one GPU; got trainer.devices="
+                          f"{t.get('devices')} and trainer.num_nodes={t.get('num_nodes', 1)}")
+    precision = str(t.get("precision", "32-true"))
+    if precision not in CUDA_GRAPH_PRECISIONS:
+        raise ConfigError(f"perf.cuda_graph=true with trainer.precision={precision}; use one "
+                          f"of {', '.join(CUDA_GRAPH_PRECISIONS)}")
+    if int(t.get("accumulate_grad_batches", 1)) != 1:
+        raise ConfigError(f"perf.cuda_graph=true needs trainer.accumulate_grad_batches=1, got "
+                          f"{t['accumulate_grad_batches']}")
+    if t.get("gradient_clip_val") is not None:
+        raise ConfigError(f"perf.cuda_graph=true does not clip gradients; set "
+                          f"trainer.gradient_clip_val=null (got {t['gradient_clip_val']})")
+
+
+# ----------------------------------------------------------------------------- run dir
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path  # the run directory
+    ckpt: Path | None  # the checkpoint to resume from; None: a new run
+
+
+def requeued_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint to continue from when SLURM requeued this job (``SLURM_RESTART_COUNT``
+    >= 1: preemption, or a timeout resubmitted by submitit or by Lightning's auto-requeue),
+    which re-runs the very same command: the newest of Lightning's ``hpc_ckpt_N.ckpt`` and
+    our ``checkpoints/last.ckpt``; None when not requeued or nothing was saved yet."""
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1:
+        return None
+    found = [p for p in (*run_dir.glob("hpc_ckpt_*.ckpt"), RunDir(run_dir).last_ckpt)
+             if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_paths(s: Settings) -> RunPaths:
+    """The run directory and the checkpoint to resume from, from ``run_dir`` and
+    ``ckpt_path``; a new run may not reuse a directory that holds one."""
+    ckpt, run_dir = s.ckpt_path, s.run_dir
+    if ckpt not in (None, "", "last"):
+        p = Path(ckpt)
+        if p.is_dir():  # a run directory: continue it in place
+            return RunPaths(p, RunDir(p).last_ckpt)
+        if not p.is_file():
+            raise ConfigError(f"ckpt_path={ckpt} is neither a checkpoint file nor a run "
+                              f"directory")
+        if run_dir is None and p.parent.name == RunDir(p.parent.parent).checkpoints.name:
+            run_dir = p.parent.parent
+    if run_dir is None:
+        if ckpt == "last":
+            raise ConfigError("ckpt_path=last needs the run to continue: add run_dir=PATH, or "
+                              "pass ckpt_path=PATH_TO_RUN_DIR")
+        run_dir = hydra_output_dir() or Path("logs/runs") / datetime.now().strftime(
+            "%Y-%m-%d_%H-%M-%S")
+    run_dir = Path(run_dir)
+    if ckpt in (None, "", "last") and (requeued := requeued_checkpoint(run_dir)) is not None:
+        return RunPaths(run_dir, requeued)
+    if ckpt == "last":
+        last = RunDir(run_dir).last_ckpt
+        if not last.is_file():
+            raise ConfigError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to "
+                              f"start a new run")
+        return RunPaths(run_dir, last)
+    if not ckpt and RunDir(run_dir).last_ckpt.exists():
+        raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with "
+                          f"ckpt_path=last or choose another run_dir")
+    return RunPaths(run_dir, Path(ckpt) if ckpt else None)
+
+
+def parse(cfg: DictConfig) -> Settings:
+    """A training command's config, read once: :meth:`Settings.from_config`, then the rules
+    of this machine (devices, the CUDA graph step) and of the disk (run directory, resume).
+    Sets ``accelerator`` and ``paths`` on the settings it returns."""
+    s = Settings.from_config(cfg)
+    s.accelerator = check_trainer(s)
+    check_cuda_graph(s, s.accelerator)
+    s.paths = resolve_paths(s)
+    return s
+
+
+# ----------------------------------------------------------------------------- CLI options
+
+
+def cli_options(argv: list[str], allowed: dict[str, str], command: str) -> dict:
+    """``key=value`` command-line options as a dict (values read as YAML), each key one of
+    ``allowed`` (option -> what it sets, for the message). The values are checked where
+    they are used, by the schema of what they set."""
+    out = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{command}: {arg!r} is not of the form option=value; options: "
+                              f"{', '.join(allowed)}")
+        if key not in allowed:
+            raise ConfigError(f"{command}: unknown option {key}; allowed: "
+                              f"{', '.join(allowed)}")
+        try:
+            out[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{command}: {key}={value} cannot be read: "
+                              f"{str(e.msg).strip().splitlines()[0]}") from e
     return out
 
 
-def build_spec(cfg: DictConfig) -> RunSpec:
-    """Validate ``cfg`` (the composed config) and return typed settings."""
-    try:
-        return _build_spec(cfg)
-    except ConfigError:
-        raise
-    except Exception as e:  # interpolation errors from OmegaConf
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"invalid configuration: {first}") from e
-
-
-def _build_spec(cfg: DictConfig) -> RunSpec:
-    s = settings(cfg)
-    model, cur, optim, test = s.model, s.curriculum, s.optimizer, s.test
-    cur.validate()
-    task_params = OmegaConf.to_container(cfg.task, resolve=True)
-    task_name = task_params.pop("name", None)
-    task = build_task(task_name, model.n_dims, **task_params)
-
-    if cur.dims.end > model.n_dims:
-        raise ConfigError(f"curriculum.dims.end={cur.dims.end} exceeds model.n_dims="
-                          f"{model.n_dims}; use 1..{model.n_dims}")
-    task.check_active_dims(cur.dims.start)
-    if cur.points.end > model.n_positions:
-        raise ConfigError(f"curriculum.points.end={cur.points.end} exceeds model.n_positions="
-                          f"{model.n_positions}; use curriculum.points.end <= "
-                          f"{model.n_positions} or raise model.n_positions")
-    if model.family == "looped":
-        seq_len = 2 * cur.points.end  # tokens of the longest prompt
-        keep_mask_len(model.keep_tokens, seq_len, cur.points.end)
-        if model.keep_tokens > seq_len:  # would silently keep everything
-            raise ConfigError(f"model.keep_tokens={model.keep_tokens:g} exceeds the {seq_len} "
-                              f"tokens of a {cur.points.end}-point prompt; use "
-                              f"-{seq_len - 1}..{seq_len} or a fraction in (0,1)")
-
-    _positive("optimizer.lr", optim.lr)
-    _positive("optimizer.weight_decay", optim.weight_decay, allow_zero=True)
-    _positive("optimizer.warmup_steps", optim.warmup_steps, allow_zero=True)
-    if not 0 < optim.decay_fraction <= 1:
-        raise ConfigError(f"optimizer.decay_fraction={optim.decay_fraction} must be in (0, 1]")
-    if optim.schedule not in SCHEDULES:
-        raise ConfigError(f"optimizer.schedule={optim.schedule!r} is unknown; choose one of "
-                          f"{', '.join(SCHEDULES)}")
-    _positive("test.every_n_steps", test.every_n_steps, allow_zero=True)
-    _positive("test.size", test.size)
-    _positive("test.batch_size", test.batch_size)
-    _positive("data.batch_size", s.data.batch_size)
-    _positive("trainer.max_steps", s.trainer.max_steps)
-    _positive("checkpoint.every_n_steps", s.checkpoint.every_n_steps)
-    _positive("checkpoint.keep_every_n_steps", s.checkpoint.keep_every_n_steps,
-              allow_zero=True)
-
-    return RunSpec(
-        model=model, task=task, task_params=task_params, curriculum=cur,
-        batch_size=s.data.batch_size, optim=optim, test=test,
-        checkpoint_every=s.checkpoint.every_n_steps,
-        keep_every=s.checkpoint.keep_every_n_steps, seed=s.seed,
-        max_steps=s.trainer.max_steps, eval=eval_config(s.eval), perf=s.perf,
-        name=str(cfg.get("name") or ""),
-    )

@@ -79,6 +79,12 @@ class Curriculum:
             raise ConfigError(f"curriculum.window={self.window} must be >= 1")
         if self.loops_jitter < 0:
             raise ConfigError(f"curriculum.loops_jitter={self.loops_jitter} must be >= 0")
+        if self.loops_jitter >= self.loops.end:
+            # at the trained b every draw b + u then runs >= 1 loop, so the clamp to 1 in
+            # train_loops never skews it; only steps at a smaller scheduled b are clamped
+            raise ConfigError(f"curriculum.loops_jitter={self.loops_jitter} must be below the "
+                              f"trained loop count curriculum.loops.end={self.loops.end}; use "
+                              f"0..{self.loops.end - 1}")
         if self.window > self.loops.end:
             raise ConfigError(f"curriculum.window={self.window} exceeds the maximum loop count "
                               f"curriculum.loops.end={self.loops.end}; use 1..{self.loops.end}")

@@ -4,9 +4,18 @@ config), :func:`check_type` for one value (a task's or a baseline's own paramete
 
 import contextlib
 import dataclasses
+import math
 from typing import TypeVar
 
-from omegaconf import BooleanNode, FloatNode, IntegerNode, OmegaConf, StringNode
+from omegaconf import (
+    BooleanNode,
+    DictConfig,
+    FloatNode,
+    IntegerNode,
+    ListConfig,
+    OmegaConf,
+    StringNode,
+)
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 T = TypeVar("T")
@@ -40,8 +49,11 @@ def check_type(key: str, value, kind: type):
     if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             with contextlib.suppress(ValueError):
-                return float(value)
-        raise ConfigError(f"{key}={_shown(value)} must be a number")
+                value = float(value)
+        if not isinstance(value, float):
+            raise ConfigError(f"{key}={_shown(value)} must be a number")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} must be a finite number")
     return value
 
 
@@ -54,11 +66,27 @@ def typed(schema: type[T], values, key: str = "") -> T:
     conversions apply (YAML's ``1e-4`` and an int become floats, ``1`` and ``yes`` true), a
     key left out takes the schema's default, and ``__post_init__`` checks run. A wrong type,
     an unknown key or a missing one is a ConfigError naming the full key (``key`` + the
-    schema's own, e.g. ``model.n_layer``)."""
+    schema's own, e.g. ``model.n_layer``), and so is a number that is not finite (nan, inf)."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        _check_finite(merged, key)
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(_message(e, key)) from e
+
+
+def _check_finite(node, key: str) -> None:
+    """Refuse nan and inf anywhere under ``node``: no setting takes them."""
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+    for k, _ in items:
+        child = node._get_node(k)
+        full = f"{key}[{k}]" if isinstance(node, ListConfig) else ".".join(
+            p for p in (key, str(k)) if p)
+        if isinstance(child, (DictConfig, ListConfig)):
+            if not child._is_none() and not child._is_missing():
+                _check_finite(child, full)
+        elif isinstance(child._value(), float) and not math.isfinite(child._value()):
+            raise ConfigError(f"{full}={child._value()} must be a finite number")
 
 
 def _message(e: OmegaConfBaseException, prefix: str) -> str:

@@ -17,10 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from loopformer.checkpoints import safe_load
-from loopformer.config import EvalConfig, RunSpec, build_spec
-from loopformer.csvlog import read_metrics
-from loopformer.data import generator
+from loopformer.config import EvalConfig, Settings, check_device, cli_options
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, build_model, count_parameters
 from loopformer.ood import evaluate_ood, format_ood_table, plot_ood
@@ -41,17 +38,9 @@ def checkpoint_path(run_dir: Path, ckpt: str | None) -> Path:
     return Path(ckpt)
 
 
-def check_device(device: str) -> str:
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"device={device!r} is not a torch device; use cpu or cuda") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} but no CUDA device is visible; use device=cpu")
-    return str(dev)
+def load_model(run_dir: Path, spec: Settings, ckpt: str | None = "last") -> InContextModel:
+    from loopformer.checkpoints import safe_load  # imports lightning: after the checks
 
-
-def load_model(run_dir: Path, spec: RunSpec, ckpt: str | None = "last") -> InContextModel:
     path = checkpoint_path(run_dir, ckpt)
     state = safe_load(path)["state_dict"]
     model = build_model(spec.model)
@@ -60,7 +49,7 @@ def load_model(run_dir: Path, spec: RunSpec, ckpt: str | None = "last") -> InCon
 
 
 @torch.no_grad()
-def model_errors(model: InContextModel, xs, ys, norm: float, spec: RunSpec,
+def model_errors(model: InContextModel, xs, ys, norm: float, spec: Settings,
                  loops: list[int], batch_size: int, queries=None,
                  query_ys=None) -> dict[str, torch.Tensor]:
     """Normalised squared errors ``(P, n)`` of the model at each loop count in ``loops`` (the
@@ -88,18 +77,20 @@ def model_errors(model: InContextModel, xs, ys, norm: float, spec: RunSpec,
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
+def evaluate(model: InContextModel, spec: Settings, ev: EvalConfig | None = None,
              device=None) -> dict:
     """Score ``model`` and the baselines on fresh prompts at the final shape, as ``ev`` (by
     default the run's ``eval`` settings) says. Each curve says whether it is a ``model`` or a
     ``baseline`` (its ``kind``)."""
+    from loopformer.data import generator  # imports lightning: after the checks
+
     ev = ev or spec.eval
     device = torch.device(device or next(model.parameters()).device)
     model = model.to(device).eval()
     shape = spec.curriculum.final
-    xs, ys = spec.task.sample(ev.n_prompts, shape.n_points, shape.n_dims,
+    xs, ys = spec.function.sample(ev.n_prompts, shape.n_points, shape.n_dims,
                               generator(device, ev.seed, 0))
-    norm = spec.task.normalizer(shape.n_dims)
+    norm = spec.function.normalizer(shape.n_dims)
     loops = [shape.n_loops]
     if spec.looped:
         loops += [n for n in ev.extra_loops if n != shape.n_loops]
@@ -108,7 +99,7 @@ def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
 
     xs_cpu, ys_cpu = xs.cpu(), ys.cpu()
     notes: dict[str, dict[str, int]] = {}
-    for p in ev.baselines:
+    for p in ev.predictors:
         log.info("baseline %s", p.name)
         errors[p.name] = (p(xs_cpu, ys_cpu) - ys_cpu).square() / norm
         kinds[p.name], notes[p.name] = "baseline", dict(p.diagnostics)
@@ -116,7 +107,7 @@ def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
     band = lambda e: bootstrap_band(e.cpu(), n_resamples=ev.n_resamples, seed=ev.seed).to_dict()
     loop_curve = errors.pop("loop_curve", None)
     results = {
-        "task": spec.task.name, "task_params": spec.task_params, "family": spec.model.family,
+        "task": spec.function.name, "task_params": spec.task_params, "family": spec.model.family,
         "parameters": count_parameters(model),
         "active_dims": shape.n_dims, "n_points": shape.n_points, "normalizer": norm,
         "n_prompts": ev.n_prompts, "seed": ev.seed, "torch": torch.__version__,
@@ -128,7 +119,7 @@ def evaluate(model: InContextModel, spec: RunSpec, ev: EvalConfig | None = None,
     if loop_curve is not None:
         results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
                                  **band(loop_curve)}
-    if ev.ood:
+    if ev.shifts:
         results["ood"] = evaluate_ood(model, spec, ev, device, loops)
     return results
 
@@ -192,35 +183,42 @@ def _with_eval_defaults(cfg):
     return cfg
 
 
-def load_spec(run_dir: Path, **overrides) -> RunSpec:
+# the options of `python -m loopformer.evaluate`: run, and the keys of the run's eval block
+OPTIONS = {"run": "the run directory", "ckpt": "eval.ckpt", "n_prompts": "eval.n_prompts",
+           "seed": "eval.seed", "extra_loops": "eval.extra_loops",
+           "baselines": "eval.baselines", "batch_size": "eval.batch_size",
+           "n_resamples": "eval.n_resamples", "device": "eval.device", "ood": "eval.ood"}
+
+
+def load_settings(run_dir: Path, **overrides) -> Settings:
     """The settings of the run in ``run_dir`` (its ``config.yaml``), ``overrides`` replacing
     keys of its ``eval`` block."""
     path = RunDir(run_dir).config
     if not path.is_file():
         raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run "
                           f"directory?")
-    cfg = _with_eval_defaults(OmegaConf.load(path))
-    allowed = sorted(set(cfg.get("eval") or {}) - {"at_end", "suite", "ood_suite"})
+    allowed = [k for k in OPTIONS if k != "run"]
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown evaluation options {unknown}; allowed: {allowed} and run")
+    cfg = _with_eval_defaults(OmegaConf.load(path))
     for key, value in overrides.items():
         cfg.eval[key] = value
-    return build_spec(cfg)
+    return Settings.from_config(cfg)
 
 
-def evaluate_run(run_dir: str | Path, spec: RunSpec | None = None,
+def evaluate_run(run_dir: str | Path, settings: Settings | None = None,
                  model: InContextModel | None = None, **overrides) -> dict:
     """Evaluate a run directory (its checkpoint ``eval.ckpt``, or ``model`` if given) and
-    write ``RUN_DIR/eval``. Without ``spec``, the run's settings are read from its
+    write ``RUN_DIR/eval``. Without ``settings``, the run's settings are read from its
     ``config.yaml``, ``overrides`` replacing keys of its ``eval`` block."""
     run_dir = Path(run_dir)
-    if spec is None:
-        spec = load_spec(run_dir, **overrides)
+    if settings is None:
+        settings = load_settings(run_dir, **overrides)
     elif overrides:
-        raise ValueError("overrides apply to a run's config.yaml; pass spec or overrides")
-    ev = spec.eval
-    device = ev.device and check_device(ev.device)
+        raise ValueError("overrides apply to a run's config.yaml; pass settings or overrides")
+    spec, ev = settings, settings.eval
+    device = ev.device and check_device("eval.device", ev.device)
     if model is None:
         model = load_model(run_dir, spec, ev.ckpt)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -232,9 +230,11 @@ def evaluate_run(run_dir: str | Path, spec: RunSpec | None = None,
     run = RunDir(run_dir)
     write_results(results, run)
     if run.metrics.is_file():
-        plot_training_curve(read_metrics(run.metrics), spec.task.normalizer,
+        from loopformer.csvlog import read_metrics  # imports lightning
+
+        plot_training_curve(read_metrics(run.metrics), spec.function.normalizer,
                             run.eval / "training_curve.png",
-                            title=f"{spec.name}: {spec.task.name}")
+                            title=f"{spec.name}: {spec.function.name}")
     table = format_table(results)
     if results.get("ood"):
         table += "\n" + format_ood_table(results)
@@ -243,16 +243,20 @@ def evaluate_run(run_dir: str | Path, spec: RunSpec | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m loopformer.evaluate run=RUN_DIR [option=value ...]``: 0, or 2 with one
+    line naming the option when the command is refused; any other error is a bug and shows
+    its traceback."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = OmegaConf.to_container(OmegaConf.from_cli(argv if argv is not None else sys.argv[1:]))
-    run_dir = args.pop("run", None)
-    if run_dir is None:
-        log.error("error: give the run directory: python -m loopformer.evaluate run=RUN_DIR")
-        return 2
     try:
-        evaluate_run(run_dir, **args)
+        args = cli_options(argv if argv is not None else sys.argv[1:], OPTIONS,
+                           "python -m loopformer.evaluate")
+        run_dir = args.pop("run", None)
+        if run_dir is None:
+            raise ConfigError("give the run directory: python -m loopformer.evaluate "
+                              "run=RUN_DIR")
+        evaluate_run(str(run_dir), **args)
     except ConfigError as e:
-        log.error("error: %s", e)
+        log.error("error: %s", " ".join(str(e).split()))
         return 2
     return 0
 

@@ -6,7 +6,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from loopformer.config import OptimConfig, RunSpec, build_spec
+from loopformer.config import OptimConfig, Settings
 from loopformer.graphs import StepGraph
 from loopformer.models import InContextModel, build_model
 from loopformer.tasks import Batch
@@ -36,10 +36,10 @@ def make_adam(params, o: OptimConfig) -> torch.optim.Adam:
 class LoopformerModule(L.LightningModule):
     """Trains a model from :mod:`loopformer.models` on streamed prompts, as ``spec`` says.
 
-    ``config`` is the resolved config ``spec`` was built from (a plain dict), saved in every
+    ``config`` is ``spec`` as a plain dict (:meth:`Settings.to_dict`), saved in every
     checkpoint's hyperparameters for provenance and for the shape check of a resume."""
 
-    def __init__(self, spec: RunSpec, config: dict):
+    def __init__(self, spec: Settings, config: dict):
         super().__init__()
         self.save_hyperparameters(ignore=["spec"])
         self.spec = spec
@@ -58,7 +58,7 @@ class LoopformerModule(L.LightningModule):
     @classmethod
     def from_config(cls, config: dict) -> LoopformerModule:
         """The module of a resolved config dict (tests, tools)."""
-        return cls(build_spec(OmegaConf.create(config)), config)
+        return cls(Settings.from_config(OmegaConf.create(config)), config)
 
     def setup(self, stage):
         self.perf.apply()
@@ -123,9 +123,9 @@ class LoopformerModule(L.LightningModule):
                           on_step=True, on_epoch=False)
 
     def configure_optimizers(self):
-        o = self.spec.optim
+        o = self.spec.optimizer
         opt = make_adam(self.parameters(), o)
-        total = self.spec.max_steps
+        total = self.spec.trainer["max_steps"]
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

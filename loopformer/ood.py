@@ -275,25 +275,26 @@ def shift_baselines(shift: Shift, baselines) -> list:
 
 
 def evaluate_ood(model, spec, ev, device, loops: list[int]) -> dict:
-    """``results["ood"]``: per shift of ``ev.ood``, its normaliser and the curves of the
-    model (at every loop count in ``loops``: the trained one and ``eval.extra_loops``) and
-    of the baselines, scored as the standard evaluation scores them."""
+    """``results["ood"]``: per shift ``ev.ood`` selects (``ev.shifts``), its normaliser and
+    the curves of the model (at every loop count in ``loops``: the trained one and
+    ``eval.extra_loops``) and of the baselines, scored as the standard evaluation scores
+    them."""
     from loopformer.data import generator
     from loopformer.stats import bootstrap_band
 
     shape = spec.curriculum.final
     d, n = shape.n_dims, shape.n_points
     out = {}
-    for name in ev.ood:
+    for name in ev.shifts:
         shift = Shift.parse(name)
         g = generator(device, ev.seed, SEED_STREAM, KINDS.index(shift.kind),
                       round(shift.scale * 1000))
-        p = shift.sample(spec.task, ev.n_prompts, n, d, g)
-        norm = shift.normalizer(spec.task.normalizer(d))
+        p = shift.sample(spec.function, ev.n_prompts, n, d, g)
+        norm = shift.normalizer(spec.function.normalizer(d))
         errors = model_errors_on(model, p, norm, spec, loops, ev.batch_size)
         kinds = dict.fromkeys(errors, "model")
         cpu = Prompts(*(t.cpu() if t is not None else None for t in p))
-        for b in shift_baselines(shift, ev.baselines):
+        for b in shift_baselines(shift, ev.predictors):
             errors[b.name] = baseline_errors(b, cpu, norm)
             kinds[b.name] = "baseline"
         m = shift.scored_positions(n, d)

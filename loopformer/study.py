@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -42,6 +43,23 @@ def check_n_jobs(key: str, n_jobs):
     return n_jobs
 
 
+@dataclass
+class SweepConfig:
+    """``python sweep.py``'s options (conf/sweep.yaml), typed like a run's settings."""
+
+    study: dict[str, Any]  # the study (conf/study/*.yaml), read by Study.from_config
+    study_dir: str  # runs in STUDY_DIR/runs/<variant>/seed=<seed>, report beside
+    aggregate_only: bool = False  # only rebuild the report from finished runs
+    launcher: str | None = None  # a hydra/launcher option (null: the study's own)
+    n_jobs: int | None = None  # runs at once (null: the study's own)
+    overrides: list[str] = field(default_factory=list)  # extra overrides for every run
+
+    def __post_init__(self):
+        check_n_jobs("n_jobs", self.n_jobs)
+        for o in self.overrides:
+            _split(o)
+
+
 @dataclass(frozen=True)
 class Study:
     name: str
@@ -57,8 +75,8 @@ class Study:
             "launcher", "n_jobs")
 
     @classmethod
-    def from_config(cls, cfg: DictConfig) -> Study:
-        d = OmegaConf.to_container(cfg, resolve=True)
+    def from_config(cls, cfg: DictConfig | dict) -> Study:
+        d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         if d.get("variants_from") is not None:
             d["variants"] = _variants_from(d)
         missing = [k for k in ("name", "variants", "seeds") if not d.get(k)]
@@ -226,6 +244,10 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+class RunsFailed(Exception):
+    """A run of the study failed; its own output says why (the study is left to resume)."""
+
+
 class Interrupted(Exception):
     """The study was stopped (SIGINT or SIGTERM); its runs were stopped with it."""
 
@@ -304,7 +326,7 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
     with Progress(study, jobs, every=progress_every):
         returncode = _run_multirun(cmd)
     if returncode:
-        raise RuntimeError(f"the study's multirun exited with code {returncode}")
+        raise RunsFailed(f"the study's multirun exited with code {returncode}")
     return jobs
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import compose_cfg
 
 from loopformer import baselines as B
-from loopformer.config import build_spec
+from loopformer.config import Settings
 from loopformer.errors import ConfigError
 from loopformer.stats import Curve, bootstrap_band
 from loopformer.tasks import build_task
@@ -332,9 +332,9 @@ def test_build_baselines_rejects_unknown(spec):
 ])
 def test_default_suites_follow_garg(task, suite):
     """Each task's YAML lists Garg et al.'s suite (eval.suite), built by eval.baselines=default."""
-    spec = build_spec(compose_cfg(f"task={task}"))
+    spec = Settings.from_config(compose_cfg(f"task={task}"))
     common = ["least_squares", "nearest_neighbors_3", "averaging"]
-    assert [b.name for b in spec.eval.baselines] == common + suite
+    assert [b.name for b in spec.eval.predictors] == common + suite
 
 
 def test_default_without_a_suite_and_bad_suite_entries_name_the_key():

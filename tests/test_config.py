@@ -2,19 +2,23 @@
 naming the full key, OmegaConf's conversions still apply, and the schema's defaults are
 conf/'s values."""
 
+import os
+import subprocess
+import sys
+
 import pytest
-from conftest import TINY, compose_cfg
+from conftest import ROOT, TINY, compose_cfg
 from omegaconf import OmegaConf, open_dict
 
 from loopformer import ConfigError, ModelConfig, config
-from loopformer.config import OptimConfig, PerfConfig, build_spec
+from loopformer.config import OptimConfig, PerfConfig, Settings
 from loopformer.errors import typed
 from loopformer.module import LoopformerModule
 
 
 def _refused(*overrides, cfg=None) -> str:
     with pytest.raises(ConfigError) as err:
-        build_spec(cfg if cfg is not None else compose_cfg(*TINY, *overrides))
+        Settings.from_config(cfg if cfg is not None else compose_cfg(*TINY, *overrides))
     message = str(err.value)
     assert "\n" not in message, message
     return message
@@ -71,12 +75,12 @@ def test_an_unknown_key_is_refused_with_the_allowed_ones(key, allowed):
 def test_omegaconf_conversions_still_apply():
     cfg = compose_cfg(*TINY, "optimizer.weight_decay=1", "perf.threads=2", "eval.extra_loops=7")
     cfg.optimizer.lr = "1e-3"  # YAML 1.1 reads 1e-3 (no dot) as a string
-    spec = build_spec(cfg)
-    assert spec.optim.lr == 1e-3 and spec.optim.weight_decay == 1.0
-    assert isinstance(spec.optim.weight_decay, float) and spec.optim.betas == (0.9, 0.999)
+    spec = Settings.from_config(cfg)
+    assert spec.optimizer.lr == 1e-3 and spec.optimizer.weight_decay == 1.0
+    assert isinstance(spec.optimizer.weight_decay, float) and spec.optimizer.betas == (0.9, 0.999)
     assert spec.perf.threads == 2 and spec.eval.extra_loops == (7,)  # one count: a list of one
-    assert build_spec(compose_cfg(*TINY, "eval.extra_loops=null")).eval.extra_loops == ()
-    assert build_spec(compose_cfg(*TINY, "model.keep_tokens=3")).model.keep_tokens == 3
+    assert Settings.from_config(compose_cfg(*TINY, "eval.extra_loops=null")).eval.extra_loops == ()
+    assert Settings.from_config(compose_cfg(*TINY, "model.keep_tokens=3")).model.keep_tokens == 3
 
 
 def test_keys_a_config_leaves_out_take_the_schema_defaults():
@@ -84,8 +88,8 @@ def test_keys_a_config_leaves_out_take_the_schema_defaults():
     cfg = compose_cfg(*TINY)
     with open_dict(cfg):
         del cfg["perf"], cfg.optimizer["schedule"], cfg.optimizer["warmup_steps"]
-    spec = build_spec(cfg)
-    assert spec.perf == PerfConfig() and spec.optim == OptimConfig()
+    spec = Settings.from_config(cfg)
+    assert spec.perf == PerfConfig() and spec.optimizer == OptimConfig()
     with open_dict(cfg):
         del cfg.data["batch_size"]  # no default: conf/config.yaml holds it
     assert _refused(cfg=cfg) == "data.batch_size is missing"
@@ -101,16 +105,111 @@ def test_schema_defaults_are_the_values_in_conf():
 
 def test_the_module_takes_the_spec_and_keeps_the_config_for_the_checkpoint(monkeypatch):
     config = OmegaConf.to_container(compose_cfg(*TINY), resolve=True)
-    spec = build_spec(OmegaConf.create(config))
+    spec = Settings.from_config(OmegaConf.create(config))
     import loopformer.module
 
-    monkeypatch.setattr(loopformer.module, "build_spec", None)  # the module must not re-parse
+    monkeypatch.setattr(loopformer.module, "Settings", None)  # the module must not re-parse
     module = LoopformerModule(spec, config)
     assert module.spec is spec and dict(module.hparams) == {"config": config}
 
 
 def test_loops_jitter_is_checked_and_kept():
     assert "curriculum.loops_jitter=-1 must be >= 0" in _refused("curriculum.loops_jitter=-1")
-    assert build_spec(compose_cfg(*TINY, "curriculum.loops_jitter=2")).curriculum.loops_jitter == 2
+    cfg = compose_cfg(*TINY, "curriculum.loops_jitter=2")
+    assert Settings.from_config(cfg).curriculum.loops_jitter == 2
     # like the loop schedule, it has no effect on a model without loops, and is no error there
-    assert build_spec(compose_cfg(*TINY, "model=transformer", "curriculum.loops_jitter=2"))
+    assert Settings.from_config(compose_cfg(*TINY, "model=transformer",
+                                            "curriculum.loops_jitter=2"))
+
+
+# ----------------------------------------------------------------------------- the parse
+
+QUICKSTART = ["experiment=quickstart", "trainer.max_steps=2"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+foo=1"], "unknown key foo; allowed: seed, model, task"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan must be a finite number"),
+    (["seed=-1"], "seed=-1 is outside the seeds the generators take; use 0..4294967295"),
+    (["curriculum.loops_jitter=100"], "curriculum.loops_jitter=100 must be below the trained "
+                                      "loop count curriculum.loops.end=12; use 0..11"),
+    (["eval.device=gpu"], "eval.device='gpu' is not a torch device"),
+    (["model.keep_tokens=inf"], "model.keep_tokens=inf must be a finite number"),
+    (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan must be a finite"),
+    (["task=noisy_linear_regression", "task.noise_std=nan"], "task.noise_std=nan must be"),
+    (["optimizer.betas=[0.9,1.5]"], "optimizer.betas[1]=1.5 must be in [0, 1)"),
+    (["test.seed=4294967296"], "test.seed=4294967296 is outside the seeds"),
+    (["+trainer.logger=true"], "trainer.logger is set by loopformer itself"),
+    (["trainer.max_time=1:30"], "trainer.max_time='1:30' is not a positive duration"),
+    (["+logger.foo=1"], "unknown key logger.foo; allowed: csv, wandb"),
+    (["name=${nosuch}"], "name: Interpolation key 'nosuch' not found"),
+])
+def test_the_issues_examples_are_refused_before_anything_is_written(overrides, message,
+                                                                   tmp_path):
+    from loopformer.training import run
+
+    with pytest.raises(ConfigError) as err:
+        run(compose_cfg(*QUICKSTART, *overrides, run_dir=tmp_path / "run"))
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_jitter_below_the_trained_loop_count_is_kept():
+    # the quickstart's: b = 12, each step at b runs 8..16 loops
+    assert Settings.from_config(compose_cfg(*QUICKSTART)).curriculum.loops_jitter == 4
+    assert Settings.from_config(compose_cfg(*QUICKSTART, "curriculum.loops_jitter=11"))
+
+
+def test_no_gpu_eval_device_is_refused_at_parse_time():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert "eval.device=cuda but no CUDA device is visible" in _refused("eval.device=cuda")
+
+
+def test_settings_round_trip_through_their_dict():
+    # config.yaml and the checkpoint hold Settings.to_dict(); reading it back gives the same
+    s = Settings.from_config(compose_cfg(*QUICKSTART))
+    again = Settings.from_config(OmegaConf.create(s.to_dict()))
+    assert again == s
+    assert [p.name for p in again.eval.predictors] == [p.name for p in s.eval.predictors]
+
+
+def test_options_are_read_against_the_allowed_ones():
+    allowed = {"run": "the run", "n_prompts": "eval.n_prompts"}
+    assert config.cli_options(["run=x", "n_prompts=64"], allowed, "cmd") == {
+        "run": "x", "n_prompts": 64}
+    with pytest.raises(ConfigError, match="cmd: unknown option n_prompt; allowed: run, "
+                                          "n_prompts"):
+        config.cli_options(["n_prompt=64"], allowed, "cmd")
+    with pytest.raises(ConfigError, match="'n_prompts' is not of the form option=value"):
+        config.cli_options(["n_prompts"], allowed, "cmd")
+
+
+def test_a_bug_in_the_parse_shows_its_traceback(tmp_path):
+    # an exception that is not a ConfigError is a bug in our code: train.py lets Hydra print
+    # its traceback and exit 1, instead of a one-line "error:" as for a refused config
+    inject = ("import runpy, sys\n"
+              "import loopformer.config as c\n"
+              "def broken(*a, **k):\n"
+              "    raise RuntimeError('injected bug')\n"
+              "c.build_task = broken\n"
+              f"sys.argv = ['train.py', *{TINY!r}, 'run_dir={tmp_path / 'run'}']\n"
+              f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", inject], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "RuntimeError: injected bug" in proc.stderr
+    assert "error: " not in proc.stderr, proc.stderr
+
+
+def test_a_bug_in_evaluate_shows_its_traceback(monkeypatch):
+    from loopformer import evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(evaluate, "load_settings", broken)
+    with pytest.raises(RuntimeError, match="injected bug"):
+        evaluate.main(["run=somewhere"])

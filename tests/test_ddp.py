@@ -17,21 +17,20 @@ from conftest import ROOT, TINY, compose_cfg
 from callbacks.fixed_test_set import FixedTestSet, PositionwiseSquaredError, evaluate_test_set
 from loopformer import build_model
 from loopformer.checkpoints import safe_load
-from loopformer.config import build_spec
+from loopformer.config import Settings, check_trainer
 from loopformer.csvlog import read_metrics
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError
-from loopformer.training import check_trainer
 
 CPU = torch.device("cpu")
 
 
 def _spec(*overrides):
-    return build_spec(compose_cfg(*TINY, *overrides))
+    return Settings.from_config(compose_cfg(*TINY, *overrides))
 
 
 def _data(spec):
-    return PromptDataModule(spec.task, spec.curriculum, spec.batch_size, spec.seed)
+    return PromptDataModule(spec.function, spec.curriculum, spec.data.batch_size, spec.seed)
 
 
 def test_every_rank_draws_its_own_prompts():
@@ -44,7 +43,7 @@ def test_every_rank_draws_its_own_prompts():
 
 
 def _test_set(spec):
-    return FixedTestSet(spec.task, spec.curriculum, spec.test.size, spec.test.batch_size,
+    return FixedTestSet(spec.function, spec.curriculum, spec.test.size, spec.test.batch_size,
                         spec.test.seed)
 
 
@@ -65,11 +64,10 @@ def test_test_set_shards_partition_the_set_and_sum_to_the_whole():
 
 
 def test_ddp_inside_a_local_multirun_is_refused(monkeypatch):
-    monkeypatch.setattr("loopformer.training._hydra_multirun", lambda: True)
-    cfg = compose_cfg(*TINY, "trainer=ddp", "trainer.devices=2")
+    monkeypatch.setattr("loopformer.config._hydra_multirun", lambda: True)
     with pytest.raises(ConfigError, match="hydra.launcher.tasks_per_node=2"):
-        check_trainer(cfg)
-    check_trainer(compose_cfg(*TINY, "trainer=ddp", "trainer.devices=1"))  # one process: fine
+        check_trainer(_spec("trainer=ddp", "trainer.devices=2"))
+    check_trainer(_spec("trainer=ddp", "trainer.devices=1"))  # one process: fine
 
 
 # ----------------------------------------------------------------------------- processes

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT, compose_cfg
 
-from loopformer.evaluate import evaluate, evaluate_run, load_model, load_spec, main
+from loopformer.evaluate import evaluate, evaluate_run, load_model, load_settings, main
 from loopformer.models import build_model
 from loopformer.training import run
 
@@ -73,16 +73,16 @@ def test_results_count_the_lasso_fits_that_did_not_converge(trained_run):
 def test_model_curves_equal_predict_at_each_loop_count(trained_run, monkeypatch):
     """``model``, ``model@N`` and the loop curve against ``model.predict(n_loops=N)`` on the
     prompts the evaluation drew (recorded from the task), batch by batch or not."""
-    spec = load_spec(trained_run, n_prompts=40, extra_loops=[1, 5], baselines=[],
+    spec = load_settings(trained_run, n_prompts=40, extra_loops=[1, 5], baselines=[],
                      n_resamples=20, batch_size=16)
     model = load_model(trained_run, spec)
-    drawn, sample = [], spec.task.sample
+    drawn, sample = [], spec.function.sample
 
     def recorded(*args, **kwargs):
         drawn.append(sample(*args, **kwargs))
         return drawn[-1]
 
-    monkeypatch.setattr(spec.task, "sample", recorded)
+    monkeypatch.setattr(spec.function, "sample", recorded)
     res = evaluate(model, spec)
     (xs, ys), = drawn
     norm = res["normalizer"]
@@ -115,7 +115,7 @@ def test_evaluate_ckpt_step_scores_that_kept_checkpoint(tmp_path):
         scored[ckpt] = json.loads((run_dir / "eval" / "results.json").read_text())
     assert scored["step=2"]["checkpoint"] == "step=2"
 
-    spec = load_spec(run_dir, **opts)
+    spec = load_settings(run_dir, **opts)
     state = torch.load(run_dir / "checkpoints" / "step=2.ckpt", weights_only=True)
     assert state["global_step"] == 2
     model = build_model(spec.model)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import TINY, compose_cfg
 
-import loopformer.training as training
+import loopformer.config as config
 from loopformer import ConfigError, ModelConfig, build_model, build_task
 from loopformer.checkpoints import safe_load
-from loopformer.config import PerfConfig
+from loopformer.config import PerfConfig, Settings, check_cuda_graph
 from loopformer.csvlog import read_metrics
 from loopformer.graphs import StepGraph
-from loopformer.training import check_cuda_graph, run
+from loopformer.training import run
 
 CUDA = torch.cuda.is_available()
 
@@ -84,7 +84,7 @@ def _weights(run_dir):
 @pytest.fixture
 def graph_path_on_cpu(monkeypatch):
     """Let perf.cuda_graph=true through on a CPU: the step graph then runs without capture."""
-    monkeypatch.setattr(training, "check_cuda_graph", lambda cfg, perf, acc: None)
+    monkeypatch.setattr(config, "check_cuda_graph", lambda settings, acc: None)
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
@@ -135,9 +135,9 @@ def test_cuda_graph_on_cpu_is_refused_before_anything_is_written(overrides, mess
     ("trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=null"),
 ])
 def test_cuda_graph_refuses_what_it_cannot_honour(override, key):
-    cfg = compose_cfg(*TINY, "perf.cuda_graph=true", override)
+    cfg = compose_cfg(*TINY, "trainer.accelerator=gpu", "perf.cuda_graph=true", override)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        check_cuda_graph(cfg, PerfConfig(cuda_graph=True), "gpu")
+        check_cuda_graph(Settings.from_config(cfg), "gpu")
 
 
 def test_cuda_graph_conflicting_perf_switches_are_refused():

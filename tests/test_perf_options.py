@@ -6,7 +6,7 @@ import torch
 from conftest import TINY, compose_cfg
 
 from loopformer import ConfigError, ModelConfig, build_model, build_task
-from loopformer.config import PerfConfig, build_spec
+from loopformer.config import PerfConfig, Settings
 from loopformer.module import LoopformerModule
 from loopformer.training import run
 
@@ -55,7 +55,7 @@ def test_perf_config_is_applied_and_validated(tiny, tmp_path):
     with pytest.raises(ConfigError, match="perf.threads"):
         PerfConfig(threads=0)
     with pytest.raises(ConfigError, match="unknown key perf.cmopile; allowed: compile, "):
-        build_spec(compose_cfg(*tiny, "+perf.cmopile=true"))
+        Settings.from_config(compose_cfg(*tiny, "+perf.cmopile=true"))
 
 
 def test_evaluation_gets_an_uncompiled_copy_of_a_compiled_model():
@@ -188,6 +188,6 @@ def test_end_of_run_evaluation_uses_the_eager_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LoopformerModule, "eager_model", eager_model)
     monkeypatch.setattr(loopformer.evaluate, "evaluate_run",
-                        lambda run_dir, spec=None, model=None: seen.setdefault("model", model))
+                        lambda run_dir, settings=None, model=None: seen.setdefault("model", model))
     run(compose_cfg(*TINY, "trainer.max_steps=1", "eval.at_end=true", run_dir=tmp_path / "r"))
     assert seen["model"] is seen["eager"]

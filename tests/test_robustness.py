@@ -18,11 +18,12 @@ from conftest import ROOT, TINY, compose_cfg
 
 from callbacks.checkpoint import StepCheckpoint
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
+from loopformer.config import requeued_checkpoint
 from loopformer.csvlog import read_metrics
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError, NonFiniteError
 from loopformer.rundir import RunDir
-from loopformer.training import requeued_checkpoint, run
+from loopformer.training import run
 
 SPARSE = ["task=sparse_linear_regression"]
 SHORT_EVAL = ["trainer.max_steps=2", "eval.at_end=true", "eval.n_prompts=16",
