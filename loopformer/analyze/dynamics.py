@@ -17,8 +17,8 @@ class PowerIteration:
     gradient, with respect to ``u``, of ``<J^T u, v>``) and ``J^T (J v)`` by a vjp. The
     attention runs on PyTorch's math kernel, whose derivatives are differentiable."""
 
-    max_iter: int = 100
-    tol: float = 1e-4  # stop when every prompt's estimate moved by less than this, relatively
+    max_iter: int = 50
+    tol: float = 1e-3  # stop when every prompt's estimate moved by less than this, relatively
     seed: int = 0
 
     def to_dict(self) -> dict:

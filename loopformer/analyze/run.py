@@ -34,6 +34,7 @@ THRESHOLDS = {"state": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3],
               "prediction": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0]}
 CONVERGED = 1e-3  # the relative state change below which the loop counts as converged
 PROBE_TRAIN = 0.75  # share of the probe prompts its ridge fits see; the rest test it
+JACOBIAN_PROMPTS = 16  # prompts whose Jacobian top singular value is estimated
 
 
 @dataclass
@@ -273,15 +274,15 @@ def analyze(model: InContextModel, spec: RunSpec, opts: Options, parts: tuple[st
         jac_loops = tuple(sorted({t for t in (1, b, 5 * b, max_loops) if t <= max_loops}))
         power = PowerIteration(seed=opts.seed)
         traj = trajectory(model, xs, ys, max_loops, batch,
-                          jac_loops if "dynamics" in parts else (), 32, power)
+                          jac_loops if "dynamics" in parts else (), JACOBIAN_PROMPTS, power)
         err = (traj.preds - ys.cpu()).square() / norm  # (L, P, n)
         result["max_loops"] = max_loops
         result["kept"] = (f"per {unit} and prompt: the predictions and each stopping rule's "
                           f"change; hidden states are dropped once the next one is computed")
         result["seconds"]["trajectory"] = time.perf_counter() - start
         if "dynamics" in parts:
-            result["dynamics"] = dynamics_part(traj, err, spec, opts,
-                                               {"prompts": 32, "power": power.to_dict()})
+            jac = {"prompts": JACOBIAN_PROMPTS, "power": power.to_dict()}
+            result["dynamics"] = dynamics_part(traj, err, spec, opts, jac)
     if "match" in parts:
         start = time.perf_counter()
         preds = traj.preds if traj is not None else model.predict(xs, ys).cpu().unsqueeze(0)
