@@ -346,9 +346,10 @@ def analyze_run(opts: Options) -> dict:
         raise ConfigError(f"ckpt={opts.ckpt}: no checkpoint at {ckpt}")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(opts.run, spec, opts.ckpt)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = analyze(model, spec, opts, parts, device)
     result["seconds"]["total"] = time.perf_counter() - start
+    result["cpu_seconds"] = time.process_time() - cpu_start  # all threads of this process
     result["torch"] = torch.__version__
     out = opts.run / "analysis"
     out.mkdir(parents=True, exist_ok=True)
