@@ -305,7 +305,7 @@ def summary(r: dict) -> str:
     if "dynamics" in r:
         dyn = r["dynamics"]
         last = dyn["error"]["last"]["mean"]
-        b = r["trained_depth"]
+        b = min(r["trained_depth"], len(last))
         sig = ", ".join(f"t={t}: {s['mean']:.3f}" for t, s in dyn["jacobian"]["sigma"].items())
         lines.append(f"dynamics: error at the last position {last[b - 1]:.4f} at {b}, "
                      f"{last[-1]:.4f} at {len(last)}; state change < {CONVERGED:g} from "

@@ -32,7 +32,7 @@ def headline(r: dict) -> dict[str, float]:
     if "dynamics" in r:
         dyn = r["dynamics"]
         last = dyn["error"]["last"]["mean"]
-        out[f"error at {r['unit']} b"] = last[b - 1]
+        out[f"error at {r['unit']} b"] = last[min(b, len(last)) - 1]
         out[f"error at {r['unit']} {len(last)}"] = last[-1]
         loop = dyn["converged_below"]["loop"]
         out["state change < 1e-3 from"] = float("nan") if loop == "never" else float(loop)
