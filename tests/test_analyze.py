@@ -173,3 +173,50 @@ def test_bad_options_are_refused_in_one_line(args, fragment, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "\n" not in errors[0] and fragment in errors[0]
 
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tiny looped and a tiny transformer run, laid out as a study's runs/."""
+    from conftest import TINY, compose_cfg
+
+    from loopformer.training import run
+
+    study = tmp_path_factory.mktemp("study")
+    looped, tf = study / "looped_run", study / "transformer_run"
+    run(compose_cfg(*TINY, "trainer.max_steps=4", "eval.at_end=true", "eval.n_prompts=32",
+                    "eval.n_resamples=50", run_dir=looped))
+    run(compose_cfg(*TINY, "model=transformer", "model.n_layer=2", "trainer.max_steps=2",
+                    "eval.at_end=true", "eval.n_prompts=32", "eval.n_resamples=50",
+                    run_dir=tf))
+    # a study's layout, runs/<variant>/seed=<s> (a "=" a Hydra override cannot hold)
+    for name, path in (("looped", looped), ("transformer", tf)):
+        (study / "runs" / name).mkdir(parents=True)
+        path.rename(study / "runs" / name / "seed=1")
+    looped, tf = study / "runs" / "looped" / "seed=1", study / "runs" / "transformer" / "seed=1"
+    return study, looped, tf
+
+
+@pytest.mark.slow
+def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
+    import json
+
+    study, looped, tf = tiny_runs
+    assert main([f"run={looped}", "n_prompts=64", "max_loops=12"]) == 0
+    r = json.loads((looped / "analysis" / "analysis.json").read_text())
+    assert r["parts"] == ["dynamics", "match", "probe", "exit"]
+    assert len(r["dynamics"]["error"]["last"]["mean"]) == 12
+    two_d = r["dynamics"]["error"]["k=2d"]
+    assert two_d["clipped"] == (2 * r["n_dims"] > r["n_points"] - 1)
+    assert two_d["k"] == min(2 * r["n_dims"], r["n_points"] - 1)
+    assert sorted(r["dynamics"]["jacobian"]["sigma"]) == ["1", "12", "3"]
+    assert {"newton", "gd_step=1/L"} <= set(r["match"]["algorithms"])
+    for png in ("dynamics", "match_heatmaps", "match_k_star", "exit", "probe"):
+        assert (looped / "analysis" / f"{png}.png").stat().st_size > 1000
+    assert main([f"run={tf}", "n_prompts=64", "parts=[dynamics]"]) == 2  # not defined
+    assert main([f"study={study}", "n_prompts=64", "max_loops=12"]) == 0
+    rep = json.loads((study / "analysis.json").read_text())
+    assert set(rep["variants"]) == {"looped", "transformer"}
+    tr = json.loads((tf / "analysis" / "analysis.json").read_text())
+    assert tr["parts"] == ["match", "probe"]
+    assert len(tr["probe"]["targets"]["xty_over_k"]["mse"]) == 2  # one per layer
