@@ -167,6 +167,56 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+# ----------------------------------------------------------------------------- stopping rules
+
+
+class StopRule:
+    """An early-exit rule: a per-prompt change between consecutive loops; a prompt stops at the
+    first loop whose change is below the threshold ``tol``. ``model.predict(tol=, rule=)`` and
+    ``python -m loopformer.analyze`` (part ``exit``) use the same rules."""
+
+    name: str = ""
+    default_tol: float = 0.0
+
+    def change(self, z_prev, z, pred_prev, pred) -> torch.Tensor:
+        """Per-prompt change ``(B,)`` from loop t-1 (state ``z_prev``, predictions
+        ``pred_prev``) to loop t; states are (B, T, C), predictions (B, n)."""
+        raise NotImplementedError
+
+
+class PredictionChange(StopRule):
+    """Largest absolute change of the prompt's predictions (any position)."""
+
+    name = "prediction"
+    default_tol = 1e-3
+
+    def change(self, z_prev, z, pred_prev, pred):
+        return (pred - pred_prev).abs().amax(dim=-1)  # (B,)
+
+
+class StateChange(StopRule):
+    """Relative change of the state the read-out sees, ``||z_t - z_{t-1}|| / ||z_t||`` over all
+    tokens of the prompt; 0.03 is the default of recurrent-depth language models."""
+
+    name = "state"
+    default_tol = 0.03
+
+    def change(self, z_prev, z, pred_prev, pred):
+        diff = (z - z_prev).flatten(1).norm(dim=1)  # (B,)
+        return diff / z.flatten(1).norm(dim=1).clamp_min(torch.finfo(z.dtype).tiny)
+
+
+STOP_RULES: dict[str, StopRule] = {r.name: r for r in (PredictionChange(), StateChange())}
+
+
+def stop_rule(rule: str | StopRule) -> StopRule:
+    if isinstance(rule, StopRule):
+        return rule
+    if rule not in STOP_RULES:
+        raise ConfigError(f"rule={rule!r} is unknown; choose one of {', '.join(STOP_RULES)}")
+    return STOP_RULES[rule]
+
+
 # ----------------------------------------------------------------------------- models
 
 
@@ -263,8 +313,21 @@ class InContextModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, xs, ys, n_loops: int | None = None, **kw) -> torch.Tensor:
-        """Predictions ``(B, n)`` without gradient."""
+        """Predictions ``(B, n)`` without gradient. Looped models take ``tol`` and ``rule``
+        (early exit per prompt, see :class:`StopRule`)."""
         return self(xs, ys, n_loops=n_loops, window=1, **kw)[-1]
+
+    def iterate(self, xs, ys, n_loops: int | None = None):
+        """Yield ``(t, z_t, s_t)`` after each unit of depth ``t = 1, 2, ...``: ``z_t`` is the
+        state in the read-out's space (after the final LayerNorm, ``read(z_t)`` are the
+        predictions) and ``(z_t, s_t)`` all that the next unit reads (``s_t`` is None unless
+        a skip connection carries a second state). Only the current state is held."""
+        raise NotImplementedError
+
+    def unit_map(self, xs, ys):
+        """The map ``(z_{t-1}, s_{t-1}) -> (z_t, s_t)`` of one unit of depth for these prompts,
+        as a function of a tuple of tensors; None where the units are distinct maps."""
+        return None
 
 
 class Transformer(InContextModel):
@@ -273,10 +336,19 @@ class Transformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.n_layer)
 
-    def forward(self, xs, ys, n_loops=None, window=None, tol=None, queries=None):
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None):
         p = self.layout(xs, ys, queries)
         h = self.backbone(p.e, pos=self.wpe(p.slots), mask=p.mask)
         return self.read(h, p.read_at).unsqueeze(0)  # (1, B, n)
+
+    def iterate(self, xs, ys, n_loops=None):
+        """Per layer ``l = 1..n_layer``: ``ln_f`` of the residual stream after block ``l`` (the
+        last one is the model's output state; earlier ones have no trained read-out)."""
+        h = self.embed(xs, ys)  # (B, 2n, C)
+        h = self.drop(h + self.position(h.shape[1], h.device))
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            yield i + 1, self.ln_f(h), None
 
 
 class TiedTransformer(InContextModel):
@@ -292,12 +364,25 @@ class TiedTransformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, 1)
 
-    def forward(self, xs, ys, n_loops=None, window=None, tol=None, queries=None):
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None):
         p = self.layout(xs, ys, queries)
         h, pos = p.e, self.wpe(p.slots)  # (B, T, C), (T, C)
         for _ in range(self.cfg.n_layer):
             h = self.backbone(h, pos=pos, mask=p.mask)
         return self.read(h, p.read_at).unsqueeze(0)  # (1, B, n)
+
+    def iterate(self, xs, ys, n_loops=None):
+        """Per application ``t = 1..n_loops`` (default ``n_layer``; beyond it the model runs
+        past its trained depth)."""
+        h = self.embed(xs, ys)  # (B, 2n, C)
+        pos = self.position(h.shape[1], h.device)
+        for t in range(n_loops or self.cfg.n_layer):
+            h = self.backbone(h, pos=pos)
+            yield t + 1, h, None
+
+    def unit_map(self, xs, ys):
+        pos = self.position(2 * xs.shape[1], xs.device)
+        return lambda z, s: (self.backbone(z, pos=pos), None)
 
 
 class LoopedTransformer(InContextModel):
@@ -347,15 +432,24 @@ class LoopedTransformer(InContextModel):
         return self.ln_f(h)
 
     def forward(self, xs, ys, n_loops: int | None = None, window: int | None = None,
-                tol: float | None = None, queries: torch.Tensor | None = None):
+                tol: float | None = None, rule: str | StopRule = "prediction",
+                queries: torch.Tensor | None = None):
         """Run ``n_loops`` iterations; return the predictions of the last ``window`` ones,
         ``(window, B, n)``. Iterations before them run without gradient and store nothing.
-        With ``tol`` (inference), stop once predictions change by less than ``tol``. With
-        ``queries``, the predictions at the side queries (:meth:`InContextModel.layout`)."""
+        With ``tol`` (inference, ``window=1``), each prompt stops at the first iteration whose
+        ``rule`` change (default: the largest change of its predictions) is below ``tol``.
+        With ``queries``, the predictions at the side queries (:meth:`InContextModel.layout`)."""
         b = n_loops if n_loops is not None else 1
         window = b if window is None else min(window, b)
         if b < 1 or window < 1:
             raise ConfigError(f"n_loops={b} and window={window} must be >= 1")
+        if tol is not None:
+            if window != 1:
+                raise ConfigError(f"tol={tol} (early exit) returns one prediction per prompt; "
+                                  f"use window=1, not {window}")
+            if queries is not None:
+                raise ConfigError("tol (early exit) reads the plain prompt; it takes no queries")
+            return self.predict_until(xs, ys, b, tol, rule)[0].unsqueeze(0)  # (1, B, n)
         p = self.layout(xs, ys, queries)
         e, mask, masked = p.e, p.mask, None  # (B, T, C)
         if queries is not None and self.cfg.keep_tokens:  # as in the plain 2n-token prompt
@@ -364,7 +458,7 @@ class LoopedTransformer(InContextModel):
         z = torch.full_like(e, self.neutral)
         s = torch.full_like(e, self.neutral) if self.cfg.skip_connection else None
         pos = self.wpe(p.slots)  # (T, C), looked up once for all iterations
-        preds, prev = [], None
+        preds = []
         for t in range(b):
             grad = t >= b - window and torch.is_grad_enabled()
             with torch.set_grad_enabled(grad):
@@ -376,12 +470,48 @@ class LoopedTransformer(InContextModel):
                 z, s = z_new, (z if s is not None else None)
             if t >= b - window:
                 preds.append(self.read(z, p.read_at))
-            elif tol is not None:
-                cur = self.read(z, p.read_at)
-                if prev is not None and (cur - prev).abs().max() < tol:
-                    return cur.unsqueeze(0)
-                prev = cur
         return torch.stack(preds)  # (window, B, n)
+
+    def iterate(self, xs, ys, n_loops=None):
+        """Per loop ``t = 1..n_loops`` (default 1), sharing :meth:`step` with ``forward``."""
+        e = self.embed(xs, ys)  # (B, 2n, C)
+        z = torch.full_like(e, self.neutral)
+        s = torch.full_like(e, self.neutral) if self.cfg.skip_connection else None
+        pos = self.position(e.shape[1], e.device)
+        for t in range(n_loops or 1):
+            z, s = self.step(z, e, s, pos), (z if s is not None else None)
+            yield t + 1, z, s
+
+    def unit_map(self, xs, ys):
+        e = self.embed(xs, ys)
+        pos = self.position(e.shape[1], e.device)
+        if self.cfg.skip_connection:
+            return lambda z, s: (self.step(z, e, s, pos), z)
+        return lambda z, s: (self.step(z, e, None, pos), None)
+
+    @torch.no_grad()
+    def predict_until(self, xs, ys, n_loops: int, tol: float, rule: str | StopRule = "prediction"):
+        """Early exit per prompt: predictions ``(B, n)`` at each prompt's exit and the exit
+        loops ``(B,)``. A prompt exits at the first loop ``t >= 2`` whose ``rule`` change from
+        loop ``t-1`` is below ``tol``, else at ``n_loops``; the batch stops once all exited."""
+        rule = stop_rule(rule)
+        out = exits = None
+        prev_z = prev_pred = None
+        for t, z, _ in self.iterate(xs, ys, n_loops):
+            pred = self.read(z)  # (B, n)
+            if out is None:
+                out = pred.clone()
+                exits = torch.full(pred.shape[:1], n_loops, dtype=torch.long, device=pred.device)
+                done = torch.zeros_like(exits, dtype=torch.bool)
+            else:
+                stop = ~done & (rule.change(prev_z, z, prev_pred, pred) < tol)  # (B,)
+                out[~done] = pred[~done]
+                exits[stop] = t
+                done |= stop
+                if done.all():
+                    break
+            prev_z, prev_pred = z, pred
+        return out, exits
 
 
 MODELS = {"looped": LoopedTransformer, "transformer": Transformer, "tied": TiedTransformer}

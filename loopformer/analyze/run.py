@@ -1,0 +1,359 @@
+"""``python -m loopformer.analyze``: what a trained run's loop computes (the parts
+``dynamics``, ``match``, ``probe``, ``exit``), written to ``RUN_DIR/analysis/``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loopformer.analyze import algorithms as alg
+from loopformer.analyze.dynamics import PowerIteration, first_below, trajectory
+from loopformer.analyze.exits import evaluate_rule, oracle_headroom
+from loopformer.analyze.probes import LAMBDAS, ridge_probes
+from loopformer.config import Settings, check_device
+from loopformer.data import generator
+from loopformer.errors import ConfigError, check_type
+from loopformer.evaluate import checkpoint_path, load_model, load_settings
+from loopformer.models import STOP_RULES, InContextModel
+from loopformer.stats import bootstrap_band
+
+log = logging.getLogger(__name__)
+
+PARTS = ("dynamics", "match", "probe", "exit")
+LINEAR_TASKS = ("linear_regression", "noisy_linear_regression", "sparse_linear_regression")
+GD_STEPS = (0.1, 0.5, 1.0)  # gradient-descent step sizes, in units of 1/L
+GD_LAST = 5000  # the largest gradient-descent iteration count matched
+NEWTON_ITERS = 40
+RIDGE = (0.1, 1.0)  # ridge penalties (on ||X w - y||^2 + lam ||w||^2)
+THRESHOLDS = {"state": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3],
+              "prediction": [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0]}
+CONVERGED = 1e-3  # the relative state change below which the loop counts as converged
+PROBE_TRAIN = 0.75  # share of the probe prompts its ridge fits see; the rest test it
+JACOBIAN_PROMPTS = 16  # prompts whose Jacobian top singular value is estimated
+
+
+@dataclass
+class Options:
+    """The command line of ``python -m loopformer.analyze`` (one line per option)."""
+
+    run: Path  # the run directory
+    parts: tuple[str, ...] | None = None  # None: every part defined for the run
+    n_prompts: int = 1280  # fresh prompts at the run's final curriculum shape
+    max_loops: int | None = None  # units of depth followed; None: 20 x the trained depth
+    seed: int = 0  # the prompts' seed
+    device: str | None = None  # None: the GPU if there is one
+    ckpt: str = "last"  # last | step=N | a path
+
+
+def parse_options(args: dict) -> Options:
+    """``key=value`` arguments -> :class:`Options`; a bad one is a one-line ConfigError."""
+    allowed = ("run", "parts", "n_prompts", "max_loops", "seed", "device", "ckpt")
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]}; allowed: {', '.join(allowed)}")
+    if args.get("run") in (None, ""):
+        raise ConfigError("give the run directory: python -m loopformer.analyze run=RUN_DIR")
+    parts = args.get("parts")
+    if parts is not None:
+        parts = [parts] if isinstance(parts, str) else parts
+        if not isinstance(parts, list) or not parts or any(p not in PARTS for p in parts):
+            raise ConfigError(f"parts={parts} must be a non-empty list of {', '.join(PARTS)}")
+        parts = tuple(p for p in PARTS if p in parts)
+    opts = Options(Path(str(args["run"])), parts,
+                   check_type("n_prompts", args.get("n_prompts", 1280), int),
+                   args.get("max_loops"), check_type("seed", args.get("seed", 0), int),
+                   args.get("device"), str(args.get("ckpt", "last")))
+    if opts.n_prompts < 16:
+        raise ConfigError(f"n_prompts={opts.n_prompts} must be >= 16 (calibration, held-out "
+                          f"and probe splits)")
+    if opts.max_loops is not None:
+        opts.max_loops = check_type("max_loops", opts.max_loops, int)
+        if opts.max_loops < 1:
+            raise ConfigError(f"max_loops={opts.max_loops} must be >= 1")
+    if opts.device is not None:
+        opts.device = check_device("device", str(opts.device))
+    if not opts.run.is_dir():
+        raise ConfigError(f"run={opts.run} is not a directory")
+    return opts
+
+
+def trained_depth(spec: Settings) -> int:
+    """Units of depth the model was trained with: b loops, or n_layer applications/layers."""
+    return spec.curriculum.final.n_loops if spec.looped else spec.model.n_layer
+
+
+def defined_parts(spec: Settings) -> dict[str, str | None]:
+    """Per part, None where it is defined for the run, else why it is not."""
+    why = dict.fromkeys(PARTS)
+    if spec.model.family == "transformer":
+        reason = ("its layers are distinct maps with no trained read-out before the last, so "
+                  "there is no loop map to follow or to stop early")
+        why["dynamics"] = why["exit"] = reason
+    if spec.function.name not in LINEAR_TASKS:
+        reason = (f"defined for the linear-regression tasks ({', '.join(LINEAR_TASKS)}), "
+                  f"not task {spec.function.name}")
+        why["match"] = why["probe"] = reason
+    return why
+
+
+def check_parts(opts: Options, spec: Settings) -> tuple[str, ...]:
+    why = defined_parts(spec)
+    if opts.parts is None:
+        return tuple(p for p in PARTS if why[p] is None)
+    for p in opts.parts:
+        if why[p] is not None:
+            raise ConfigError(f"parts={p} is not defined for this run: {why[p]}")
+    return opts.parts
+
+
+def _band(errors: torch.Tensor, spec: Settings, seed: int) -> dict:
+    return bootstrap_band(errors, n_resamples=spec.eval.n_resamples, seed=seed).to_dict()
+
+
+def _positions(n: int, d: int) -> dict[str, dict]:
+    """The positions the dynamics report: the last one, and k = d and k = 2d examples,
+    clipped to the prompt."""
+    out = {"last": {"k": n - 1, "clipped": False}}
+    for name, k in (("k=d", d), ("k=2d", 2 * d)):
+        out[name] = {"k": min(k, n - 1), "clipped": k > n - 1}
+    return out
+
+
+def dynamics_part(traj, err, spec, opts, jac) -> dict:
+    n, d = spec.curriculum.final.n_points, spec.curriculum.final.n_dims
+    curves = {}
+    for name, pos in _positions(n, d).items():
+        curves[name] = {**pos, **_band(err[:, :, pos["k"]].T, spec, opts.seed)}
+    change = traj.changes["state"][1:].nanmean(dim=1).tolist()  # loops 2..L
+    sigma = {str(t): {"mean": float(s.mean()), "median": float(s.median()),
+                      "max": float(s.max()), "iterations": traj.sigma_iters[t]}
+             for t, s in sorted(traj.sigma.items())}
+    below = first_below(change, CONVERGED)
+    if below["loop"] != "never":
+        below["loop"] += 1  # the curve starts at loop 2
+    return {"error": curves,
+            "state_change": {"loops": list(range(2, len(change) + 2)), "mean": change,
+                             "space": "after the final LayerNorm (what the read-out sees)"},
+            "converged_below": {"level": CONVERGED, **below},
+            "jacobian": {"at": "the state after loop t (the map to loop t+1)",
+                         "prompts": jac["prompts"], **jac["power"], "sigma": sigma}}
+
+
+def match_part(model_preds: torch.Tensor, xs, ys) -> dict:
+    """``model_preds`` (L, P, n): cosine match of residuals over positions 1..n-1."""
+    pre = alg.prefixes(xs.cpu(), ys.cpu())
+    y = pre.ys[:, 1:]
+    model_res = model_preds[:, :, 1:].double() - y  # (L, P, n-1)
+    iters = alg.log_grid(GD_LAST)
+    out = {"positions": "1..n-1 (position 0 has no examples: every algorithm predicts 0)",
+           "algorithms": {}, "closed_forms": {}}
+    runs = {f"gd_step={c:g}/L": (alg.gradient_descent(pre, c, iters), iters) for c in GD_STEPS}
+    newton_iters = list(range(1, NEWTON_ITERS + 1))
+    runs["newton"] = (alg.newton(pre, NEWTON_ITERS), newton_iters)
+    for name, (preds, its) in runs.items():
+        sim = alg.cosine_match(model_res, preds[:, :, 1:] - y)  # (L, K)
+        k_best, s_best = alg.best_match(sim, its)
+        out["algorithms"][name] = {"iterations": its, "k_star": k_best, "similarity": s_best,
+                                   "heatmap": [[round(v, 4) for v in row]
+                                               for row in sim.tolist()]}
+    closed = {"least_squares": alg.least_squares(pre),
+              **{f"ridge_{r:g}": alg.ridge(pre, r) for r in RIDGE}}
+    for name, preds in closed.items():
+        sim = alg.cosine_match(model_res, (preds[:, 1:] - y).unsqueeze(0))[:, 0]
+        out["closed_forms"][name] = [round(v, 4) for v in sim.tolist()]
+    return out
+
+
+def exit_part(err_last: torch.Tensor, traj, b: int, seed: int) -> dict:
+    """``err_last`` (L, P): per-prompt error at the last position per loop."""
+    P = err_last.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    calibration = torch.zeros(P, dtype=torch.bool)
+    calibration[torch.randperm(P, generator=g)[: P // 2]] = True
+    held = ~calibration
+    rules = {name: evaluate_rule(err_last, traj.changes[name], THRESHOLDS[name], calibration,
+                                 min(b, err_last.shape[0]))
+             for name in STOP_RULES}
+    return {"error": "normalised squared error at the last position",
+            "split": {"calibration": int(calibration.sum()), "held_out": int(held.sum())},
+            "fixed_depth_held_out": err_last[:, held].mean(dim=1).tolist(),
+            "oracle_held_out": oracle_headroom(err_last[:, held]),
+            "default_tol": {name: r.default_tol for name, r in STOP_RULES.items()},
+            "rules": rules}
+
+
+@torch.no_grad()
+def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch: int) -> dict:
+    """Ridge probes per unit of depth ``1..depth`` on the state at the x token of position k
+    (which has seen k examples), for the min-norm least-squares weights (k <= d) and
+    ``X_k^T y_k / k``; the control fits the probes on prompts of the fixed function w = 1
+    and tests them on the same held-out prompts."""
+    P, n = ys.shape
+    d = spec.curriculum.final.n_dims
+    n_train = int(PROBE_TRAIN * P)
+    ks = {"least_squares_w": list(range(1, min(d, n - 1) + 1)),
+          "xty_over_k": list(range(1, n))}
+    ones = torch.zeros(xs.shape[-1], device=xs.device)
+    ones[:d] = 1
+    ys_control = xs @ ones  # (P, n): the fixed function w = 1 on the active dims
+
+    def targets(x, y):
+        pre = alg.prefixes(x.cpu(), y.cpu())
+        keep = alg._rank_mask(pre.eigvals)
+        inv = torch.where(keep, 1 / pre.eigvals.clamp_min(1e-300), 0.0)
+        coef = torch.einsum("pnij,pni->pnj", pre.eigvecs, pre.xty)
+        w_ls = torch.einsum("pnij,pnj->pni", pre.eigvecs, inv * coef)  # (P, n, d)
+        xty = pre.xty / pre.counts.clamp_min(1).view(1, -1, 1)
+        return {"least_squares_w": w_ls[..., :d], "xty_over_k": xty[..., :d]}
+
+    def states(y):
+        """Features per unit: (depth, P, n, C) at the x tokens, one unit at a time."""
+        per_unit = [[] for _ in range(depth)]
+        for i in range(0, P, batch):
+            for t, z, _ in model.iterate(xs[i:i + batch], y[i:i + batch], depth):
+                per_unit[t - 1].append(z[:, ::2].float().cpu())  # x tokens, (b, n, C)
+        return [torch.cat(u) for u in per_unit]
+
+    tgt, tgt_ctl = targets(xs, ys), targets(xs, ys_control)
+    real, control = states(ys), states(ys_control)
+    out = {"split": {"train": n_train, "test": P - n_train},
+           "budget": f"closed-form ridge, one probe per {spec.model.family} unit and k; "
+                     f"penalty from {list(LAMBDAS)} x the mean feature variance, chosen on "
+                     f"the last 20% of the training prompts",
+           "feature": "state after the final LayerNorm at the x token of position k",
+           "control": "probes fitted on prompts of the fixed function w = 1, tested on the "
+                      "held-out prompts", "targets": {}}
+    for name, k_list in ks.items():
+        k_idx = torch.tensor(k_list)
+        rows = {"mse": [], "relative": [], "control_mse": [], "control_relative": [],
+                "chance_mse": []}
+        for t in range(depth):
+            feats = real[t][:, k_idx].transpose(0, 1)  # (G, P, C), one probe per k
+            y_t = tgt[name][:, k_idx].transpose(0, 1)  # (G, P, d)
+            fit = ridge_probes(feats[:, :n_train], y_t[:, :n_train], feats[:, n_train:],
+                               y_t[:, n_train:])
+            ctl_feats = control[t][:, k_idx].transpose(0, 1)
+            ctl_y = tgt_ctl[name][:, k_idx].transpose(0, 1)
+            ctl = ridge_probes(ctl_feats[:, :n_train], ctl_y[:, :n_train],
+                               feats[:, n_train:], y_t[:, n_train:])
+            rows["mse"].append(float(fit["mse"].mean()))
+            rows["relative"].append(float(fit["relative"].mean()))
+            rows["chance_mse"].append(float(fit["chance_mse"].mean()))
+            rows["control_mse"].append(float(ctl["mse"].mean()))
+            rows["control_relative"].append(float(ctl["relative"].mean()))
+        out["targets"][name] = {"k": k_list, **rows}
+    return out
+
+
+def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[str, ...],
+            device) -> dict:
+    model = model.to(device).eval()
+    shape = spec.curriculum.final
+    b = trained_depth(spec)
+    max_loops = opts.max_loops or 20 * b
+    xs, ys = spec.function.sample(opts.n_prompts, shape.n_points, shape.n_dims,
+                              generator(torch.device(device), opts.seed, 0))
+    norm = spec.function.normalizer(shape.n_dims)
+    batch = spec.eval.batch_size
+    unit = {"looped": "loop", "tied": "application", "transformer": "layer"}[spec.model.family]
+    result = {"run_dir": str(opts.run), "checkpoint": opts.ckpt, "family": spec.model.family,
+              "task": spec.function.name, "unit": unit, "trained_depth": b,
+              "n_dims": shape.n_dims, "n_points": shape.n_points, "n_prompts": opts.n_prompts,
+              "seed": opts.seed, "normalizer": norm, "parts": list(parts),
+              "not_defined": {p: w for p, w in defined_parts(spec).items() if w},
+              "seconds": {}}
+    looping = spec.model.family != "transformer"
+    traj = err = None
+    if looping and {"dynamics", "match", "exit"} & set(parts):
+        start = time.perf_counter()
+        jac_loops = tuple(sorted({t for t in (1, b, 5 * b, max_loops) if t <= max_loops}))
+        power = PowerIteration(seed=opts.seed)
+        traj = trajectory(model, xs, ys, max_loops, batch,
+                          jac_loops if "dynamics" in parts else (), JACOBIAN_PROMPTS, power)
+        err = (traj.preds - ys.cpu()).square() / norm  # (L, P, n)
+        result["max_loops"] = max_loops
+        result["kept"] = (f"per {unit} and prompt: the predictions and each stopping rule's "
+                          f"change; hidden states are dropped once the next one is computed")
+        result["seconds"]["trajectory"] = time.perf_counter() - start
+        if "dynamics" in parts:
+            jac = {"prompts": JACOBIAN_PROMPTS, "power": power.to_dict()}
+            result["dynamics"] = dynamics_part(traj, err, spec, opts, jac)
+    if "match" in parts:
+        start = time.perf_counter()
+        preds = traj.preds if traj is not None else model.predict(xs, ys).cpu().unsqueeze(0)
+        result["match"] = match_part(preds, xs, ys)
+        result["seconds"]["match"] = time.perf_counter() - start
+    if "exit" in parts:
+        start = time.perf_counter()
+        result["exit"] = exit_part(err[:, :, -1], traj, b, opts.seed)
+        result["seconds"]["exit"] = time.perf_counter() - start
+    if "probe" in parts:
+        start = time.perf_counter()
+        result["probe"] = probe_part(model, spec, xs, ys, b, batch)
+        result["seconds"]["probe"] = time.perf_counter() - start
+    return result
+
+
+def summary(r: dict) -> str:
+    lines = [f"{r['run_dir']}: {r['family']} on {r['task']}, {r['n_prompts']} prompts, "
+             f"trained depth {r['trained_depth']} {r['unit']}s"]
+    if "dynamics" in r:
+        dyn = r["dynamics"]
+        last = dyn["error"]["last"]["mean"]
+        b = min(r["trained_depth"], len(last))
+        sig = ", ".join(f"t={t}: {s['mean']:.3f}" for t, s in dyn["jacobian"]["sigma"].items())
+        lines.append(f"dynamics: error at the last position {last[b - 1]:.4f} at {b}, "
+                     f"{last[-1]:.4f} at {len(last)}; state change < {CONVERGED:g} from "
+                     f"{dyn['converged_below']['loop']}; Jacobian sigma {sig}")
+    if "match" in r:
+        for name, a in r["match"]["algorithms"].items():
+            ks = a["k_star"]
+            lines.append(f"match {name}: k*(t) = {ks[:8]}{' ...' if len(ks) > 8 else ''}, "
+                         f"similarity {a['similarity'][min(len(ks), r['trained_depth']) - 1]:.3f}"
+                         f" at the trained depth")
+    if "exit" in r:
+        ex = r["exit"]
+        o = ex["oracle_held_out"]
+        lines.append(f"exit: best fixed depth {o['best_fixed_loop']} ({o['best_fixed_error']:.4f}),"
+                     f" oracle {o['oracle_error']:.4f}, headroom {o['headroom']:.4f}")
+        for name, rule in ex["rules"].items():
+            c = rule["chosen"]
+            lines.append(f"exit {name}: " + ("no threshold matched the trained depth on the "
+                                             "calibration split" if c is None else
+                                             f"tol={rule['chosen_tol']:g}: error {c['error']:.4f}"
+                                             f" in {c['mean_loops']:.1f} loops (held out)"))
+    if "probe" in r:
+        for name, t in r["probe"]["targets"].items():
+            rel = t["relative"]
+            lines.append(f"probe {name}: relative error {rel[0]:.3f} -> {rel[-1]:.3f} "
+                         f"(control {t['control_relative'][-1]:.3f})")
+    return "\n".join(lines)
+
+
+def analyze_run(opts: Options) -> dict:
+    """Validate, load, analyse, write ``RUN_DIR/analysis/analysis.json`` and plots."""
+    from loopformer.analyze.plots import plot_analysis
+
+    spec = load_settings(opts.run)
+    parts = check_parts(opts, spec)
+    ckpt = checkpoint_path(opts.run, opts.ckpt)
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt={opts.ckpt}: no checkpoint at {ckpt}")
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(opts.run, spec, opts.ckpt)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = analyze(model, spec, opts, parts, device)
+    result["seconds"]["total"] = time.perf_counter() - start
+    result["cpu_seconds"] = time.process_time() - cpu_start  # all threads of this process
+    result["torch"] = torch.__version__
+    out = opts.run / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    plot_analysis(result, out)
+    log.info("%s\nwrote %s", summary(result), out)
+    return result

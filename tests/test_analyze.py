@@ -1,0 +1,222 @@
+"""python -m loopformer.analyze: each measurement against a fact that does not depend on it."""
+
+import pytest
+import torch
+
+from loopformer.analyze import algorithms as alg
+from loopformer.analyze.__main__ import main
+from loopformer.analyze.dynamics import PowerIteration, top_singular_value
+from loopformer.analyze.exits import exit_loops, oracle_headroom
+from loopformer.analyze.probes import ridge_probes
+from loopformer.models import STOP_RULES, build_model
+
+
+def lr_prompts(P=64, n=12, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(P, n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(P, d, generator=g, dtype=torch.float64)
+    return xs, torch.einsum("pnd,pd->pn", xs, w), w
+
+
+def condition(xs, k):
+    """Condition number (P,) of X_k^T X_k on its row space (nonzero singular values of X_k)."""
+    sv = torch.linalg.svdvals(xs[:, :k])  # (P, min(k, d))
+    return (sv[:, 0] / sv[:, -1]).square()
+
+
+def test_newton_converges_to_least_squares():
+    xs, ys, _ = lr_prompts()
+    pre = alg.prefixes(xs, ys)
+    newton = alg.newton(pre, 40)  # (40, P, n)
+    for k in range(1, xs.shape[1]):  # the pseudo-inverse solution on k examples
+        w = torch.linalg.pinv(xs[:, :k]) @ ys[:, :k].unsqueeze(-1)  # (P, d, 1)
+        ref = (xs[:, k] * w.squeeze(-1)).sum(-1)
+        # the error factor per eigenvalue is (1 - lam^2/lam_max^2)^(2^j): 40 steps reach any
+        # condition number below ~1e5
+        ok = condition(xs, k) < 1e4
+        assert ok.float().mean() > 0.5
+        torch.testing.assert_close(newton[-1, ok, k], ref[ok], rtol=1e-8, atol=1e-8)
+
+
+def test_gradient_descent_with_step_one_over_l_never_increases_the_loss():
+    xs, ys, _ = lr_prompts()
+    pre = alg.prefixes(xs, ys)
+    losses = []
+    for k in [*range(0, 50), 100, 1000, 5000]:
+        w = alg.gd_weights(pre, 1.0, k)  # (P, n, d)
+        r = torch.einsum("pid,pnd->pni", xs, w) - ys.unsqueeze(1)  # (P, n prefix, i example)
+        mask = torch.arange(xs.shape[1]).view(1, 1, -1) < torch.arange(xs.shape[1]).view(1, -1, 1)
+        losses.append((r.square() * mask).sum(-1))  # (P, n)
+    losses = torch.stack(losses)
+    assert (losses[1:] <= losses[:-1] * (1 + 1e-9) + 1e-12).all()
+    # and reaches the least-squares loss (0 here) where (1 - 1/condition)^5000 is tiny
+    for k in range(6, xs.shape[1]):
+        ok = condition(xs, k) < 100
+        assert (losses[-1, ok, k] < 1e-8 * losses[0, ok, k]).all()
+
+
+def gd_by_hand(xs, ys, k_iter):
+    """Predictions (P, n) of k_iter gradient-descent steps with step 1/L, by explicit loops."""
+    P, n, d = xs.shape
+    out = torch.zeros(P, n, dtype=xs.dtype)
+    for p in range(P):
+        for k in range(1, n):
+            X, y = xs[p, :k], ys[p, :k]
+            H = X.T @ X / k
+            eta = 1 / torch.linalg.eigvalsh(H)[-1]
+            w = torch.zeros(d, dtype=xs.dtype)
+            for _ in range(k_iter):
+                w = w - eta * (H @ w - X.T @ y / k)
+            out[p, k] = xs[p, k] @ w
+    return out
+
+
+def test_synthetic_model_at_gd_iterate_3t_is_matched_with_k_star_3t():
+    xs, ys, _ = lr_prompts(P=12, n=8, d=4)
+    loops = range(1, 6)
+    model_preds = torch.stack([gd_by_hand(xs, ys, 3 * t) for t in loops])  # (L, P, n)
+    pre = alg.prefixes(xs, ys)
+    iters = list(range(0, 20))
+    algo = alg.gradient_descent(pre, 1.0, iters)
+    sim = alg.cosine_match(model_preds[:, :, 1:] - ys[:, 1:], algo[:, :, 1:] - ys[:, 1:])
+    k_star, s = alg.best_match(sim, iters)
+    assert k_star == [3 * t for t in loops]
+    assert s == pytest.approx([1.0] * 5, abs=1e-9)
+
+
+def test_probe_reads_back_a_linearly_encoded_w_and_is_at_chance_on_the_control():
+    g = torch.Generator().manual_seed(0)
+    P, d, C = 800, 5, 32
+    A = torch.randn(d, C, generator=g)
+    w = torch.randn(P, d, generator=g)
+    states = w @ A + 0.01 * torch.randn(P, C, generator=g)
+    fit = ridge_probes(states[None, :600], w[None, :600], states[None, 600:], w[None, 600:])
+    assert fit["relative"].item() < 0.01
+    ones = torch.ones(600, d)  # the control: every prompt has w = 1
+    ctl_states = ones @ A + 0.01 * torch.randn(600, C, generator=g)
+    ctl = ridge_probes(ctl_states[None], ones[None], states[None, 600:], w[None, 600:])
+    assert ctl["mse"].item() == pytest.approx(ctl["chance_mse"].item(), rel=0.05)
+
+
+def test_jacobian_of_a_halving_map_has_top_singular_value_one_half():
+    z = torch.randn(3, 6, 4)
+    sigma, _ = top_singular_value(lambda z: (0.5 * z,), (z,))
+    torch.testing.assert_close(sigma, torch.full((3,), 0.5), rtol=1e-5, atol=1e-6)
+
+
+def test_jacobian_of_a_linear_map_matches_its_svd():
+    g = torch.Generator().manual_seed(1)
+    M = torch.randn(2, 8, 8, generator=g, dtype=torch.float64)  # one map per prompt
+    z = torch.randn(2, 8, dtype=torch.float64)
+    sigma, _ = top_singular_value(lambda z: (torch.einsum("bij,bj->bi", M, z),), (z,),
+                                  PowerIteration(max_iter=2000, tol=1e-12))
+    torch.testing.assert_close(sigma, torch.linalg.svdvals(M)[:, 0], rtol=1e-6, atol=1e-8)
+
+
+def test_oracle_headroom_of_a_hand_made_table():
+    err = torch.tensor([[0.5, 0.1, 0.9],  # rows: depths 1..3, columns: prompts
+                        [0.2, 0.4, 0.3],
+                        [0.6, 0.3, 0.1]])
+    out = oracle_headroom(err)
+    # mean per depth: 0.5, 0.3, 0.3333 -> depth 2; oracle: (0.2 + 0.1 + 0.1) / 3
+    assert out["best_fixed_loop"] == 2
+    assert out["best_fixed_error"] == pytest.approx(0.3)
+    assert out["oracle_error"] == pytest.approx(0.4 / 3)
+    assert out["headroom"] == pytest.approx(0.3 - 0.4 / 3)
+
+
+def test_exit_loops_follow_the_first_change_below_tol():
+    change = torch.tensor([[float("nan")] * 3, [0.5, 0.01, 0.5], [0.02, 0.5, 0.5]])
+    assert exit_loops(change, 0.03).tolist() == [3, 2, 3]
+
+
+def test_predict_early_exit_agrees_with_the_analysis_rule():
+    torch.manual_seed(0)
+    model = build_model(dict(n_dims=3, n_positions=6, n_embd=16, n_head=2)).double().eval()
+    xs, ys = torch.randn(5, 6, 3, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    zs = [z for _, z, _ in model.iterate(xs, ys, 30)]
+    for name, rule in STOP_RULES.items():
+        steps = zip(zs, zs[1:], strict=False)
+        change = torch.stack([torch.full((5,), float("nan"))] + [
+            rule.change(a, b, model.read(a), model.read(b)) for a, b in steps])
+        tol = float(change[1:].median().detach())
+        preds, exits = model.predict_until(xs, ys, 30, tol, name)
+        assert exits.tolist() == exit_loops(change, tol).tolist()
+        ref = torch.stack([model.read(zs[t - 1])[i] for i, t in enumerate(exits.tolist())])
+        torch.testing.assert_close(preds, ref, rtol=0, atol=0)
+
+
+def test_iterate_matches_forward():
+    torch.manual_seed(0)
+    for kw in ({}, {"skip_connection": True}, {"family": "tied", "n_layer": 3}):
+        model = build_model(dict(n_dims=3, n_positions=6, n_embd=16, n_head=2, **kw)).eval()
+        xs, ys = torch.randn(2, 6, 3), torch.randn(2, 6)
+        n = 4 if model.cfg.family == "looped" else 3
+        last = [z for _, z, _ in model.iterate(xs, ys, n)][-1]
+        ref = model(xs, ys, n_loops=n)[-1]
+        torch.testing.assert_close(model.read(last), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "run=RUN_DIR"),
+    (["run=/nonexistent_dir"], "run=/nonexistent_dir is not a directory"),
+    (["run=.", "parts=[dynamics,foo]"], "parts="),
+    (["run=.", "n_prompts=3"], "n_prompts=3 must be >= 16"),
+    (["run=.", "n_prompts=abc"], "n_prompts='abc' must be an integer"),
+    (["run=.", "max_loops=0"], "max_loops=0 must be >= 1"),
+    (["run=.", "seed=1.5"], "seed=1.5 must be an integer"),
+    (["run=.", "device=tpu9"], "device="),
+    (["run=.", "colour=red"], "unknown option colour"),
+])
+def test_bad_options_are_refused_in_one_line(args, fragment, caplog):
+    assert main(args) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and fragment in errors[0]
+
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A tiny looped and a tiny transformer run, laid out as a study's runs/."""
+    from conftest import TINY, compose_cfg
+
+    from loopformer.training import run
+
+    study = tmp_path_factory.mktemp("study")
+    looped, tf = study / "looped_run", study / "transformer_run"
+    run(compose_cfg(*TINY, "trainer.max_steps=4", "eval.at_end=true", "eval.n_prompts=32",
+                    "eval.n_resamples=50", run_dir=looped))
+    run(compose_cfg(*TINY, "model=transformer", "model.n_layer=2", "trainer.max_steps=2",
+                    "eval.at_end=true", "eval.n_prompts=32", "eval.n_resamples=50",
+                    run_dir=tf))
+    # a study's layout, runs/<variant>/seed=<s> (a "=" a Hydra override cannot hold)
+    for name, path in (("looped", looped), ("transformer", tf)):
+        (study / "runs" / name).mkdir(parents=True)
+        path.rename(study / "runs" / name / "seed=1")
+    looped, tf = study / "runs" / "looped" / "seed=1", study / "runs" / "transformer" / "seed=1"
+    return study, looped, tf
+
+
+@pytest.mark.slow
+def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
+    import json
+
+    study, looped, tf = tiny_runs
+    assert main([f"run={looped}", "n_prompts=64", "max_loops=12"]) == 0
+    r = json.loads((looped / "analysis" / "analysis.json").read_text())
+    assert r["parts"] == ["dynamics", "match", "probe", "exit"]
+    assert len(r["dynamics"]["error"]["last"]["mean"]) == 12
+    two_d = r["dynamics"]["error"]["k=2d"]
+    assert two_d["clipped"] == (2 * r["n_dims"] > r["n_points"] - 1)
+    assert two_d["k"] == min(2 * r["n_dims"], r["n_points"] - 1)
+    assert sorted(r["dynamics"]["jacobian"]["sigma"]) == ["1", "12", "3"]
+    assert {"newton", "gd_step=1/L"} <= set(r["match"]["algorithms"])
+    for png in ("dynamics", "match_heatmaps", "match_k_star", "exit", "probe"):
+        assert (looped / "analysis" / f"{png}.png").stat().st_size > 1000
+    assert main([f"run={tf}", "n_prompts=64", "parts=[dynamics]"]) == 2  # not defined
+    assert main([f"study={study}", "n_prompts=64", "max_loops=12"]) == 0
+    rep = json.loads((study / "analysis.json").read_text())
+    assert set(rep["variants"]) == {"looped", "transformer"}
+    tr = json.loads((tf / "analysis" / "analysis.json").read_text())
+    assert tr["parts"] == ["match", "probe"]
+    assert len(tr["probe"]["targets"]["xty_over_k"]["mse"]) == 2  # one per layer
