@@ -307,9 +307,11 @@ def summary(r: dict) -> str:
         last = dyn["error"]["last"]["mean"]
         b = min(r["trained_depth"], len(last))
         sig = ", ".join(f"t={t}: {s['mean']:.3f}" for t, s in dyn["jacobian"]["sigma"].items())
+        loop = dyn["converged_below"]["loop"]
+        below = "never" if loop == "never" else f"from loop {loop}"
         lines.append(f"dynamics: error at the last position {last[b - 1]:.4f} at {b}, "
-                     f"{last[-1]:.4f} at {len(last)}; state change < {CONVERGED:g} from "
-                     f"{dyn['converged_below']['loop']}; Jacobian sigma {sig}")
+                     f"{last[-1]:.4f} at {len(last)}; state change < {CONVERGED:g}: {below}; "
+                     f"Jacobian sigma {sig}")
     if "match" in r:
         for name, a in r["match"]["algorithms"].items():
             ks = a["k_star"]
