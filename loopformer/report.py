@@ -517,6 +517,7 @@ def pages_with_tables(folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="python -m loopformer.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -545,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             if not all(r.get("ood") for r in data["runs"]):
                 raise ConfigError(f"{args.data}: runs without an out-of-distribution block")
             plot_ood(data, args.out, args.variants.split(",") if args.variants else None)
-            print(f"wrote {args.out}")
+            log.info("wrote %s", args.out)
             return 0
         if args.cmd == "export":
             if not args.study_dir.is_dir():
@@ -553,9 +554,12 @@ def main(argv: list[str] | None = None) -> int:
             out = export(args.study_dir, args.out, args.study, args.threshold,
                          {"command": args.command, "commit": args.commit,
                           "wall_time_s": args.wall_time})
-            print(f"wrote {out}")
+            log.info("wrote %s", out)
             return 0
         stale = []
+        missing = [str(p) for p in args.pages if not p.is_file()]
+        if missing:
+            raise ConfigError(f"no such page: {', '.join(missing)}")
         for page in args.pages:
             text, changed = rebuild(page)
             if args.check:
@@ -563,12 +567,12 @@ def main(argv: list[str] | None = None) -> int:
                     stale.append(f"{page}: tables {changed} differ from their data")
             else:
                 page.write_text(text)
-                print(f"{page}: rebuilt, {len(changed)} table(s) changed")
+                log.info("%s: rebuilt, %d table(s) changed", page, len(changed))
         for line in stale:
-            print(line, file=sys.stderr)
+            log.error("%s", line)
         return 1 if stale else 0
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        log.error("error: %s", e)
         return 2
 
 

@@ -208,3 +208,8 @@ def test_ood_table_by_hand(study_dir, tmp_path):
     out = tmp_path / "ood.png"
     assert main(["plot-ood", str(tmp_path / "data" / "s.json"), str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_a_missing_page_is_refused_in_one_line(tmp_path, caplog):
+    assert main(["tables", str(tmp_path / "nosuch.md")]) == 2
+    assert "no such page" in caplog.text
