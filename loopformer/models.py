@@ -330,6 +330,13 @@ class InContextModel(nn.Module):
         return None
 
 
+def _no_early_exit(model, tol) -> None:
+    """Early exit stops a loop; a model with a fixed depth has none to stop."""
+    if tol is not None:
+        raise ConfigError(f"tol={tol} (early exit) applies to looped models; model.family="
+                          f"{model.cfg.family} has a fixed depth")
+
+
 class Transformer(InContextModel):
     """The Garg et al. baseline: a plain stack of ``n_layer`` blocks."""
 
@@ -337,6 +344,7 @@ class Transformer(InContextModel):
         super().__init__(cfg, cfg.n_layer)
 
     def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None):
+        _no_early_exit(self, tol)
         p = self.layout(xs, ys, queries)
         h = self.backbone(p.e, pos=self.wpe(p.slots), mask=p.mask)
         return self.read(h, p.read_at).unsqueeze(0)  # (1, B, n)
@@ -365,6 +373,7 @@ class TiedTransformer(InContextModel):
         super().__init__(cfg, 1)
 
     def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None):
+        _no_early_exit(self, tol)
         p = self.layout(xs, ys, queries)
         h, pos = p.e, self.wpe(p.slots)  # (B, T, C), (T, C)
         for _ in range(self.cfg.n_layer):

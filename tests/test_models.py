@@ -630,3 +630,11 @@ def test_predict_tol_zero_runs_all_loops():
     xs, ys = prompt(3, 6)
     torch.testing.assert_close(model.predict(xs, ys, n_loops=10, tol=0.0),
                                model.predict(xs, ys, n_loops=10), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["transformer", "tied"])
+def test_fixed_depth_models_refuse_early_exit(family):
+    model = make(family=family, n_layer=2)
+    xs, ys = prompt(3, 6)
+    with pytest.raises(ConfigError, match="tol=0.01"):
+        model.predict(xs, ys, tol=0.01)
