@@ -314,13 +314,13 @@ def format_ood_table(results: dict) -> str:
     width = max(len(s) for s in ood) + 2
     lines = [f"out of distribution: normalised error at k = 2d = {2 * results['active_dims']}"
              f" examples (* the last scored position)",
-             f"{'':<{width}}" + "".join(f"{s:>14}" for s in names)]
+             f"{'':<{width}}" + "".join(f"{c:>{max(14, len(c) + 2)}}" for c in names)]
     for shift, block in ood.items():
         k = block["summary_k"]
         mark = "*" if k != 2 * results["active_dims"] else " "
         lines.append(f"{shift + mark:<{width}}" + "".join(
-            f"{block['curves'][c]['mean'][k]:>14.4f}" if c in block["curves"] else f"{'':>14}"
-            for c in names))
+            f"{block['curves'][c]['mean'][k]:>{max(14, len(c) + 2)}.4f}" if c in block["curves"]
+            else " " * max(14, len(c) + 2) for c in names))
     return "\n".join(lines)
 
 
