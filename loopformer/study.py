@@ -71,7 +71,7 @@ class Study:
     launcher: str | None = None  # hydra/launcher option the study runs with by default
     n_jobs: int | None = None  # concurrent runs (joblib launcher); threads split among them
 
-    KEYS = ("name", "base", "variants", "variants_from", "seeds", "examples", "groups",
+    KEYS = ("name", "base", "variants", "variants_from", "only", "seeds", "examples", "groups",
             "launcher", "n_jobs")
 
     @classmethod
@@ -91,11 +91,30 @@ class Study:
             if bad:
                 raise ConfigError(f"study.groups.{g} names unknown variants {bad}; allowed: "
                                   f"{list(d['variants'])}")
+        if d.get("only") is not None:
+            d["variants"] = _only(d["variants"], d["only"])
+            groups = {g: tuple(v for v in members if v in d["variants"])
+                      for g, members in groups.items()}
+            groups = {g: members for g, members in groups.items() if len(members) > 1}
         n_jobs = check_n_jobs("study.n_jobs", d.get("n_jobs"))
         return cls(d["name"], tuple(d.get("base") or ()),
                    {k: tuple(v or ()) for k, v in d["variants"].items()},
                    tuple(int(s) for s in d["seeds"]), tuple(d.get("examples") or ()),
                    groups, d.get("launcher"), n_jobs)
+
+
+def _only(variants: dict, only) -> dict:
+    """``study.only=[a,b]``: run these of the study's variants, in the study's order (the same
+    run directories, so a later full run resumes from them)."""
+    if isinstance(only, str):
+        only = [only]
+    if not isinstance(only, list) or not only:
+        raise ConfigError(f"study.only={only} must be a non-empty list of the study's variants; "
+                          f"allowed: {list(variants)}")
+    bad = [v for v in only if v not in variants]
+    if bad:
+        raise ConfigError(f"study.only names unknown variants {bad}; allowed: {list(variants)}")
+    return {k: v for k, v in variants.items() if k in only}
 
 
 def _variants_from(d: dict) -> dict:

@@ -362,6 +362,32 @@ def test_variants_from_is_checked(extra, message):
         Study.from_config(OmegaConf.create(cfg))
 
 
+def test_study_only_runs_a_subset_in_the_same_run_directories(tmp_path):
+    from loopformer.study import Study, plan
+
+    cpu = OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml")
+    full = Study.from_config(cpu)
+    part = Study.from_config(OmegaConf.merge(cpu, {"only": ["ssm", "looped", "skip"]}))
+    assert list(part.variants) == ["looped", "ssm", "skip"]  # the study's order
+    assert all(part.variants[v] == full.variants[v] for v in part.variants)
+    assert plan(part, tmp_path) and {j.run_dir for j in plan(part, tmp_path)} <= {
+        j.run_dir for j in plan(full, tmp_path)}
+    # groups keep their selected members; a group left with one variant draws nothing
+    assert part.groups == {"ssm": ("looped", "ssm"), "skip": ("looped", "skip")}
+
+
+@pytest.mark.parametrize("only,message", [
+    (["looped", "nope"], "study.only names unknown variants ['nope']; allowed: ['looped'"),
+    ([], "study.only=[] must be a non-empty list of the study's variants"),
+])
+def test_study_only_is_checked(only, message):
+    from loopformer.study import Study
+
+    cpu = OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Study.from_config(OmegaConf.merge(cpu, {"only": only}))
+
+
 def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():
     from omegaconf import OmegaConf
 
