@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
+from loopformer.analyze import tables as analysis_tables
 from loopformer.csvlog import read_metrics
 from loopformer.errors import ConfigError
 from loopformer.rundir import RunDir
@@ -86,6 +87,9 @@ def _run_record(variant: str, seed: int, run: RunDir, threshold: float) -> dict 
             "escape_step": escape_step(steps, errors, threshold)}
     if res.get("ood"):
         record["ood"] = _ood_record(res["ood"])
+    analysis = run.root / "analysis" / "analysis.json"
+    if analysis.is_file():
+        record["analysis"] = analysis_tables.record(json.loads(analysis.read_text()))
     return record
 
 
@@ -469,11 +473,12 @@ def table_meta(data: dict, opts: dict) -> list[str]:
 
 
 TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": table_runs,
-          "meta": table_meta, "ood": table_ood}
+          "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis}
 OPTIONS = {"variants": {"data", "variants", "k", "loops"},
            "comparisons": {"data", "pairs", "k", "loops"},
            "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
-           "ood": {"data", "variants", "loops", "baselines"}}
+           "ood": {"data", "variants", "loops", "baselines"},
+           "analysis": {"data", "part", "variants"}}
 MARKER = re.compile(r"<!-- table:(\w+)((?: +[\w]+=[^\s>]+)*) *-->\n(.*?)<!-- /table:\1 -->",
                     re.DOTALL)
 
@@ -537,6 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("data", type=Path, help="docs/results/data/NAME.json")
     pl.add_argument("out", type=Path, help="the PNG to write")
     pl.add_argument("--variants", help="comma-separated variants (default: all)")
+    pa = sub.add_parser("plot-analysis", help="the loop-analysis plots of a study's data")
+    pa.add_argument("data", type=Path, help="docs/results/data/NAME.json")
+    pa.add_argument("out", type=Path, help="the folder to write NAME_<part>.png into")
+    pa.add_argument("--variants", help="comma-separated variants (default: all)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "plot-ood":
@@ -547,6 +556,17 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{args.data}: runs without an out-of-distribution block")
             plot_ood(data, args.out, args.variants.split(",") if args.variants else None)
             log.info("wrote %s", args.out)
+            return 0
+        if args.cmd == "plot-analysis":
+            if not args.data.is_file():
+                raise ConfigError(f"data file {args.data} does not exist")
+            data = json.loads(args.data.read_text())
+            if not any(r.get("analysis") for r in data["runs"]):
+                raise ConfigError(f"{args.data}: no run has an analysis; run python -m "
+                                  f"loopformer.analyze study=STUDY_DIR, then export")
+            for path in analysis_tables.plot(data, args.out, args.variants.split(",")
+                                             if args.variants else None):
+                log.info("wrote %s", path)
             return 0
         if args.cmd == "export":
             if not args.study_dir.is_dir():

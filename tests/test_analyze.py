@@ -8,6 +8,7 @@ from loopformer.analyze.__main__ import main
 from loopformer.analyze.dynamics import PowerIteration, top_singular_value
 from loopformer.analyze.exits import exit_loops, oracle_headroom
 from loopformer.analyze.probes import ridge_probes
+from loopformer.errors import ConfigError
 from loopformer.models import STOP_RULES, build_model
 
 
@@ -220,3 +221,83 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
     tr = json.loads((tf / "analysis" / "analysis.json").read_text())
     assert tr["parts"] == ["match", "probe"]
     assert len(tr["probe"]["targets"]["xty_over_k"]["mse"]) == 2  # one per layer
+    # the study data's compact records, and the plots drawn from them
+    from loopformer.analyze.tables import depth_grid, plot, record, table_analysis
+
+    rec, rec_tf = record(r), record(tr)
+    b = r["trained_depth"]
+    assert rec["dynamics"]["loops"] == depth_grid(12, b)
+    assert rec["dynamics"]["loops"][: 2 * b] == list(range(1, 2 * b + 1))
+    assert rec["dynamics"]["loops"][-1] == 12
+    assert rec["dynamics"]["error"]["last"]["mean"][-1] == pytest.approx(
+        r["dynamics"]["error"]["last"]["mean"][-1], rel=1e-4)
+    assert "dynamics" not in rec_tf and rec_tf["not_defined"]["dynamics"]
+    data = {"study": "tiny", "variants": ["looped", "transformer"],
+            "runs": [{"variant": "looped", "seed": 1, "escape_step": 1, "analysis": rec},
+                     {"variant": "transformer", "seed": 1, "escape_step": 1,
+                      "analysis": rec_tf}]}
+    rows = table_analysis(data, {"part": "dynamics"})
+    assert rows[3].startswith("| transformer | 1 | not defined: its layers are distinct maps")
+    pngs = plot(data, study / "plots")
+    assert [p.name for p in pngs] == ["tiny_dynamics.png", "tiny_k_star.png", "tiny_probe.png"]
+
+
+def _fake_analysis(seed: int, scale: float) -> dict:
+    """An analysis.json of a looped run with b = 2 and 4 loops, every figure chosen by hand."""
+    err = [0.5 * scale, 0.1 * scale, 0.05 * scale, 0.04 * scale]
+    band = {"mean": err, "low": err, "high": err}
+    return {
+        "family": "looped", "unit": "loop", "trained_depth": 2, "n_prompts": 64, "seed": 0,
+        "max_loops": 4, "not_defined": {}, "seconds": {"total": 1.234}, "cpu_seconds": 2.0,
+        "dynamics": {"error": {"last": {"k": 10, **band}, "k=d": {"k": 5, **band}},
+                     "state_change": {"mean": [0.1, 0.01 * scale, 0.0005]},
+                     "converged_below": {"level": 1e-3, "loop": 4, "stays_below": True},
+                     "jacobian": {"prompts": 16, "sigma": {
+                         "1": {"mean": 0.9 * scale, "max": 1.0}, "2": {"mean": 0.5, "max": 0.6}}}},
+        "match": {"algorithms": {"newton": {"k_star": [1, 3 + seed, 5, 6],
+                                            "similarity": [0.9, 0.95, 0.97, 0.98]}},
+                  "closed_forms": {"least_squares": [0.5, 0.9, 0.95, 0.99]}},
+        "exit": {"fixed_depth_held_out": err, "split": {"calibration": 32, "held_out": 32},
+                 "oracle_held_out": {"best_fixed_loop": 4, "best_fixed_error": 0.04 * scale,
+                                     "oracle_error": 0.03 * scale, "headroom": 0.01 * scale},
+                 "rules": {"state": {"chosen_tol": 0.01, "reference_loop": 2, "chosen": {
+                     "error": 0.09 * scale, "mean_loops": 1.5 + seed, "exit_quantiles": {},
+                     "fixed_loops_at_equal_error": 3, "loops_saved_at_equal_error": 1.5}}}},
+        "probe": {"split": {"train": 48, "test": 16}, "budget": "ridge",
+                  "targets": {"xty_over_k": {"relative": [0.6, 0.4 * scale],
+                                             "control_relative": [1.0, 1.1]}}},
+    }
+
+
+def test_depth_grid_keeps_every_loop_to_2b_then_a_log_grid():
+    from loopformer.analyze.tables import depth_grid
+
+    g = depth_grid(240, 12)
+    assert g[:24] == list(range(1, 25)) and {60, 240} <= set(g)
+    assert g == sorted(set(g)) and len(g) < 24 + 15
+    assert depth_grid(5, 12) == [1, 2, 3, 4, 5]
+
+
+def test_analysis_tables_by_hand():
+    from loopformer.analyze.tables import record, table_analysis
+
+    runs = [{"variant": "v", "seed": s, "escape_step": e,
+             "analysis": record(_fake_analysis(s, scale))}
+            for s, e, scale in ((1, 100, 1.0), (2, 300, 2.0), (3, None, 10.0))]
+    data = {"study": "s", "variants": ["v"], "runs": runs}
+    dyn = table_analysis(data, {"part": "dynamics"})[2]
+    # over the escaped seeds 1 and 2 only; b = 2, 5b = 10 is past the 4 loops analysed
+    assert dyn.startswith("| v | 2 (not escaped: 3) | 2 | 0.1500 [0.1000, 0.2000] | - | "
+                          "4: 0.0600 [0.0400, 0.0800] | 1.00e-01 | 5.00e-04 | 4 | "
+                          "1: 1.350 [0.900, 1.800]; 2: 0.500 |")
+    match = table_analysis(data, {"part": "match"})[2]
+    assert match == "| v | 2 (not escaped: 3) | 2 | 1 -> 4.5 [4, 5] (0.950) | 0.900 |"
+    probe = table_analysis(data, {"part": "probe"})[2]
+    assert probe == ("| v | 2 (not escaped: 3) | 2 | 0.600 -> 0.600 [0.400, 0.800]; lowest at "
+                     "1 (0.600); control 1.100 |")
+    ex = table_analysis(data, {"part": "exit"})[2]
+    assert ex == ("| v | 2 (not escaped: 3) | 2 | 0.1500 [0.1000, 0.2000] | 0.0600 [0.0400, "
+                  "0.0800] at 4 | 0.0450 [0.0300, 0.0600] | 0.0150 [0.0100, 0.0200] | "
+                  "tol 0.01: 0.1350 [0.0900, 0.1800] in 3.0 [2.5, 3.5] |")
+    with pytest.raises(ConfigError, match=r"part=nope must be one of"):
+        table_analysis(data, {"part": "nope"})
