@@ -13,7 +13,8 @@ loopformer.report tables PAGE.md [--check]`` rebuilds every table between marker
 from ``data/NAME.json`` beside the page (``--check``: exit 1 if the page differs instead).
 Kinds: ``variants`` (escape rate, median escape step, error over escaped seeds), ``comparisons``
 (verdicts of :mod:`loopformer.stats`'s rules for ``pairs=A:B,C:D``), ``runs`` (one row per
-run) and ``meta`` (how the data was made).
+run), ``meta`` (how the data was made), ``ood`` and ``ood_trend`` (the out-of-distribution
+suite per shift) and ``analysis`` (:mod:`loopformer.analyze.tables`).
 """
 
 from __future__ import annotations
@@ -393,6 +394,55 @@ def table_ood(data: dict, opts: dict) -> list[str]:
     return lines
 
 
+def table_ood_trend(data: dict, opts: dict) -> list[str]:
+    """Shifts (rows) x pairs of variants (columns): the error at the shift's summary position
+    at ``loops`` x b (default b), mean over the escaped seeds of A and of B, and the verdict of
+    the rule for errors (:func:`loopformer.stats.compare_means`) on their difference."""
+    if "pairs" not in opts:
+        raise ConfigError("table:ood_trend needs pairs=A:B[,C:D...] (variants of the data)")
+    factor = opts.get("loops", "1")
+    if not factor.isdigit() or int(factor) < 1:
+        raise ConfigError(f"table:ood_trend loops={factor} must be one multiple of the trained "
+                          f"loop count b (1, 5, 20, ...)")
+    pairs = []
+    for pair in opts["pairs"].split(","):
+        a, sep, b = pair.partition(":")
+        if not sep:
+            raise ConfigError(f"table:ood_trend pairs entry {pair!r} is not A:B")
+        pairs.append((a, b))
+    names = list(dict.fromkeys(v for pair in pairs for v in pair))
+    runs = {v: [r for r in _runs_of(data, v) if r["escape_step"] is not None] for v in names}
+    every = [r for v in names for r in _runs_of(data, v)]
+    if not all(r.get("ood") for r in every):
+        raise ConfigError(f"table:ood_trend: runs of {data['study']} without an "
+                          f"out-of-distribution block; evaluate them with eval.ood=default")
+
+    def errors(v: str, shift: str) -> list[float]:
+        return [r["ood"][shift]["error"][_factor_key(r, factor)] for r in runs[v]
+                if _factor_key(r, factor) in r["ood"][shift]["error"]]
+
+    lines = [f"Error at the shift's summary k {'at b' if factor == '1' else f'at {factor}b'} "
+             f"loops, mean over the escaped seeds, A -> B; the verdict of the rule for errors "
+             f"(two-sided exact permutation test of the difference of means, {ALPHA}) on it.",
+             "", "| shift | " + " | ".join(
+                 f"{a} ({len(runs[a])}) -> {b} ({len(runs[b])})" for a, b in pairs) + " |",
+             "|---|" + "---|" * len(pairs)]
+    for shift in every[0]["ood"]:
+        cells = []
+        for a, b in pairs:
+            ea, eb = errors(a, shift), errors(b, shift)
+            if not ea or not eb:
+                cells.append("-")
+                continue
+            v = compare_means(a, ea, b, eb)
+            word = ("lower" if statistics.fmean(eb) < statistics.fmean(ea) else "higher")
+            verdict = (f"**{word}** (p = {v.p:.3g})" if v.resolved
+                       else f"not resolved (p = {v.p:.2f})")
+            cells.append(f"{statistics.fmean(ea):.4f} -> {statistics.fmean(eb):.4f}: {verdict}")
+        lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot_ood(data: dict, path: Path, variants: list[str] | None = None,
              factors: tuple[str, ...] = ("1", "5", "20")) -> Path:
     """The error at k = 2d per shift: each variant at each loop count (mean over its escaped
@@ -473,12 +523,14 @@ def table_meta(data: dict, opts: dict) -> list[str]:
 
 
 TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": table_runs,
-          "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis}
+          "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis,
+          "ood_trend": table_ood_trend}
 OPTIONS = {"variants": {"data", "variants", "k", "loops"},
            "comparisons": {"data", "pairs", "k", "loops"},
            "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
            "ood": {"data", "variants", "loops", "baselines"},
-           "analysis": {"data", "part", "variants"}}
+           "analysis": {"data", "part", "variants"},
+           "ood_trend": {"data", "pairs", "loops"}}
 MARKER = re.compile(r"<!-- table:(\w+)((?: +[\w]+=[^\s>]+)*) *-->\n(.*?)<!-- /table:\1 -->",
                     re.DOTALL)
 

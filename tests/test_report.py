@@ -202,6 +202,14 @@ def test_ood_table_by_hand(study_dir, tmp_path):
             "0.0600 [0.0600, 0.0600] | 0.1200 [0.1200, 0.1200] | 0.0000 |") in lines
     assert ("| orthogonal_train_test | 4* | 0.4000 [0.3000, 0.5000] | 0.8000 [0.6000, 1.0000] | "
             "0.6000 [0.6000, 0.6000] | 1.2000 [1.2000, 1.2000] | 1.5000 |") in lines
+    # the trend table: looped (0.03, 0.05, 0.04) -> drop_3 (0.06); of the 4 ways to set one
+    # of the 4 values apart, 2 differ in mean by at least the observed 0.02: p = 2/4
+    page.write_text("<!-- table:ood_trend data=s pairs=looped:drop_3 -->\n"
+                    "<!-- /table:ood_trend -->\n")
+    lines = rebuild(page)[0].splitlines()
+    assert "| shift | looped (3) -> drop_3 (1) |" in lines
+    assert "| standard | 0.0400 -> 0.0600: not resolved (p = 0.50) |" in lines
+    assert "| orthogonal_train_test | 0.4000 -> 0.6000: not resolved (p = 0.50) |" in lines
     page.write_text("<!-- table:ood data=s loops=x -->\n<!-- /table:ood -->\n")
     with pytest.raises(ConfigError, match="loops=x"):
         rebuild(page)
