@@ -298,6 +298,8 @@ def test_analysis_tables_by_hand():
     ex = table_analysis(data, {"part": "exit"})[2]
     assert ex == ("| v | 2 (not escaped: 3) | 2 | 0.1500 [0.1000, 0.2000] | 0.0600 [0.0400, "
                   "0.0800] at 4 | 0.0450 [0.0300, 0.0600] | 0.0150 [0.0100, 0.0200] | "
-                  "tol 0.01: 0.1350 [0.0900, 0.1800] in 3.0 [2.5, 3.5] |")
+                  "tol 0.01: 0.1350 [0.0900, 0.1800] in 3.0 [2.5, 3.5]; saves 1.5 |")
+    cost = table_analysis(data, {"part": "cost"})[2]
+    assert cost == "| v | 3 | 64 | 1 | - | - | - | - | 2 |"  # every analysed run
     with pytest.raises(ConfigError, match=r"part=nope must be one of"):
         table_analysis(data, {"part": "nope"})

@@ -4,8 +4,8 @@
 (:func:`record`): the curves per unit of depth on a grid (every unit up to 2b, then about 12 per
 decade, always b, 5b and the last), the convergence loop, the Jacobian estimates, the matched
 iterations, the probes and the early-exit figures. ``<!-- table:analysis data=NAME
-part=dynamics|match|probe|exit [variants=a,b] -->`` renders them per variant over the seeds
-that left the plateau; ``python -m loopformer.report plot-analysis DATA OUT_DIR`` draws them.
+part=dynamics|match|probe|exit|cost [variants=a,b] -->`` renders them per variant over the
+seeds that left the plateau (the cost over every analysed run); ``python -m loopformer.report plot-analysis DATA OUT_DIR`` draws them.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from loopformer.errors import ConfigError
 
 PARTS = ("dynamics", "match", "probe", "exit")
+TABLE_PARTS = (*PARTS, "cost")
 
 
 def _r(x: float | None) -> float | None:
@@ -207,22 +208,37 @@ def _row_exit(runs: list[dict], rules: list[str]) -> list[str]:
             cells.append("no threshold reaches the trained depth's error")
             continue
         tols = sorted({c["chosen_tol"] for c in made})
+        saved = [c["chosen"]["loops_saved_at_equal_error"] for c in made]
         cells.append(f"tol {', '.join(f'{t:g}' for t in tols)}: "
                      f"{_band([c['chosen']['error'] for c in made])} in "
-                     f"{_band([c['chosen']['mean_loops'] for c in made], '.1f')}"
+                     f"{_band([c['chosen']['mean_loops'] for c in made], '.1f')}; saves "
+                     f"{_band(saved, '.1f')}"
                      + (f" ({len(chosen) - len(made)} none)" if len(made) < len(chosen) else ""))
     return cells
 
 
+def _row_cost(runs: list[dict]) -> list[str]:
+    an = [r["analysis"] for r in runs]
+    if not an:
+        return None
+    parts = [k for k in ("trajectory", "match", "exit", "probe") if k in an[0]["seconds"]]
+    return [str(an[0]["n_prompts"]), _band([a["seconds"]["total"] for a in an], ".0f")] + [
+        _band([a["seconds"].get(k) for a in an], ".1f") if k in parts else "-"
+        for k in ("trajectory", "match", "exit", "probe")] + [
+        _band([a["cpu_seconds"] for a in an], ".0f")]
+
+
 def table_analysis(data: dict, opts: dict) -> list[str]:
     part = opts.get("part")
-    if part not in PARTS:
-        raise ConfigError(f"table:analysis part={part} must be one of {list(PARTS)}")
+    if part not in TABLE_PARTS:
+        raise ConfigError(f"table:analysis part={part} must be one of {list(TABLE_PARTS)}")
     variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
     every = [r["analysis"] for r in data["runs"] if r.get("analysis")]
     if not every:
         raise ConfigError(f"the data of {data['study']} has no analysis; run python -m "
                           f"loopformer.analyze study=STUDY_DIR, then export")
+    if part == "cost":
+        return _table_cost(data, variants)
     with_part = [a for a in every if part in a]
     if not with_part:
         raise ConfigError(f"no run in the data of {data['study']} has the {part} part")
@@ -234,8 +250,8 @@ def table_analysis(data: dict, opts: dict) -> list[str]:
                  + ["least squares: similarity at b"],
         "probe": ["b"] + [f"{n}: first -> last" for n in with_part[0]["probe"]["targets"]],
         "exit": ["b", "fixed depth b", "best fixed depth", "oracle", "headroom"]
-                + [f"rule {n}: held-out error in mean loops" for n in
-                   with_part[0]["exit"]["rules"]],
+                + [f"rule {n}: held-out error in mean loops; loops saved at equal error"
+                   for n in with_part[0]["exit"]["rules"]],
     }[part]
     lines = ["| variant | seeds | " + " | ".join(head) + " |",
              "|---|---|" + "---|" * len(head)]
@@ -257,6 +273,17 @@ def table_analysis(data: dict, opts: dict) -> list[str]:
                                   if stuck else "") + (
             f" (not analysed: {', '.join(map(str, missing))})" if missing else "")
         lines.append(f"| {v} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _table_cost(data: dict, variants: list[str]) -> list[str]:
+    head = ["prompts", "wall s", "trajectory s", "match s", "exit s", "probe s",
+            "CPU s (all threads)"]
+    lines = ["| variant | runs | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for v in variants:
+        runs = [r for r in data["runs"] if r["variant"] == v and r.get("analysis")]
+        cells = _row_cost(runs) or ["-"] * len(head)
+        lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
 
 
