@@ -5,7 +5,8 @@
 decade, always b, 5b and the last), the convergence loop, the Jacobian estimates, the matched
 iterations, the probes and the early-exit figures. ``<!-- table:analysis data=NAME
 part=dynamics|match|probe|exit|cost [variants=a,b] -->`` renders them per variant over the
-seeds that left the plateau (the cost over every analysed run); ``python -m loopformer.report plot-analysis DATA OUT_DIR`` draws them.
+seeds that left the plateau (the cost over every analysed run); ``python -m
+loopformer.report plot-analysis DATA OUT_DIR`` draws them.
 """
 
 from __future__ import annotations
