@@ -388,6 +388,29 @@ def test_study_only_is_checked(only, message):
         Study.from_config(OmegaConf.merge(cpu, {"only": only}))
 
 
+def _sweep_study(name: str):
+    from hydra import compose, initialize_config_dir
+
+    from loopformer.study import Study
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return Study.from_config(compose("sweep", overrides=[f"study={name}"]).study)
+
+
+def test_the_claims_and_plateau_studies_are_seed_variants_cpu_subsets():
+    full = _sweep_study("seed_variants_cpu")
+    claims, plateau = _sweep_study("seed_claims_cpu"), _sweep_study("plateau_cpu")
+    assert claims.base == full.base and claims.seeds[:3] == full.seeds and len(claims.seeds) == 5
+    assert set(claims.variants) == {"looped", "skip", "skip_drop_3", "skip_drop_7", "keep_0.9",
+                                    "layers_2", "layers_2_inject_every_layer", "ssm"}
+    assert all(claims.variants[v] == full.variants[v] for v in claims.variants)
+    # the plateau study: the same recipe at 3x the steps
+    assert [o for o in plateau.base if not o.startswith("trainer.max_steps")] == [
+        o for o in full.base if not o.startswith("trainer.max_steps")]
+    assert "trainer.max_steps=4950" in plateau.base and "trainer.max_steps=1650" in full.base
+    assert set(plateau.variants) == {"looped", "drop_3", "drop_7", "keep_0.8", "keep_11"}
+
+
 def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():
     from omegaconf import OmegaConf
 
