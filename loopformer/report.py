@@ -46,6 +46,7 @@ from loopformer.stats import (
     compare_rates,
     escape_step,
     min_exact_n,
+    trend_test,
 )
 
 if TYPE_CHECKING:  # the study module (plots, lightning) is imported only to export
@@ -398,19 +399,20 @@ def table_ood_trend(data: dict, opts: dict) -> list[str]:
     """Shifts (rows) x pairs of variants (columns): the error at the shift's summary position
     at ``loops`` x b (default b), mean over the escaped seeds of A and of B, and the verdict of
     the rule for errors (:func:`loopformer.stats.compare_means`) on their difference."""
-    if "pairs" not in opts:
-        raise ConfigError("table:ood_trend needs pairs=A:B[,C:D...] (variants of the data)")
+    if "pairs" not in opts and "trend" not in opts:
+        raise ConfigError("table:ood_trend needs pairs=A:B[,C:D...] and/or trend=A,B,C... "
+                          "(variants of the data)")
     factor = opts.get("loops", "1")
     if not factor.isdigit() or int(factor) < 1:
         raise ConfigError(f"table:ood_trend loops={factor} must be one multiple of the trained "
                           f"loop count b (1, 5, 20, ...)")
-    pairs = []
-    for pair in opts["pairs"].split(","):
+    pairs, trend = [], opts["trend"].split(",") if "trend" in opts else []
+    for pair in opts["pairs"].split(",") if "pairs" in opts else ():
         a, sep, b = pair.partition(":")
         if not sep:
             raise ConfigError(f"table:ood_trend pairs entry {pair!r} is not A:B")
         pairs.append((a, b))
-    names = list(dict.fromkeys(v for pair in pairs for v in pair))
+    names = list(dict.fromkeys([*(v for pair in pairs for v in pair), *trend]))
     runs = {v: [r for r in _runs_of(data, v) if r["escape_step"] is not None] for v in names}
     every = [r for v in names for r in _runs_of(data, v)]
     if not all(r.get("ood") for r in every):
@@ -423,10 +425,15 @@ def table_ood_trend(data: dict, opts: dict) -> list[str]:
 
     lines = [f"Error at the shift's summary k {'at b' if factor == '1' else f'at {factor}b'} "
              f"loops, mean over the escaped seeds, A -> B; the verdict of the rule for errors "
-             f"(two-sided exact permutation test of the difference of means, {ALPHA}) on it.",
+             f"(two-sided exact permutation test of the difference of means, {ALPHA}) on it."
+             + (f" Trend: Spearman's rho between the order {', '.join(trend)} and the error "
+                f"over every escaped seed, with its two-sided permutation p-value "
+                f"(loopformer.stats.trend_test)." if trend else ""),
              "", "| shift | " + " | ".join(
-                 f"{a} ({len(runs[a])}) -> {b} ({len(runs[b])})" for a, b in pairs) + " |",
-             "|---|" + "---|" * len(pairs)]
+                 [f"{a} ({len(runs[a])}) -> {b} ({len(runs[b])})" for a, b in pairs]
+                 + ([f"trend over {', '.join(f'{v} ({len(runs[v])})' for v in trend)}"]
+                    if trend else [])) + " |",
+             "|---|" + "---|" * (len(pairs) + bool(trend))]
     for shift in every[0]["ood"]:
         cells = []
         for a, b in pairs:
@@ -439,6 +446,15 @@ def table_ood_trend(data: dict, opts: dict) -> list[str]:
             verdict = (f"**{word}** (p = {v.p:.3g})" if v.resolved
                        else f"not resolved (p = {v.p:.2f})")
             cells.append(f"{statistics.fmean(ea):.4f} -> {statistics.fmean(eb):.4f}: {verdict}")
+        if trend:
+            groups = [errors(v, shift) for v in trend]
+            if sum(bool(g) for g in groups) < 2:
+                cells.append("-")
+            else:
+                rho, p = trend_test(groups)
+                word = "falls" if rho < 0 else "rises"
+                cells.append(f"**{word}** (rho = {rho:.2f}, p = {p:.2g})" if p <= ALPHA
+                             else f"not resolved (rho = {rho:.2f}, p = {p:.2f})")
         lines.append(f"| {shift} | " + " | ".join(cells) + " |")
     return lines
 
@@ -530,7 +546,7 @@ OPTIONS = {"variants": {"data", "variants", "k", "loops"},
            "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
            "ood": {"data", "variants", "loops", "baselines"},
            "analysis": {"data", "part", "variants"},
-           "ood_trend": {"data", "pairs", "loops"}}
+           "ood_trend": {"data", "pairs", "trend", "loops"}}
 MARKER = re.compile(r"<!-- table:(\w+)((?: +[\w]+=[^\s>]+)*) *-->\n(.*?)<!-- /table:\1 -->",
                     re.DOTALL)
 

@@ -210,6 +210,14 @@ def test_ood_table_by_hand(study_dir, tmp_path):
     assert "| shift | looped (3) -> drop_3 (1) |" in lines
     assert "| standard | 0.0400 -> 0.0600: not resolved (p = 0.50) |" in lines
     assert "| orthogonal_train_test | 0.4000 -> 0.6000: not resolved (p = 0.50) |" in lines
+    # the trend over looped then drop_3: ranks of (0.03, 0.05, 0.04 | 0.06) give rho =
+    # 3 / sqrt(3 * 5) = 0.775; |rho| is as large in the 12 of the 24 orders that put the
+    # largest or the smallest value in drop_3's slot: p = 0.5
+    page.write_text("<!-- table:ood_trend data=s trend=looped,drop_3 -->\n"
+                    "<!-- /table:ood_trend -->\n")
+    lines = rebuild(page)[0].splitlines()
+    assert "| shift | trend over looped (3), drop_3 (1) |" in lines
+    assert "| standard | not resolved (rho = 0.77, p = 0.50) |" in lines
     page.write_text("<!-- table:ood data=s loops=x -->\n<!-- /table:ood -->\n")
     with pytest.raises(ConfigError, match="loops=x"):
         rebuild(page)

@@ -84,3 +84,22 @@ def test_verdict_strings():
         "not resolved with 3 seeds (3/3 vs 2/3; p = 1.00, Fisher's exact); about 16 seeds per "
         "variant would resolve a difference of this size")
     assert compare_means("a", [], "b", [1.0]).text == "no values for a"
+
+
+def test_trend_test_by_hand():
+    from loopformer.stats import trend_test
+
+    # three groups of one value, in order: rho = 1; of the 3! = 6 orders, 2 reach |rho| = 1
+    assert trend_test([[1.0], [2.0], [3.0]]) == pytest.approx((1.0, 2 / 6))
+    assert trend_test([[3.0], [2.0], [1.0]]) == pytest.approx((-1.0, 2 / 6))
+    # two groups of two: group ranks tie at 1.5 and 3.5, rho = 4 / sqrt(5 * 4) = 0.894;
+    # |rho| is as large in the 8 of the 24 orders that keep {1, 2} together
+    assert trend_test([[1.0, 2.0], [3.0, 4.0]]) == pytest.approx((0.8 ** 0.5, 8 / 24))
+    # ten values falling with the group: Monte Carlo, the smallest p it can give
+    rho, p = trend_test([[9.0, 10.0], [7.0, 8.0], [5.0, 6.0], [3.0, 4.0], [1.0, 2.0]])
+    # centred group ranks +-4, +-2, 0 (twice each), value ranks 10, 9, ..., 1: sum of products
+    # -80, of squares 80 and 82.5
+    assert rho == pytest.approx(-80 / (80 * 82.5) ** 0.5)
+    assert p == pytest.approx(1 / 20001)
+    with pytest.raises(ValueError, match="at least two groups"):
+        trend_test([[1.0, 2.0], []])
