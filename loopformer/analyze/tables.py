@@ -164,13 +164,17 @@ def _row_match(runs: list[dict], algorithms: list[str]) -> list[str]:
     if not an:
         return None
     b = an[0]["trained_depth"]
-    cells = [str(b)]
+    output_only = an[0]["match"]["loops"] == [1]  # a fixed-depth model: its output alone
+    at = 1 if output_only else b
+    cells = [f"{b} (output)" if output_only else str(b)]
     for name in algorithms:
-        ks = [_at(a, "match", ("algorithms", name, "k_star"), b) for a in an]
-        sims = [_at(a, "match", ("algorithms", name, "similarity"), b) for a in an]
+        ks = [_at(a, "match", ("algorithms", name, "k_star"), at) for a in an]
+        sims = [_at(a, "match", ("algorithms", name, "similarity"), at) for a in an]
         first = [_at(a, "match", ("algorithms", name, "k_star"), 1) for a in an]
-        cells.append(f"{_band(first, '.3g')} -> {_band(ks, '.3g')} ({_band(sims, '.3f')})")
-    ls = [_at(a, "match", ("closed_forms", "least_squares"), b) for a in an]
+        cells.append((f"{_band(ks, '.3g')}" if output_only else
+                      f"{_band(first, '.3g')} -> {_band(ks, '.3g')}")
+                     + f" ({_band(sims, '.3f')})")
+    ls = [_at(a, "match", ("closed_forms", "least_squares"), at) for a in an]
     cells.append(_band(ls, ".3f"))
     return cells
 
