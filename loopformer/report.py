@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--variants", help="comma-separated variants (default: all)")
     pa = sub.add_parser("plot-analysis", help="the loop-analysis plots of a study's data")
     pa.add_argument("data", type=Path, help="docs/results/data/NAME.json")
-    pa.add_argument("out", type=Path, help="the folder to write NAME_<part>.png into")
+    pa.add_argument("out", type=Path, help="the folder to write analysis_<study>_<part>.png into")
     pa.add_argument("--variants", help="comma-separated variants (default: all)")
     args = parser.parse_args(argv)
     try:

@@ -316,7 +316,7 @@ def plot(data: dict, out: Path, variants: list[str] | None = None) -> list[Path]
     written = []
 
     def save(fig, name):
-        path = out / f"{data['study']}_{name}.png"
+        path = out / f"analysis_{data['study']}_{name}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
