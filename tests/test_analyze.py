@@ -239,7 +239,8 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
     rows = table_analysis(data, {"part": "dynamics"})
     assert rows[3].startswith("| transformer | 1 | not defined: its layers are distinct maps")
     pngs = plot(data, study / "plots")
-    assert [p.name for p in pngs] == ["analysis_tiny_dynamics.png", "analysis_tiny_k_star.png", "analysis_tiny_probe.png"]
+    assert [p.name for p in pngs] == [f"analysis_tiny_{part}.png"
+                                      for part in ("dynamics", "k_star", "probe")]
 
 
 def _fake_analysis(seed: int, scale: float) -> dict:
