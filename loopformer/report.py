@@ -302,6 +302,17 @@ def table_variants(data: dict, opts: dict) -> list[str]:
     return lines
 
 
+def _pairs(opts: dict, kind: str) -> list[tuple[str, str]]:
+    """``pairs=A:B,C:D`` -> [(A, B), (C, D)]."""
+    out = []
+    for pair in opts["pairs"].split(","):
+        a, sep, b = pair.partition(":")
+        if not sep:
+            raise ConfigError(f"table:{kind} pairs entry {pair!r} is not A:B")
+        out.append((a, b))
+    return out
+
+
 def table_comparisons(data: dict, opts: dict) -> list[str]:
     if "pairs" not in opts:
         raise ConfigError("table:comparisons needs pairs=A:B[,C:D...] (variants of the data)")
@@ -314,10 +325,7 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
              "",
              f"| A vs B | escaped | escape rate | error at k={k} (A vs B) | error |",
              "|---|---|---|---|---|"]
-    for pair in opts["pairs"].split(","):
-        a, sep, b = pair.partition(":")
-        if not sep:
-            raise ConfigError(f"table:comparisons pairs entry {pair!r} is not A:B")
+    for a, b in _pairs(opts, "comparisons"):
         ra, rb = _runs_of(data, a), _runs_of(data, b)
         ka = sum(r["escape_step"] is not None for r in ra)
         kb = sum(r["escape_step"] is not None for r in rb)
@@ -406,12 +414,8 @@ def table_ood_trend(data: dict, opts: dict) -> list[str]:
     if not factor.isdigit() or int(factor) < 1:
         raise ConfigError(f"table:ood_trend loops={factor} must be one multiple of the trained "
                           f"loop count b (1, 5, 20, ...)")
-    pairs, trend = [], opts["trend"].split(",") if "trend" in opts else []
-    for pair in opts["pairs"].split(",") if "pairs" in opts else ():
-        a, sep, b = pair.partition(":")
-        if not sep:
-            raise ConfigError(f"table:ood_trend pairs entry {pair!r} is not A:B")
-        pairs.append((a, b))
+    pairs = _pairs(opts, "ood_trend") if "pairs" in opts else []
+    trend = opts["trend"].split(",") if "trend" in opts else []
     names = list(dict.fromkeys([*(v for pair in pairs for v in pair), *trend]))
     runs = {v: [r for r in _runs_of(data, v) if r["escape_step"] is not None] for v in names}
     every = [r for v in names for r in _runs_of(data, v)]
@@ -616,19 +620,17 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--variants", help="comma-separated variants (default: all)")
     args = parser.parse_args(argv)
     try:
-        if args.cmd == "plot-ood":
+        if args.cmd in ("plot-ood", "plot-analysis"):
             if not args.data.is_file():
                 raise ConfigError(f"data file {args.data} does not exist")
             data = json.loads(args.data.read_text())
+        if args.cmd == "plot-ood":
             if not all(r.get("ood") for r in data["runs"]):
                 raise ConfigError(f"{args.data}: runs without an out-of-distribution block")
             plot_ood(data, args.out, args.variants.split(",") if args.variants else None)
             log.info("wrote %s", args.out)
             return 0
         if args.cmd == "plot-analysis":
-            if not args.data.is_file():
-                raise ConfigError(f"data file {args.data} does not exist")
-            data = json.loads(args.data.read_text())
             if not any(r.get("analysis") for r in data["runs"]):
                 raise ConfigError(f"{args.data}: no run has an analysis; run python -m "
                                   f"loopformer.analyze study=STUDY_DIR, then export")
