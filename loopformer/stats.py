@@ -145,16 +145,14 @@ def trend_test(groups, n_resamples: int = 20000, max_exact: int = 40320,
     ry = _ranks(y)
     observed = float(rho(ry))
     n = len(y)
-    if math.factorial(n) <= max_exact:
+    exact = math.factorial(n) <= max_exact
+    if exact:
         perms = torch.tensor(list(itertools.permutations(range(n))))
     else:
         g = torch.Generator().manual_seed(seed)
         perms = torch.rand(n_resamples, n, generator=g).argsort(1)
-    stats = rho(ry[perms]).abs()
-    hits = int((stats >= abs(observed) - 1e-12).sum())
-    if math.factorial(n) <= max_exact:
-        return observed, hits / len(perms)
-    return observed, (1 + hits) / (1 + n_resamples)
+    hits = int((rho(ry[perms]).abs() >= abs(observed) - 1e-12).sum())
+    return observed, hits / len(perms) if exact else (1 + hits) / (1 + n_resamples)
 
 
 def fisher_exact(k_a: int, n_a: int, k_b: int, n_b: int) -> float:
