@@ -205,18 +205,19 @@ def export(study_dir: Path, out: Path | None = None, name: str | None = None,
     by the sweep) if there is one, else from ``conf/study/<name>.yaml`` (``name``, default the
     directory's name) and this process; ``overrides`` (command, commit, wall_time_s) replace
     the metadata."""
-    from loopformer.study import Study
+    from loopformer.study import Study, load_study
 
     previous = study_dir / "data.json"
     previous = json.loads(previous.read_text()) if previous.is_file() else None
     if previous and not name:
         study = Study.from_config(OmegaConf.create(previous["config"]))
     else:
-        conf = ROOT / "conf" / "study" / f"{name or study_dir.resolve().name}.yaml"
-        if not conf.is_file():
-            raise ConfigError(f"no study config {conf} and no {study_dir / 'data.json'}; pass "
-                              f"--study NAME of a conf/study/*.yaml")
-        study = Study.from_config(OmegaConf.load(conf))
+        name = name or study_dir.resolve().name
+        if not (ROOT / "conf" / "study" / f"{name}.yaml").is_file():
+            raise ConfigError(f"no study config conf/study/{name}.yaml and no "
+                              f"{study_dir / 'data.json'}; pass --study NAME of a "
+                              f"conf/study/*.yaml")
+        study = load_study(name)
     meta = previous["meta"] if previous else None
     data = study_data(study, study_dir, threshold, meta)
     data["meta"].update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -103,6 +103,18 @@ class Study:
                    groups, d.get("launcher"), n_jobs)
 
 
+def load_study(name: str) -> Study:
+    """``conf/study/NAME.yaml`` as ``python sweep.py study=NAME`` composes it (a study may build
+    on another through a Hydra defaults list)."""
+    from hydra import compose, initialize_config_dir
+
+    allowed = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
+    if name not in allowed:
+        raise ConfigError(f"study={name} is not in conf/study; allowed: {allowed}")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return Study.from_config(compose("sweep", overrides=[f"study={name}"]).study)
+
+
 def _only(variants: dict, only) -> dict:
     """``study.only=[a,b]``: run these of the study's variants, in the study's order (the same
     run directories, so a later full run resumes from them)."""

@@ -303,12 +303,9 @@ STUDIES = sorted(p.stem for p in (ROOT / "conf" / "study").glob("*.yaml"))
 
 
 def _sweep_study(name: str):
-    from hydra import compose, initialize_config_dir
+    from loopformer.study import load_study
 
-    from loopformer.study import Study
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return Study.from_config(compose("sweep", overrides=[f"study={name}"]).study)
+    return load_study(name)
 
 
 @pytest.mark.parametrize("name", STUDIES)
@@ -454,3 +451,10 @@ def test_a_shortened_quickstart_leaves_the_in_context_plateau(tmp_path):
     assert curve[1000] < 0.5, curve  # left the plateau
     assert curve[1000] < curve[500] - 0.1, curve  # and still falling
     assert result.test_metrics["test/error_pos/010"] == curve[1000]
+
+
+def test_load_study_refuses_an_unknown_name():
+    from loopformer.study import load_study
+
+    with pytest.raises(ConfigError, match=r"study=nope is not in conf/study; allowed: \["):
+        load_study("nope")
