@@ -348,10 +348,11 @@ def plot(data: dict, out: Path, variants: list[str] | None = None) -> list[Path]
         fig, axes = plt.subplots(1, len(algos), figsize=(4 * len(algos), 3.6), squeeze=False)
         for ax, name in zip(axes[0], algos, strict=True):
             for v, an in match.items():
-                ax.plot(an[0]["match"]["loops"],
-                        _mean_curve([a["match"]["algorithms"][name]["k_star"] for a in an]),
-                        marker=".", label=v)
-            ax.set(xscale="log", yscale="log", xlabel="loop", ylabel="k*(t)", title=name)
+                k_star = _mean_curve([a["match"]["algorithms"][name]["k_star"] for a in an])
+                ax.plot(an[0]["match"]["loops"], [max(k, 0.5) for k in k_star], marker=".",
+                        label=v)  # iteration 0 (the zero predictor) drawn at 0.5
+            ax.set(xscale="log", yscale="log", xlabel="loop", ylabel="k*(t) (0 drawn at 0.5)",
+                   title=name)
         axes[0][0].legend(fontsize=8)
         save(fig, "k_star")
     probe = {v: [r["analysis"] for r in rs if "probe" in r["analysis"]]
