@@ -315,23 +315,40 @@ def _pairs(opts: dict, kind: str) -> list[tuple[str, str]]:
 
 
 def table_comparisons(data: dict, opts: dict) -> list[str]:
+    """Pairs of variants by the rules: escape rates (Fisher's exact test), then ``of=error``
+    (default: the error at k over the escaped seeds) or ``of=escape_step`` (the escape step over
+    the escaped seeds), each by an exact permutation test of the difference of means."""
     if "pairs" not in opts:
         raise ConfigError("table:comparisons needs pairs=A:B[,C:D...] (variants of the data)")
+    of = opts.get("of", "error")
+    if of not in ("error", "escape_step"):
+        raise ConfigError(f"table:comparisons of={of} is not one of: error, escape_step")
     k, loops = _examples(data, opts)[-1], opts.get("loops")
-    lines = [f"Rules (two-sided, {ALPHA}): escape rates by Fisher's exact test; the error at "
-             f"k={k} {_loops_label(data, loops)}, over escaped seeds only, by an exact "
-             f"permutation test of the difference of means (Monte Carlo above 100,000 splits). "
-             f"Seeds needed: normal approximation at power {POWER} with the observed spread, "
-             f"at least the {min_exact_n()} per variant an exact test needs to reach {ALPHA}.",
+    if of == "error":
+        what, col = (f"the error at k={k} {_loops_label(data, loops)}",
+                     f"error at k={k} (A vs B)")
+    else:
+        what, col = (f"the escape step ({_resolution(data)})", "mean escape step (A vs B)")
+    lines = [f"Rules (two-sided, {ALPHA}): escape rates by Fisher's exact test; {what}, over "
+             f"escaped seeds only, by an exact permutation test of the difference of means "
+             f"(Monte Carlo above 100,000 splits). Seeds needed: normal approximation at power "
+             f"{POWER} with the observed spread, at least the {min_exact_n()} per variant an "
+             f"exact test needs to reach {ALPHA}.",
              "",
-             f"| A vs B | escaped | escape rate | error at k={k} (A vs B) | error |",
+             f"| A vs B | escaped | escape rate | {col} | {of.replace('_', ' ')} |",
              "|---|---|---|---|---|"]
     for a, b in _pairs(opts, "comparisons"):
         ra, rb = _runs_of(data, a), _runs_of(data, b)
         ka = sum(r["escape_step"] is not None for r in ra)
         kb = sum(r["escape_step"] is not None for r in rb)
-        ea, eb = _errors(ra, k, loops), _errors(rb, k, loops)
-        means = " vs ".join(f"{statistics.fmean(e):.4f}" if e else "-" for e in (ea, eb))
+        if of == "error":
+            ea, eb = _errors(ra, k, loops), _errors(rb, k, loops)
+            fmt = "{:.4f}"
+        else:
+            ea, eb = ([float(r["escape_step"]) for r in rs if r["escape_step"] is not None]
+                      for rs in (ra, rb))
+            fmt = "{:.0f}"
+        means = " vs ".join(fmt.format(statistics.fmean(e)) if e else "-" for e in (ea, eb))
         lines.append(f"| {a} vs {b} | {ka}/{len(ra)} vs {kb}/{len(rb)} | "
                      f"{compare_rates(a, ka, len(ra), b, kb, len(rb)).text} | {means} | "
                      f"{compare_means(a, ea, b, eb).text} |")
@@ -517,6 +534,40 @@ def plot_ood(data: dict, path: Path, variants: list[str] | None = None,
     return path
 
 
+def plot_curves(data: dict, path: Path, variants: list[str] | None = None) -> Path:
+    """The learning curves that decide escape: the fixed test set's error at the last position
+    against the training step, one line per run (a colour per variant, seeds that did not
+    escape dashed), with the escape threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = variants or data["variants"]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = plt.get_cmap("tab10")
+    for i, v in enumerate(variants):
+        for r in _runs_of(data, v):
+            escaped = r["escape_step"] is not None
+            ax.plot(r["test"]["step"], r["test"]["error_last"], color=colors(i % 10),
+                    linestyle="-" if escaped else "--", marker="o", markersize=3,
+                    linewidth=1.2, alpha=0.85)
+        ax.plot([], [], color=colors(i % 10), marker="o", markersize=3, label=v)
+    ax.axhline(data["escape"]["threshold"], color="0.4", linestyle=":", linewidth=1,
+               label=f"escape threshold {data['escape']['threshold']:g}")
+    ax.axhline(1.0, color="0.6", linestyle="--", linewidth=0.8, label="zero predictor")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"fixed test set: error at {data['n_points'] - 1} examples")
+    ax.set_title(f"{data['study']}: learning curves, one line per seed (dashed: not escaped)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _duration(seconds: float) -> str:
     h, rest = divmod(round(seconds), 3600)
     parts = [(h, "h"), (rest // 60, "min"), (rest % 60, "s")]
@@ -547,7 +598,7 @@ TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": 
           "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis,
           "ood_trend": table_ood_trend}
 OPTIONS = {"variants": {"data", "variants", "k", "loops"},
-           "comparisons": {"data", "pairs", "k", "loops"},
+           "comparisons": {"data", "pairs", "k", "loops", "of"},
            "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
            "ood": {"data", "variants", "loops", "baselines"},
            "analysis": {"data", "part", "variants"},
@@ -615,13 +666,17 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("data", type=Path, help="docs/results/data/NAME.json")
     pl.add_argument("out", type=Path, help="the PNG to write")
     pl.add_argument("--variants", help="comma-separated variants (default: all)")
+    pc = sub.add_parser("plot-curves", help="the fixed test set's learning curve of each run")
+    pc.add_argument("data", type=Path, help="docs/results/data/NAME.json")
+    pc.add_argument("out", type=Path, help="the PNG to write")
+    pc.add_argument("--variants", help="comma-separated variants (default: all)")
     pa = sub.add_parser("plot-analysis", help="the loop-analysis plots of a study's data")
     pa.add_argument("data", type=Path, help="docs/results/data/NAME.json")
     pa.add_argument("out", type=Path, help="the folder to write analysis_<study>_<part>.png into")
     pa.add_argument("--variants", help="comma-separated variants (default: all)")
     args = parser.parse_args(argv)
     try:
-        if args.cmd in ("plot-ood", "plot-analysis"):
+        if args.cmd in ("plot-ood", "plot-analysis", "plot-curves"):
             if not args.data.is_file():
                 raise ConfigError(f"data file {args.data} does not exist")
             data = json.loads(args.data.read_text())
@@ -629,6 +684,10 @@ def main(argv: list[str] | None = None) -> int:
             if not all(r.get("ood") for r in data["runs"]):
                 raise ConfigError(f"{args.data}: runs without an out-of-distribution block")
             plot_ood(data, args.out, args.variants.split(",") if args.variants else None)
+            log.info("wrote %s", args.out)
+            return 0
+        if args.cmd == "plot-curves":
+            plot_curves(data, args.out, args.variants.split(",") if args.variants else None)
             log.info("wrote %s", args.out)
             return 0
         if args.cmd == "plot-analysis":

@@ -151,6 +151,8 @@ def test_check_mode_fails_on_a_changed_page(study_dir, tmp_path):
     ("<!-- table:variants data=s loops=99 -->", "loops=99 is not among"),
     ("<!-- table:comparisons data=s -->", "needs pairs=A:B"),
     ("<!-- table:comparisons data=s pairs=looped:ssm -->", "no runs of variant 'ssm'"),
+    ("<!-- table:comparisons data=s pairs=looped:drop_3 of=speed -->",
+     "of=speed is not one of: error, escape_step"),
     ("<!-- table:meta data=missing -->", "does not exist"),
 ])
 def test_bad_markers_are_refused(study_dir, tmp_path, marker, message):
@@ -229,3 +231,26 @@ def test_ood_table_by_hand(study_dir, tmp_path):
 def test_a_missing_page_is_refused_in_one_line(tmp_path, caplog):
     assert main(["tables", str(tmp_path / "nosuch.md")]) == 2
     assert "no such page" in caplog.text
+
+
+def test_escape_step_comparison_by_hand(study_dir, tmp_path):
+    export(study_dir, tmp_path / "data" / "s.json")
+    page = _page(tmp_path, "<!-- table:comparisons data=s pairs=looped:drop_3 of=escape_step -->"
+                 "\n<!-- /table:comparisons -->\n")
+    lines = rebuild(page)[0].splitlines()
+    assert any("the escape step (test every 500 steps), over escaped seeds only" in x
+               for x in lines)
+    assert "| A vs B | escaped | escape rate | mean escape step (A vs B) | escape step |" in lines
+    # escape steps 1000, 1500, 1000 vs 1500 (seed 123 only): every one of the 4 ways to pick
+    # the single B value gives |difference of means| = 1000/3, so p = 4/4
+    row = next(x for x in lines if x.startswith("| looped vs drop_3 |"))
+    assert "| 1167 vs 1500 | not resolved with 3 vs 1 seeds (p = 1.00, permutation)" in row
+
+
+def test_learning_curve_plot(study_dir, tmp_path, caplog):
+    data = export(study_dir, tmp_path / "s.json")
+    out = tmp_path / "curves.png"
+    assert main(["plot-curves", str(data), str(out), "--variants", "looped,drop_3"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot-curves", str(data), str(out), "--variants", "ssm"]) == 2
+    assert "no runs of variant 'ssm'" in caplog.text
