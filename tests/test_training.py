@@ -395,8 +395,9 @@ def test_the_claims_and_plateau_studies_are_seed_variants_cpu_subsets():
     full = _sweep_study("seed_variants_cpu")
     claims, plateau = _sweep_study("seed_claims_cpu"), _sweep_study("plateau_cpu")
     assert claims.base == full.base and claims.seeds[:3] == full.seeds and len(claims.seeds) == 5
-    assert set(claims.variants) == {"looped", "skip", "skip_drop_3", "skip_drop_7", "keep_0.9",
-                                    "layers_2", "layers_2_inject_every_layer", "ssm"}
+    assert set(claims.variants) == {"looped", "skip", "skip_drop_3", "skip_drop_7", "keep_0.5",
+                                    "keep_0.7", "keep_0.9", "layers_2",
+                                    "layers_2_inject_every_layer", "ssm"}
     assert all(claims.variants[v] == full.variants[v] for v in claims.variants)
     # the plateau study: the same recipe at 3x the steps
     assert [o for o in plateau.base if not o.startswith("trainer.max_steps")] == [
