@@ -333,7 +333,9 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
              f"escaped seeds only, by an exact permutation test of the difference of means "
              f"(Monte Carlo above 100,000 splits). Seeds needed: normal approximation at power "
              f"{POWER} with the observed spread, at least the {min_exact_n()} per variant an "
-             f"exact test needs to reach {ALPHA}.",
+             f"exact test needs to reach {ALPHA}."
+             + (" Variants named STUDY/variant are that study's runs (option with=), trained "
+                "with its own recipe and budget." if "with" in opts else ""),
              "",
              f"| A vs B | escaped | escape rate | {col} | {of.replace('_', ' ')} |",
              "|---|---|---|---|---|"]
@@ -598,7 +600,7 @@ TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": 
           "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis,
           "ood_trend": table_ood_trend}
 OPTIONS = {"variants": {"data", "variants", "k", "loops"},
-           "comparisons": {"data", "pairs", "k", "loops", "of"},
+           "comparisons": {"data", "pairs", "k", "loops", "of", "with"},
            "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
            "ood": {"data", "variants", "loops", "baselines"},
            "analysis": {"data", "part", "variants"},
@@ -617,6 +619,21 @@ def render(kind: str, opts: dict, data: dict) -> str:
     return "\n".join(TABLES[kind](data, opts)) + "\n"
 
 
+def with_study(data: dict, other: dict) -> dict:
+    """``data`` with ``other``'s runs added under the names ``STUDY/variant`` (option
+    ``with=NAME`` of ``table:comparisons``: a variant of one study against one of another, e.g.
+    at another budget). Both must share the task, the prompt length and the escape rule."""
+    for key in ("task", "n_points", "escape"):
+        if data[key] != other[key]:
+            raise ConfigError(f"with={other['study']}: its {key} {other[key]} differs from "
+                              f"{data['study']}'s {data[key]}; only studies of one task, prompt "
+                              f"length and escape rule are compared")
+    name = other["study"]
+    return {**data, "variants": data["variants"] + [f"{name}/{v}" for v in other["variants"]],
+            "runs": data["runs"] + [{**r, "variant": f"{name}/{r['variant']}"}
+                                    for r in other["runs"]]}
+
+
 def rebuild(page: Path) -> tuple[str, list[str]]:
     """The page's text with every marked table rebuilt, and the kinds of those that
     changed."""
@@ -628,12 +645,18 @@ def rebuild(page: Path) -> tuple[str, list[str]]:
         if "data" not in opts:
             raise ConfigError(f"{page}: table:{kind} needs data=NAME (data/NAME.json beside "
                               f"the page)")
-        path = page.parent / "data" / f"{opts['data']}.json"
-        if path not in cache:
-            if not path.is_file():
-                raise ConfigError(f"{page}: table:{kind} reads {path}, which does not exist")
-            cache[path] = json.loads(path.read_text())
-        body = render(kind, opts, cache[path])
+        def load(name: str) -> dict:
+            path = page.parent / "data" / f"{name}.json"
+            if path not in cache:
+                if not path.is_file():
+                    raise ConfigError(f"{page}: table:{kind} reads {path}, which does not exist")
+                cache[path] = json.loads(path.read_text())
+            return cache[path]
+
+        data = load(opts["data"])
+        if "with" in opts:
+            data = with_study(data, load(opts["with"]))
+        body = render(kind, opts, data)
         if body != m.group(3):
             changed.append(kind)
         return m.group(0)[: m.start(3) - m.start(0)] + body + f"<!-- /table:{kind} -->"

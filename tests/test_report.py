@@ -254,3 +254,21 @@ def test_learning_curve_plot(study_dir, tmp_path, caplog):
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert main(["plot-curves", str(data), str(out), "--variants", "ssm"]) == 2
     assert "no runs of variant 'ssm'" in caplog.text
+
+
+def test_a_comparison_across_two_studies(study_dir, tmp_path):
+    out = export(study_dir, tmp_path / "data" / "s.json")
+    other = json.loads(out.read_text())
+    other["study"] = "longer"
+    (tmp_path / "data" / "t.json").write_text(json.dumps(other))
+    page = _page(tmp_path, "<!-- table:comparisons data=s with=t pairs=looped:longer/drop_3 -->"
+                 "\n<!-- /table:comparisons -->\n")
+    text = rebuild(page)[0]
+    assert "Variants named STUDY/variant are that study's runs (option with=)" in text
+    # the same counts as looped vs drop_3 within one study (test_tables_by_hand): p = 6/15
+    assert ("| looped vs longer/drop_3 | 3/3 vs 1/3 | not resolved with 3 seeds (3/3 vs 1/3; "
+            "p = 0.40, Fisher's exact)") in text
+    other["n_points"] = 21
+    (tmp_path / "data" / "t.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="its n_points 21 differs from seed_variants_cpu's 11"):
+        rebuild(page)
