@@ -578,6 +578,16 @@ def _duration(seconds: float) -> str:
     return " ".join(f"{v} {unit}" for v, unit in parts)
 
 
+def _runs_line(data: dict) -> str:
+    """``N (V variants x seeds a, b, c)``, naming the variants that have other seeds."""
+    seeds = {v: sorted(r["seed"] for r in data["runs"] if r["variant"] == v)
+             for v in data["variants"]}
+    line = (f"{len(data['runs'])} ({len(data['variants'])} variants x seeds "
+            f"{', '.join(map(str, data['seeds']))}")
+    other = [f"{v}: {', '.join(map(str, s))}" for v, s in seeds.items() if s != data["seeds"]]
+    return line + (f"; except {'; '.join(other)})" if other else ")")
+
+
 def table_meta(data: dict, opts: dict) -> list[str]:
     m = data["meta"]
     mach = m.get("machine") or {}
@@ -591,8 +601,7 @@ def table_meta(data: dict, opts: dict) -> list[str]:
             ("machine", machine or "-"),
             ("torch", ", ".join(torches) or f"{m.get('torch')} (at aggregation)"),
             ("lightning", m.get("lightning")), ("date", m.get("date")), ("wall time", wall),
-            ("runs", f"{len(data['runs'])} ({len(data['variants'])} variants x seeds "
-                     f"{', '.join(map(str, data['seeds']))})")]
+            ("runs", _runs_line(data))]
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 

@@ -272,3 +272,13 @@ def test_a_comparison_across_two_studies(study_dir, tmp_path):
     (tmp_path / "data" / "t.json").write_text(json.dumps(other))
     with pytest.raises(ConfigError, match="its n_points 21 differs from seed_variants_cpu's 11"):
         rebuild(page)
+
+
+def test_meta_names_the_variants_with_other_seeds(study_dir, tmp_path):
+    import shutil
+
+    shutil.rmtree(study_dir / "runs" / "drop_3" / "seed=1233")
+    export(study_dir, tmp_path / "data" / "s.json")
+    page = _page(tmp_path, "<!-- table:meta data=s -->\n<!-- /table:meta -->\n")
+    assert "| runs | 5 (2 variants x seeds 42, 123, 1233; except drop_3: 42, 123) |" in \
+        rebuild(page)[0]
