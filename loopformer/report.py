@@ -220,9 +220,11 @@ def export(study_dir: Path, out: Path | None = None, name: str | None = None,
         study = load_study(name)
     meta = previous["meta"] if previous else None
     data = study_data(study, study_dir, threshold, meta)
-    data["meta"].update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data["meta"].update({k: v for k, v in (overrides or {}).items()
+                         if v is not None and k != "wall_time_source"})
     if (overrides or {}).get("wall_time_s") is not None:
-        data["meta"]["wall_time_source"] = "stated at export"
+        data["meta"]["wall_time_source"] = (overrides or {}).get("wall_time_source") \
+            or "stated at export"
     out = out or DATA_DIR / f"{study.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
@@ -691,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--command", help="the command that ran the study, as the page states it")
     ex.add_argument("--commit", help="the commit the study ran at")
     ex.add_argument("--wall-time", type=float, help="the study's wall time in seconds")
+    ex.add_argument("--wall-time-source", help="what the stated wall time covers (default: "
+                                               "'stated at export')")
     tb = sub.add_parser("tables", help="rebuild the marked tables of results pages")
     tb.add_argument("pages", type=Path, nargs="+")
     tb.add_argument("--check", action="store_true", help="exit 1 if a page differs")
@@ -735,7 +739,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"study directory {args.study_dir} does not exist")
             out = export(args.study_dir, args.out, args.study, args.threshold,
                          {"command": args.command, "commit": args.commit,
-                          "wall_time_s": args.wall_time})
+                          "wall_time_s": args.wall_time,
+                          "wall_time_source": args.wall_time_source})
             log.info("wrote %s", out)
             return 0
         stale = []

@@ -3,13 +3,14 @@ page with marked tables rebuilt from its committed data."""
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from loopformer.errors import ConfigError
-from loopformer.report import export, main, pages_with_tables, rebuild
+from loopformer.report import MARKER, export, main, pages_with_tables, rebuild
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,9 @@ def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
     assert exported["runs"] == data["runs"]
     assert exported["meta"] == {**data["meta"], "wall_time_s": 60.0,
                                 "wall_time_source": "stated at export"}
+    out = export(study_dir, tmp_path / "s.json", overrides={
+        "wall_time_s": 90.0, "wall_time_source": "two sweeps"})
+    assert json.loads(out.read_text())["meta"]["wall_time_source"] == "two sweeps"
 
 
 def test_a_study_without_test_curves_is_aggregated_without_data(study_dir, caplog):
@@ -282,3 +286,44 @@ def test_meta_names_the_variants_with_other_seeds(study_dir, tmp_path):
     page = _page(tmp_path, "<!-- table:meta data=s -->\n<!-- /table:meta -->\n")
     assert "| runs | 5 (2 variants x seeds 42, 123, 1233; except drop_3: 42, 123) |" in \
         rebuild(page)[0]
+
+
+FINDINGS = re.compile(r"<!-- findings -->\n(.*?)<!-- /findings -->", re.DOTALL)
+VERDICTS = ("holds", "does not hold", "not resolved")
+
+
+def test_the_findings_table_quotes_the_generated_tables():
+    """seed_variants_cpu.md gives each of the seed's ten findings a row whose verdict is one of
+    holds / does not hold / not resolved, and every figure it quotes (errors to 4 decimals,
+    escape counts, p-values) appears in a table generated from the committed data of the three
+    studies it quotes."""
+    page = (ROOT / "docs" / "results" / "seed_variants_cpu.md").read_text()
+    block = FINDINGS.search(page)
+    assert block, "seed_variants_cpu.md has no <!-- findings --> table"
+    rows = [r for r in block.group(1).splitlines() if re.match(r"\| \d+ \|", r)]
+    assert [int(r.split("|")[1]) for r in rows] == list(range(1, 11))
+    for r in rows:
+        verdict = r.rstrip(" |").rsplit(" | ", 1)[1]
+        assert any(v in verdict for v in VERDICTS), r
+    pages = ("seed_variants_cpu", "seed_claims_cpu", "plateau_cpu")  # the studies it quotes
+    generated = "".join(m.group(3) for name in pages for m in MARKER.finditer(
+        (ROOT / "docs" / "results" / f"{name}.md").read_text()))
+    figures = re.findall(r"\b\d\.\d{4}\b|\bp = \d\.\d+|\b\d+/\d+\b", block.group(1))
+    assert figures
+    missing = sorted({f for f in figures if f not in generated})
+    assert not missing, f"figures of the findings table not in any generated table: {missing}"
+
+
+
+def test_seed_42_of_seed_variants_cpu_reproduces():
+    """A second, fresh run of the study's seed 42 (committed beside it) gives every curve of
+    the committed data again: the same machine and torch reproduce a run exactly."""
+    data = ROOT / "docs" / "results" / "data"
+    study = json.loads((data / "seed_variants_cpu.json").read_text())
+    rerun = json.loads((data / "seed_variants_cpu_seed42.json").read_text())
+    first = {r["variant"]: r for r in study["runs"] if r["seed"] == 42}
+    again = {r["variant"]: r for r in rerun["runs"]}
+    assert set(again) == set(first) and len(first) == 17
+    for v, r in again.items():
+        assert (r["error"], r["test"], r["escape_step"], r["torch"]) == (
+            first[v]["error"], first[v]["test"], first[v]["escape_step"], first[v]["torch"]), v
