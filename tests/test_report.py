@@ -314,7 +314,6 @@ def test_the_findings_table_quotes_the_generated_tables():
     assert not missing, f"figures of the findings table not in any generated table: {missing}"
 
 
-
 def test_seed_42_of_seed_variants_cpu_reproduces():
     """A second, fresh run of the study's seed 42 (committed beside it) gives every curve of
     the committed data again: the same machine and torch reproduce a run exactly."""
