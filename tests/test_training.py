@@ -406,6 +406,16 @@ def test_the_claims_and_plateau_studies_are_seed_variants_cpu_subsets():
     assert set(plateau.variants) == {"looped", "drop_3", "drop_7", "keep_0.8", "keep_11"}
 
 
+def test_the_findings_study_is_seed_claims_cpu_with_ten_seeds_and_a_finer_test_grid():
+    claims, findings = _sweep_study("seed_claims_cpu"), _sweep_study("findings_cpu")
+    assert findings.variants == claims.variants
+    assert findings.seeds[:5] == claims.seeds and len(set(findings.seeds)) == 10
+    # the same recipe; only the fixed test set is scored more often (it draws its own prompts,
+    # so training is unchanged)
+    assert tuple(o for o in findings.base if not o.startswith("test.every_n_steps")) == claims.base
+    assert "test.every_n_steps=100" in findings.base
+
+
 def test_paper_cpu_compares_the_three_families_at_the_quickstart_scale():
     from omegaconf import OmegaConf
 
