@@ -7,6 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from loopformer.cli import hydra_command, refuse
 from loopformer.errors import ConfigError, typed
 from loopformer.rundir import discard_unused_output_dir
 from loopformer.study import Interrupted, RunsFailed, Study, SweepConfig, aggregate, launch
@@ -25,11 +26,10 @@ def main(cfg: DictConfig) -> None:
         aggregate(study, study_dir)
         print((study_dir / "report.md").read_text())
     except ConfigError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         discard_unused_output_dir()  # a refused command leaves no study directory behind
-        sys.exit(2)
+        sys.exit(refuse(e))
     except Interrupted as e:
-        print(f"study {cfg.study.name} {e}; its runs were stopped. Run the same command again "
+        print(f"study {study.name} {e}; its runs were stopped. Run the same command again "
               f"to resume: finished runs are kept, the others continue from their last "
               f"checkpoint.", file=sys.stderr)
         sys.exit(130)
@@ -39,4 +39,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_command(main, Path(__file__).parent / "conf", "sweep")

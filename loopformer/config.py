@@ -15,6 +15,7 @@ the key to change and the values it accepts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError
 
 from loopformer.baselines import Baseline, build_baselines
 from loopformer.curriculum import Curriculum
@@ -193,8 +194,11 @@ class EvalConfig:
         check_seed("eval.seed", self.seed)
         if self.device is not None:
             check_device("eval.device", self.device)
-        self.predictors  # noqa: B018 -- a bad baseline is refused here, before training
-        self.shifts  # noqa: B018 -- and a bad out-of-distribution shift
+
+    def check(self) -> None:
+        """Build the baselines and resolve the shifts: a bad one is refused before training."""
+        self.predictors  # noqa: B018
+        self.shifts  # noqa: B018
 
     @cached_property
     def predictors(self) -> tuple[Baseline, ...]:
@@ -254,60 +258,77 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Trainer arguments the run sets itself (from checkpoint.*, logger, callbacks, run_dir)
 TRAINER_OWN = ("max_epochs", "logger", "callbacks", "default_root_dir", "enable_checkpointing",
                "plugins", "num_sanity_val_steps", "limit_val_batches")
+MAX_TIME_UNITS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds",
+                  "microseconds")
 
 
-def _int(key: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}={value!r} must be an integer")
-    at_least(key, value, low)
-    return value
+@dataclass
+class TrainerConfig:
+    """The ``trainer`` block: Lightning ``Trainer`` arguments. The ones loopformer reads or
+    checks are fields (defaults: ``conf/trainer/default.yaml``'s); any other key passes to
+    Lightning untouched (``others``), which refuses one it does not know when the Trainer is
+    built, before anything is written."""
 
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
+    devices: Any = 1  # a count, -1 (all), auto, a list of ids or "0,1"
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
+    num_nodes: int = 1
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed (GPU only) | ...
+    max_steps: int = 100000
+    max_time: Any = None  # DD:HH:MM:SS, or timedelta's arguments ({hours: 1}); null: none
+    log_every_n_steps: int = 100  # 0: no metrics logged
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+    others: dict[str, Any] = field(default_factory=dict)  # any other Trainer argument
 
-def check_trainer_args(t: dict) -> None:
-    """The rules on the ``trainer`` block (Lightning ``Trainer`` arguments) that do not depend
-    on the machine; Lightning refuses an argument it does not know when the Trainer is built,
-    before anything is written."""
-    own = sorted(set(t) & set(TRAINER_OWN))
-    if own:
-        raise ConfigError(f"trainer.{own[0]} is set by loopformer itself (from checkpoint.*, "
-                          f"logger, callbacks, run_dir); remove it")
-    if "max_steps" not in t:
-        raise ConfigError("trainer.max_steps is missing")
-    _int("trainer.max_steps", t["max_steps"], 1)
-    for key in ("num_nodes", "accumulate_grad_batches"):
-        if key in t:
-            _int(f"trainer.{key}", t[key], 1)
-    if "log_every_n_steps" in t:  # 0: no metrics logged (nor the loss check at logging steps)
-        _int("trainer.log_every_n_steps", t["log_every_n_steps"], 0)
-    choice("trainer.accelerator", str(t.get("accelerator", "auto")), ACCELERATORS)
-    choice("trainer.precision", str(t.get("precision", "32-true")), PRECISIONS)
-    if str(t.get("accelerator")) == "cpu" and str(t.get("precision")) in PRECISIONS_GPU_ONLY:
-        raise ConfigError(f"trainer.precision={t['precision']} (fp16) needs a GPU; on CPU use "
-                          f"32-true or bf16-mixed")
-    devices = t.get("devices", 1)
-    if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1 \
-            and devices != -1:
-        raise ConfigError(f"trainer.devices={devices} must be >= 1, -1 or auto")
-    clip = t.get("gradient_clip_val")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float))
-                             or not math.isfinite(clip) or clip < 0):
-        raise ConfigError(f"trainer.gradient_clip_val={clip!r} must be a number >= 0 (or null)")
-    max_time = t.get("max_time")
-    if isinstance(max_time, dict):  # Lightning takes timedelta's arguments too
-        units = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
-        for unit, value in max_time.items():
-            choice("trainer.max_time key", unit, units)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ConfigError(f"trainer.max_time.{unit}={value!r} must be a number >= 0")
-    elif max_time is not None:
-        parts = str(max_time).split(":")
-        if len(parts) != 4 or not all(p.isdigit() for p in parts) \
-                or not any(int(p) for p in parts):
-            raise ConfigError(f"trainer.max_time={max_time!r} is not a positive duration; use "
-                              f"DD:HH:MM:SS, e.g. 00:01:30:00 (or null)")
-    for key in ("enable_progress_bar", "enable_model_summary"):
-        if key in t and not isinstance(t[key], bool):
-            raise ConfigError(f"trainer.{key}={t[key]!r} must be true or false")
+    def __post_init__(self):
+        own = sorted(set(self.others) & set(TRAINER_OWN))
+        if own:
+            raise ConfigError(f"trainer.{own[0]} is set by loopformer itself (from "
+                              f"checkpoint.*, logger, callbacks, run_dir); remove it")
+        at_least("trainer.max_steps", self.max_steps, 1)
+        at_least("trainer.num_nodes", self.num_nodes, 1)
+        at_least("trainer.accumulate_grad_batches", self.accumulate_grad_batches, 1)
+        at_least("trainer.log_every_n_steps", self.log_every_n_steps, 0)
+        choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        choice("trainer.precision", self.precision, PRECISIONS)
+        devices = self.devices
+        if isinstance(devices, int) and not isinstance(devices, bool) and devices < 1 \
+                and devices != -1:
+            raise ConfigError(f"trainer.devices={devices} must be >= 1, -1 or auto")
+        if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
+            raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val!r} must be a "
+                              f"number >= 0 (or null)")
+        self._check_max_time()
+
+    def _check_max_time(self) -> None:
+        if isinstance(self.max_time, dict):  # Lightning takes timedelta's arguments too
+            for unit, value in self.max_time.items():
+                choice("trainer.max_time key", unit, MAX_TIME_UNITS)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ConfigError(f"trainer.max_time.{unit}={value!r} must be a number >= 0")
+        elif self.max_time is not None:
+            parts = str(self.max_time).split(":")
+            if len(parts) != 4 or not all(p.isdigit() for p in parts) \
+                    or not any(int(p) for p in parts):
+                raise ConfigError(f"trainer.max_time={self.max_time!r} is not a positive "
+                                  f"duration; use DD:HH:MM:SS, e.g. 00:01:30:00 (or null)")
+
+    @classmethod
+    def split(cls, block: dict) -> dict:
+        """A ``trainer`` block as written (one flat mapping) -> this schema's shape: the
+        fields, and every other key under ``others``."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"others"}
+        return {**{k: v for k, v in block.items() if k in names},
+                "others": {k: v for k, v in block.items() if k not in names}}
+
+    def as_written(self) -> dict:
+        """The block as one flat mapping again: ``config.yaml``, the Trainer's arguments."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "others"}
+        return {**out, **self.others}
 
 
 # ----------------------------------------------------------------------------- settings
@@ -317,10 +338,11 @@ def check_trainer_args(t: dict) -> None:
 class Settings:
     """The composed config, typed: every key a run reads, checked. ``task.*`` are the task
     class's own arguments (checked by :func:`build_task`), ``trainer`` Lightning's
-    (:func:`check_trainer_args`), ``callbacks`` Lightning callbacks by ``_target_``.
+    (:class:`TrainerConfig`), ``callbacks`` Lightning callbacks by ``_target_``.
 
-    :func:`parse` also sets ``paths`` (:class:`RunPaths`: the run directory and the checkpoint
-    to resume) and ``accelerator`` (the device training runs on)."""
+    Read a config with :meth:`from_config`: it types every group, then builds the task, the
+    baselines and the shifts the run names (:meth:`check`), outside the typing step, so that a
+    bug in their code shows its traceback instead of reading as a bad value."""
 
     seed: int  # the run's seed: prompts, loop jitter, initial weights
     model: ModelConfig
@@ -330,7 +352,7 @@ class Settings:
     optimizer: OptimConfig
     test: TestSetConfig
     checkpoint: CheckpointConfig
-    trainer: dict[str, Any]  # Lightning Trainer arguments
+    trainer: TrainerConfig  # Lightning Trainer arguments
     eval: EvalConfig
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks
@@ -346,7 +368,6 @@ class Settings:
         if cur.dims.end > model.n_dims:
             raise ConfigError(f"curriculum.dims.end={cur.dims.end} exceeds model.n_dims="
                               f"{model.n_dims}; use 1..{model.n_dims}")
-        self.function.check_active_dims(cur.dims.start)
         if cur.points.end > model.n_positions:
             raise ConfigError(f"curriculum.points.end={cur.points.end} exceeds model.n_positions="
                               f"{model.n_positions}; use curriculum.points.end <= "
@@ -358,11 +379,17 @@ class Settings:
                 raise ConfigError(f"model.keep_tokens={model.keep_tokens:g} exceeds the "
                                   f"{seq_len} tokens of a {cur.points.end}-point prompt; use "
                                   f"-{seq_len - 1}..{seq_len} or a fraction in (0,1)")
-        check_trainer_args(self.trainer)
         for name, c in self.callbacks.items():
             if not isinstance(c, dict) or not isinstance(c.get("_target_"), str):
                 raise ConfigError(f"callbacks.{name} must be a mapping with a _target_ (the "
                                   f"callback's class) and its arguments")
+
+    def check(self) -> Settings:
+        """Build what the settings name (the task, the baselines, the shifts): a bad value is a
+        ConfigError, a bug in their code its own exception. Returns ``self``."""
+        self.function.check_active_dims(self.curriculum.dims.start)
+        self.eval.check()
+        return self
 
     @cached_property
     def function(self) -> Task:
@@ -378,8 +405,11 @@ class Settings:
         return self.model.family == "looped"
 
     def to_dict(self) -> dict:
-        """The settings as plain containers (``config.yaml``, the checkpoint's copy)."""
-        return OmegaConf.to_container(OmegaConf.structured(self))
+        """The settings as plain containers, as a config writes them (``config.yaml``, the
+        checkpoint's copy)."""
+        out = OmegaConf.to_container(OmegaConf.structured(self))
+        out["trainer"] = self.trainer.as_written()
+        return out
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Settings:
@@ -393,7 +423,9 @@ class Settings:
         ev = raw.get("eval") or {}
         if isinstance(ev.get("extra_loops"), int):  # one count
             ev["extra_loops"] = [ev["extra_loops"]]
-        return typed(cls, raw)
+        if isinstance(raw.get("trainer"), dict):
+            raw["trainer"] = TrainerConfig.split(raw["trainer"])
+        return typed(cls, raw).check()
 
 
 # ----------------------------------------------------------------------------- machine
@@ -432,33 +464,29 @@ def _external_launcher() -> bool:
     return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
 
 
-def check_trainer(s: Settings) -> str:
+def check_trainer(t: TrainerConfig) -> str:
     """The device rules this machine decides; returns the accelerator training runs on."""
-    t = s.trainer
-    acc = str(t.get("accelerator", "auto"))
+    acc = t.accelerator
     if acc == "auto":
         acc = "gpu" if torch.cuda.is_available() else "cpu"
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={t['accelerator']} but no CUDA device is "
+        raise ConfigError(f"trainer.accelerator={t.accelerator} but no CUDA device is "
                           f"visible; use trainer.accelerator=cpu (or auto)")
-    precision = str(t.get("precision", "32-true"))
-    if acc == "cpu" and precision in PRECISIONS_GPU_ONLY:
-        raise ConfigError(f"trainer.precision={precision} (fp16) needs a GPU; on CPU use "
+    if acc == "cpu" and t.precision in PRECISIONS_GPU_ONLY:
+        raise ConfigError(f"trainer.precision={t.precision} (fp16) needs a GPU; on CPU use "
                           f"32-true or bf16-mixed")
-    devices = t.get("devices", 1)
-    if isinstance(devices, int) and not isinstance(devices, bool):
+    if isinstance(t.devices, int) and not isinstance(t.devices, bool):
         available = _device_count(acc)
-        if devices > available:
-            raise ConfigError(f"trainer.devices={devices} but only {available} {acc} device(s) "
-                              f"exist; use trainer.devices=1..{available}")
-    strategy = str(t.get("strategy", "auto"))
-    n_procs = _n_devices(devices, acc) * int(t.get("num_nodes", 1))
-    relaunches = strategy.startswith("ddp") and not any(
-        k in strategy for k in ("spawn", "fork", "notebook"))
+        if t.devices > available:
+            raise ConfigError(f"trainer.devices={t.devices} but only {available} {acc} "
+                              f"device(s) exist; use trainer.devices=1..{available}")
+    n_procs = _n_devices(t.devices, acc) * t.num_nodes
+    relaunches = t.strategy.startswith("ddp") and not any(
+        k in t.strategy for k in ("spawn", "fork", "notebook"))
     if relaunches and n_procs > 1 and _hydra_multirun() and not _external_launcher():
         # Lightning would start the other ranks by re-running the command line, which in a
         # multirun job starts the whole sweep again
-        raise ConfigError(f"trainer.strategy={strategy} with {n_procs} processes cannot run "
+        raise ConfigError(f"trainer.strategy={t.strategy} with {n_procs} processes cannot run "
                           f"inside a multirun on this launcher; use hydra/launcher=slurm with "
                           f"hydra.launcher.tasks_per_node={n_procs}, or trainer.devices=1")
     return acc
@@ -473,28 +501,21 @@ def check_cuda_graph(s: Settings, acc: str) -> None:
     if acc not in ("gpu", "cuda"):
         raise ConfigError(f"perf.cuda_graph=true needs a CUDA device but the run is on {acc}; "
                           f"use trainer.accelerator=gpu, or perf.cuda_graph=false")
-    if t.get("devices", 1) not in (1, "1") or int(t.get("num_nodes", 1)) != 1:
+    if t.devices not in (1, "1") or t.num_nodes != 1:
         raise ConfigError(f"perf.cuda_graph=true runs on one GPU; got trainer.devices="
-                          f"{t.get('devices')} and trainer.num_nodes={t.get('num_nodes', 1)}")
-    precision = str(t.get("precision", "32-true"))
-    if precision not in CUDA_GRAPH_PRECISIONS:
-        raise ConfigError(f"perf.cuda_graph=true with trainer.precision={precision}; use one "
+                          f"{t.devices} and trainer.num_nodes={t.num_nodes}")
+    if t.precision not in CUDA_GRAPH_PRECISIONS:
+        raise ConfigError(f"perf.cuda_graph=true with trainer.precision={t.precision}; use one "
                           f"of {', '.join(CUDA_GRAPH_PRECISIONS)}")
-    if int(t.get("accumulate_grad_batches", 1)) != 1:
+    if t.accumulate_grad_batches != 1:
         raise ConfigError(f"perf.cuda_graph=true needs trainer.accumulate_grad_batches=1, got "
-                          f"{t['accumulate_grad_batches']}")
-    if t.get("gradient_clip_val") is not None:
+                          f"{t.accumulate_grad_batches}")
+    if t.gradient_clip_val is not None:
         raise ConfigError(f"perf.cuda_graph=true does not clip gradients; set "
-                          f"trainer.gradient_clip_val=null (got {t['gradient_clip_val']})")
+                          f"trainer.gradient_clip_val=null (got {t.gradient_clip_val:g})")
 
 
 # ----------------------------------------------------------------------------- run dir
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path  # the run directory
-    ckpt: Path | None  # the checkpoint to resume from; None: a new run
 
 
 def requeued_checkpoint(run_dir: Path) -> Path | None:
@@ -509,14 +530,14 @@ def requeued_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def resolve_paths(s: Settings) -> RunPaths:
+def resolve_paths(s: Settings) -> tuple[Path, Path | None]:
     """The run directory and the checkpoint to resume from, from ``run_dir`` and
     ``ckpt_path``; a new run may not reuse a directory that holds one."""
     ckpt, run_dir = s.ckpt_path, s.run_dir
     if ckpt not in (None, "", "last"):
         p = Path(ckpt)
         if p.is_dir():  # a run directory: continue it in place
-            return RunPaths(p, RunDir(p).last_ckpt)
+            return (p, RunDir(p).last_ckpt)
         if not p.is_file():
             raise ConfigError(f"ckpt_path={ckpt} is neither a checkpoint file nor a run "
                               f"directory")
@@ -530,51 +551,33 @@ def resolve_paths(s: Settings) -> RunPaths:
             "%Y-%m-%d_%H-%M-%S")
     run_dir = Path(run_dir)
     if ckpt in (None, "", "last") and (requeued := requeued_checkpoint(run_dir)) is not None:
-        return RunPaths(run_dir, requeued)
+        return (run_dir, requeued)
     if ckpt == "last":
         last = RunDir(run_dir).last_ckpt
         if not last.is_file():
             raise ConfigError(f"ckpt_path=last but {last} does not exist; drop ckpt_path to "
                               f"start a new run")
-        return RunPaths(run_dir, last)
+        return (run_dir, last)
     if not ckpt and RunDir(run_dir).last_ckpt.exists():
         raise ConfigError(f"run_dir={run_dir} already holds a run; continue it with "
                           f"ckpt_path=last or choose another run_dir")
-    return RunPaths(run_dir, Path(ckpt) if ckpt else None)
+    return (run_dir, Path(ckpt) if ckpt else None)
 
 
-def parse(cfg: DictConfig) -> Settings:
+@dataclass(frozen=True)
+class TrainingRun:
+    """A training command, read once: its settings, the run directory it writes and the
+    checkpoint it continues from (None: a new run)."""
+
+    settings: Settings
+    dir: RunDir
+    resume: Path | None
+
+
+def parse(cfg: DictConfig) -> TrainingRun:
     """A training command's config, read once: :meth:`Settings.from_config`, then the rules
-    of this machine (devices, the CUDA graph step) and of the disk (run directory, resume).
-    Sets ``accelerator`` and ``paths`` on the settings it returns."""
+    of this machine (devices, the CUDA graph step) and of the disk (run directory, resume)."""
     s = Settings.from_config(cfg)
-    s.accelerator = check_trainer(s)
-    check_cuda_graph(s, s.accelerator)
-    s.paths = resolve_paths(s)
-    return s
-
-
-# ----------------------------------------------------------------------------- CLI options
-
-
-def cli_options(argv: list[str], allowed: dict[str, str], command: str) -> dict:
-    """``key=value`` command-line options as a dict (values read as YAML), each key one of
-    ``allowed`` (option -> what it sets, for the message). The values are checked where
-    they are used, by the schema of what they set."""
-    out = {}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{command}: {arg!r} is not of the form option=value; options: "
-                              f"{', '.join(allowed)}")
-        if key not in allowed:
-            raise ConfigError(f"{command}: unknown option {key}; allowed: "
-                              f"{', '.join(allowed)}")
-        try:
-            out[key] = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={value}"]))["v"]
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"{command}: {key}={value} cannot be read: "
-                              f"{str(e.msg).strip().splitlines()[0]}") from e
-    return out
-
-
+    check_cuda_graph(s, check_trainer(s.trainer))
+    root, resume = resolve_paths(s)
+    return TrainingRun(s, RunDir(root), resume)

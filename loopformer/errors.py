@@ -16,7 +16,12 @@ from omegaconf import (
     OmegaConf,
     StringNode,
 )
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    ConfigTypeError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 T = TypeVar("T")
 
@@ -72,7 +77,22 @@ def typed(schema: type[T], values, key: str = "") -> T:
         _check_finite(merged, key)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
+        if (bug := _constructor_error(e)) is not None:
+            raise bug from None  # a bug in a schema's checks: its traceback, no config message
         raise ConfigError(_message(e, key)) from e
+
+
+def _constructor_error(e: OmegaConfBaseException) -> BaseException | None:
+    """The exception a schema's constructor raised, where OmegaConf wrapped it as "Could not
+    create instance of ..." (it wraps any TypeError there, a bug's included); None for
+    OmegaConf's own findings (a wrong type, an unknown key)."""
+    if not isinstance(e, ConfigTypeError) or not str(e.msg).startswith(
+            "Could not create instance"):
+        return None
+    err: BaseException | None = e
+    while isinstance(err, OmegaConfBaseException):
+        err = err.__context__
+    return err
 
 
 def _check_finite(node, key: str) -> None:

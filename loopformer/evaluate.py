@@ -1,23 +1,27 @@
 """Evaluate a trained run against baselines (Garg et al. / Yang et al. protocol).
 
-``python -m loopformer.evaluate run=RUN_DIR [ckpt=last] [n_prompts=1280] [seed=0]
-[extra_loops=[500]] [baselines=[least_squares,averaging]] [device=cpu]``
-
-Writes ``RUN_DIR/eval/results.json``, ``error_vs_examples.png``, ``error_vs_loops.png``
-(looped models) and logs a table of normalised error per number of in-context examples.
+``python -m loopformer.evaluate run=RUN_DIR [option=value ...]``: each option replaces that key
+of the run's ``eval`` block (its ``config.yaml``); ``--help`` lists them. Writes
+``RUN_DIR/eval/results.json``, ``error_vs_examples.png``, ``error_vs_loops.png`` (looped
+models) and logs a table of normalised error per number of in-context examples.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
-from loopformer.config import EvalConfig, Settings, check_device, cli_options
+from loopformer.cli import option
+from loopformer.cli import run as run_tool
+from loopformer.config import EvalConfig, Settings, check_device
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, build_model, count_parameters
 from loopformer.ood import evaluate_ood, format_ood_table, plot_ood
@@ -184,10 +188,26 @@ def _with_eval_defaults(cfg):
 
 
 # the options of `python -m loopformer.evaluate`: run, and the keys of the run's eval block
-OPTIONS = {"run": "the run directory", "ckpt": "eval.ckpt", "n_prompts": "eval.n_prompts",
-           "seed": "eval.seed", "extra_loops": "eval.extra_loops",
-           "baselines": "eval.baselines", "batch_size": "eval.batch_size",
-           "n_resamples": "eval.n_resamples", "device": "eval.device", "ood": "eval.ood"}
+@dataclass
+class EvaluateOptions:
+    """``python -m loopformer.evaluate``'s options: the run, and keys of its ``eval`` block
+    to replace (null: the run's own value, from its config.yaml)."""
+
+    run: str = option(help="the run directory")
+    ckpt: str | None = option(None, "eval.ckpt: last | step=N | a checkpoint path")
+    n_prompts: int | None = option(None, "eval.n_prompts: fresh prompts at the final shape")
+    seed: int | None = option(None, "eval.seed: the prompts' and the bootstrap's seed")
+    extra_loops: Any = option(None, "eval.extra_loops: loop counts beyond the trained one")
+    baselines: Any = option(None, "eval.baselines: default, or a list of names and entries")
+    batch_size: int | None = option(None, "eval.batch_size: prompts per model forward")
+    n_resamples: int | None = option(None, "eval.n_resamples: bootstrap resamples")
+    device: str | None = option(None, "eval.device: cpu | cuda")
+    ood: Any = option(None, "eval.ood: none | default | a list of shifts")
+
+    def overrides(self) -> dict[str, Any]:
+        """The ``eval`` keys given on the command line."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "run" and getattr(self, f.name) is not None}
 
 
 def load_settings(run_dir: Path, **overrides) -> Settings:
@@ -197,7 +217,7 @@ def load_settings(run_dir: Path, **overrides) -> Settings:
     if not path.is_file():
         raise ConfigError(f"run={run_dir} has no config.yaml; is it a loopformer run "
                           f"directory?")
-    allowed = [k for k in OPTIONS if k != "run"]
+    allowed = [f.name for f in dataclasses.fields(EvaluateOptions) if f.name != "run"]
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown evaluation options {unknown}; allowed: {allowed} and run")
@@ -243,22 +263,9 @@ def evaluate_run(run_dir: str | Path, settings: Settings | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loopformer.evaluate run=RUN_DIR [option=value ...]``: 0, or 2 with one
-    line naming the option when the command is refused; any other error is a bug and shows
-    its traceback."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args = cli_options(argv if argv is not None else sys.argv[1:], OPTIONS,
-                           "python -m loopformer.evaluate")
-        run_dir = args.pop("run", None)
-        if run_dir is None:
-            raise ConfigError("give the run directory: python -m loopformer.evaluate "
-                              "run=RUN_DIR")
-        evaluate_run(str(run_dir), **args)
-    except ConfigError as e:
-        log.error("error: %s", " ".join(str(e).split()))
-        return 2
-    return 0
+    """``python -m loopformer.evaluate run=RUN_DIR [option=value ...]``."""
+    return run_tool(EvaluateOptions, lambda o: evaluate_run(o.run, **o.overrides()), argv,
+                    "python -m loopformer.evaluate", __doc__)
 
 
 if __name__ == "__main__":

@@ -464,9 +464,7 @@ class LoopedTransformer(InContextModel):
         if queries is not None and self.cfg.keep_tokens:  # as in the plain 2n-token prompt
             masked = p.slots < keep_mask_len(self.cfg.keep_tokens, 2 * xs.shape[1],
                                              strict=False)
-        z = torch.full_like(e, self.neutral)
-        s = torch.full_like(e, self.neutral) if self.cfg.skip_connection else None
-        pos = self.wpe(p.slots)  # (T, C), looked up once for all iterations
+        z, s, pos = self.start(p)
         preds = []
         for t in range(b):
             grad = t >= b - window and torch.is_grad_enabled()
@@ -481,14 +479,19 @@ class LoopedTransformer(InContextModel):
                 preds.append(self.read(z, p.read_at))
         return torch.stack(preds)  # (window, B, n)
 
+    def start(self, p: Layout):
+        """The loop's initial state ``z_0``, skip state ``s_0`` (None without skip
+        connections) and position embedding (T, C), looked up once for all iterations."""
+        z = torch.full_like(p.e, self.neutral)  # (B, T, C)
+        s = torch.full_like(p.e, self.neutral) if self.cfg.skip_connection else None
+        return z, s, self.wpe(p.slots)
+
     def iterate(self, xs, ys, n_loops=None):
-        """Per loop ``t = 1..n_loops`` (default 1), sharing :meth:`step` with ``forward``."""
-        e = self.embed(xs, ys)  # (B, 2n, C)
-        z = torch.full_like(e, self.neutral)
-        s = torch.full_like(e, self.neutral) if self.cfg.skip_connection else None
-        pos = self.position(e.shape[1], e.device)
+        """Per loop ``t = 1..n_loops`` (default 1), with ``forward``'s set-up and step."""
+        p = self.layout(xs, ys)
+        z, s, pos = self.start(p)
         for t in range(n_loops or 1):
-            z, s = self.step(z, e, s, pos), (z if s is not None else None)
+            z, s = self.step(z, p.e, s, pos), (z if s is not None else None)
             yield t + 1, z, s
 
     def unit_map(self, xs, ys):

@@ -125,7 +125,7 @@ class LoopformerModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.spec.optimizer
         opt = make_adam(self.parameters(), o)
-        total = self.spec.trainer["max_steps"]
+        total = self.spec.trainer.max_steps
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: o.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from loopformer.errors import ConfigError
+from loopformer.errors import ConfigError, typed
 from loopformer.plots import plot_study, plot_study_loops
 from loopformer.rundir import RunDir
 
@@ -60,6 +60,28 @@ class SweepConfig:
             _split(o)
 
 
+@dataclass
+class StudyConfig:
+    """A study as its YAML writes it (``conf/study/*.yaml``), typed."""
+
+    name: str
+    seeds: list[int]  # every variant runs every seed
+    base: list[str] = field(default_factory=list)  # overrides of every run
+    variants: dict[str, list[str]] | None = None  # name -> its overrides
+    variants_from: str | None = None  # or: the variants of conf/study/NAME.yaml
+    only: list[str] | None = None  # run these of the variants (the same run directories)
+    examples: list[int] = field(default_factory=list)  # report columns
+    groups: dict[str, list[str]] = field(default_factory=dict)  # plot -> variants drawn
+    launcher: str | None = None  # hydra/launcher option the study runs with by default
+    n_jobs: int | None = None  # concurrent runs (joblib launcher); threads split among them
+
+    def __post_init__(self):
+        if not self.name or not self.seeds:
+            raise ConfigError(f"study {'seeds' if self.name else 'name'} is missing; a study "
+                              f"names variants and seeds")
+        check_n_jobs("study.n_jobs", self.n_jobs)
+
+
 @dataclass(frozen=True)
 class Study:
     name: str
@@ -71,36 +93,28 @@ class Study:
     launcher: str | None = None  # hydra/launcher option the study runs with by default
     n_jobs: int | None = None  # concurrent runs (joblib launcher); threads split among them
 
-    KEYS = ("name", "base", "variants", "variants_from", "only", "seeds", "examples", "groups",
-            "launcher", "n_jobs")
-
     @classmethod
     def from_config(cls, cfg: DictConfig | dict) -> Study:
         d = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-        if d.get("variants_from") is not None:
-            d["variants"] = _variants_from(d)
-        missing = [k for k in ("name", "variants", "seeds") if not d.get(k)]
-        if missing:
-            raise ConfigError(f"study is missing {missing}; a study names variants and seeds")
-        unknown = sorted(set(d) - set(cls.KEYS))
-        if unknown:
-            raise ConfigError(f"study has unknown keys {unknown}; allowed: {list(cls.KEYS)}")
-        groups = {str(k): tuple(v or ()) for k, v in (d.get("groups") or {}).items()}
+        if isinstance(d.get("only"), str):  # study.only=looped: one variant
+            d["only"] = [d["only"]]
+        c = typed(StudyConfig, d, key="study")
+        variants = _variants_from(c) if c.variants_from else c.variants
+        if not variants:
+            raise ConfigError("study is missing ['variants']; a study names variants and seeds")
+        groups = {g: tuple(members) for g, members in c.groups.items()}
         for g, members in groups.items():
-            bad = [v for v in members if v not in d["variants"]]
+            bad = [v for v in members if v not in variants]
             if bad:
                 raise ConfigError(f"study.groups.{g} names unknown variants {bad}; allowed: "
-                                  f"{list(d['variants'])}")
-        if d.get("only") is not None:
-            d["variants"] = _only(d["variants"], d["only"])
-            groups = {g: tuple(v for v in members if v in d["variants"])
+                                  f"{list(variants)}")
+        if c.only is not None:
+            variants = _only(variants, c.only)
+            groups = {g: tuple(v for v in members if v in variants)
                       for g, members in groups.items()}
             groups = {g: members for g, members in groups.items() if len(members) > 1}
-        n_jobs = check_n_jobs("study.n_jobs", d.get("n_jobs"))
-        return cls(d["name"], tuple(d.get("base") or ()),
-                   {k: tuple(v or ()) for k, v in d["variants"].items()},
-                   tuple(int(s) for s in d["seeds"]), tuple(d.get("examples") or ()),
-                   groups, d.get("launcher"), n_jobs)
+        return cls(c.name, tuple(c.base), {k: tuple(v) for k, v in variants.items()},
+                   tuple(c.seeds), tuple(c.examples), groups, c.launcher, c.n_jobs)
 
 
 def load_study(name: str) -> Study:
@@ -115,12 +129,10 @@ def load_study(name: str) -> Study:
         return Study.from_config(compose("sweep", overrides=[f"study={name}"]).study)
 
 
-def _only(variants: dict, only) -> dict:
+def _only(variants: dict, only: list[str]) -> dict:
     """``study.only=[a,b]``: run these of the study's variants, in the study's order (the same
     run directories, so a later full run resumes from them)."""
-    if isinstance(only, str):
-        only = [only]
-    if not isinstance(only, list) or not only:
+    if not only:
         raise ConfigError(f"study.only={only} must be a non-empty list of the study's variants; "
                           f"allowed: {list(variants)}")
     bad = [v for v in only if v not in variants]
@@ -129,17 +141,17 @@ def _only(variants: dict, only) -> dict:
     return {k: v for k, v in variants.items() if k in only}
 
 
-def _variants_from(d: dict) -> dict:
+def _variants_from(c: StudyConfig) -> dict:
     """``study.variants_from: NAME``: the variants of ``conf/study/NAME.yaml``, so a study at
     another scale runs the same variants without restating them."""
-    source = str(d["variants_from"])
+    source = c.variants_from
     allowed = sorted(p.stem for p in (CONF / "study").glob("*.yaml"))
-    if d.get("variants"):
+    if c.variants:
         raise ConfigError(f"study sets both study.variants and study.variants_from={source}; "
                           f"keep one")
-    if source not in allowed or source == d.get("name"):
+    if source not in allowed or source == c.name:
         raise ConfigError(f"study.variants_from={source} is not another study; allowed: "
-                          f"{[a for a in allowed if a != d.get('name')]}")
+                          f"{[a for a in allowed if a != c.name]}")
     other = OmegaConf.to_container(OmegaConf.load(CONF / "study" / f"{source}.yaml"))
     if other.get("variants_from") is not None or not other.get("variants"):
         raise ConfigError(f"study.variants_from={source}: that study must list its variants "

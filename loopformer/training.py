@@ -19,14 +19,25 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
 from callbacks.fixed_test_set import FixedTestSet
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
-from loopformer.config import Settings, parse
+from loopformer.config import Settings, TrainingRun, parse
 from loopformer.csvlog import CSVMetricsLogger
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError
+from loopformer.evaluate import evaluate_run
 from loopformer.module import LoopformerModule
 from loopformer.rundir import RunDir
 
 log = logging.getLogger(__name__)
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's start-up tip for its cloud logger, printed on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
 
 # the model fields a checkpoint must agree on to be resumed
 SHAPE_FIELDS = ("family", "n_dims", "n_positions", "n_embd", "n_layer", "n_head", "mixer",
@@ -75,47 +86,47 @@ def _write_meta(run: RunDir, config: dict, meta: dict, overrides: list[str] | No
 # ----------------------------------------------------------------------------- build
 
 
-def build_loggers(s: Settings, config: dict, resume_step: int | None, wandb_id: str):
+def build_loggers(s: Settings, run: RunDir, config: dict, resume_step: int | None,
+                  wandb_id: str):
     loggers = []
     if s.logger.csv:
-        loggers.append(CSVMetricsLogger(RunDir(s.paths.root).metrics, resume_step=resume_step))
+        loggers.append(CSVMetricsLogger(run.metrics, resume_step=resume_step))
     w = s.logger.wandb
     if w and w.mode != "disabled":
         from lightning.pytorch.loggers import WandbLogger
 
         os.environ.setdefault("WANDB_SILENT", "true")
         loggers.append(WandbLogger(
-            save_dir=str(s.paths.root), project=w.project, entity=w.entity, name=s.name,
+            save_dir=str(run.root), project=w.project, entity=w.entity, name=s.name,
             id=wandb_id, resume="allow", mode=w.mode, tags=list(w.tags), notes=w.notes,
             config=config))
     return loggers
 
 
-def build_callbacks(s: Settings) -> list[L.Callback]:
+def build_callbacks(s: Settings, run: RunDir) -> list[L.Callback]:
     test_set = FixedTestSet(s.function, s.curriculum, s.test.size, s.test.batch_size,
                             s.test.seed)
     cbs = [
         CurriculumCallback(s.curriculum, looped=s.looped, seed=s.seed),
         FixedTestSetEvaluation(test_set, s.test.every_n_steps),
-        StepCheckpoint(RunDir(s.paths.root), s.checkpoint.every_n_steps,
+        StepCheckpoint(run, s.checkpoint.every_n_steps,
                        s.checkpoint.keep_every_n_steps),
     ]
-    show_progress = s.trainer.get("enable_progress_bar", True)
     for name, c in s.callbacks.items():
         try:
             cb = instantiate(c)
         except InstantiationException as e:  # a _target_ or argument the callback lacks
             first = str(e).strip().splitlines()[0]
             raise ConfigError(f"callbacks.{name} could not be built: {first}") from e
-        if show_progress or not isinstance(cb, ProgressBar):
+        if s.trainer.enable_progress_bar or not isinstance(cb, ProgressBar):
             cbs.append(cb)
     return cbs
 
 
-def build_trainer(s: Settings, loggers, callbacks):
-    kwargs = dict(s.trainer)
+def build_trainer(s: Settings, run: RunDir, loggers, callbacks):
+    kwargs = s.trainer.as_written()
     kwargs.update(max_epochs=-1, logger=loggers or False,
-                  callbacks=callbacks, default_root_dir=str(s.paths.root),
+                  callbacks=callbacks, default_root_dir=str(run.root),
                   # StepCheckpoint is a Lightning Checkpoint, so no default ModelCheckpoint is
                   # added; a ModelCheckpoint from the callbacks group runs beside it
                   enable_checkpointing=True, plugins=[SafeCheckpointIO()],
@@ -142,10 +153,10 @@ def run(cfg: DictConfig, overrides: list[str] | None = None) -> RunResult:
     return train(parse(cfg), overrides)
 
 
-def train(s: Settings, overrides: list[str] | None = None) -> RunResult:
-    """Train (and evaluate) the run ``s`` describes, in its run directory ``s.paths.root``.
-    ``overrides``, the command line that composed it, is kept in the run's ``run.json``."""
-    run_dir, ckpt = s.paths.root, s.paths.ckpt
+def train(job: TrainingRun, overrides: list[str] | None = None) -> RunResult:
+    """Train (and evaluate) the run ``job`` describes, in its run directory. ``overrides``,
+    the command line that composed it, is kept in the run's ``run.json``."""
+    s, run, ckpt = job.settings, job.dir, job.resume
     config = s.to_dict()
     resume_step = None
     if ckpt is not None:
@@ -158,13 +169,13 @@ def train(s: Settings, overrides: list[str] | None = None) -> RunResult:
     L.seed_everything(s.seed, workers=True, verbose=False)
     module = LoopformerModule(s, config)
     data = PromptDataModule(s.function, s.curriculum, s.data.batch_size, s.seed)
-    meta = _read_meta(RunDir(run_dir))
-    loggers = build_loggers(s, config, resume_step, meta["wandb_id"])
-    callbacks = build_callbacks(s)
-    trainer = build_trainer(s, loggers, callbacks)
+    meta = _read_meta(run)
+    loggers = build_loggers(s, run, config, resume_step, meta["wandb_id"])
+    callbacks = build_callbacks(s, run)
+    trainer = build_trainer(s, run, loggers, callbacks)
     if trainer.is_global_zero:
-        _write_meta(RunDir(run_dir), config, meta, overrides)
-    log.info("run directory: %s", run_dir)
+        _write_meta(run, config, meta, overrides)
+    log.info("run directory: %s", run.root)
 
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if ckpt else None)
@@ -172,9 +183,7 @@ def train(s: Settings, overrides: list[str] | None = None) -> RunResult:
         _finish_wandb(loggers)
     test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                     if k.startswith("test/")}
-    result = RunResult(run_dir, trainer.global_step, test_metrics)
+    result = RunResult(run.root, trainer.global_step, test_metrics)
     if s.eval.at_end and trainer.is_global_zero:
-        from loopformer.evaluate import evaluate_run
-
-        result.eval_results = evaluate_run(run_dir, settings=s, model=module.eager_model())
+        result.eval_results = evaluate_run(run.root, settings=s, model=module.eager_model())
     return result

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,16 @@ def compose_cfg(*overrides: str, run_dir=None):
 @pytest.fixture
 def tiny():
     return list(TINY)
+
+
+def train_cmd(*overrides: str) -> list[str]:
+    """``python train.py`` with the tiny settings and ``overrides``."""
+    return [sys.executable, str(ROOT / "train.py"), *TINY, *overrides]
+
+
+def run_cmd(cmd, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run a command as a user would, with the tests' helpers (probes.py) importable."""
+    path = os.pathsep.join([str(ROOT / "tests"), str(ROOT)])
+    env = {**os.environ, "PYTHONPATH": path, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

@@ -169,10 +169,10 @@ def test_iterate_matches_forward():
     (["run=.", "device=tpu9"], "device="),
     (["run=.", "colour=red"], "unknown option colour"),
 ])
-def test_bad_options_are_refused_in_one_line(args, fragment, caplog):
+def test_bad_options_are_refused_in_one_line(args, fragment, capsys):
     assert main(args) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "\n" not in errors[0] and fragment in errors[0]
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and fragment in errors[0]
 
 
 

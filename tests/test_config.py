@@ -2,12 +2,10 @@
 naming the full key, OmegaConf's conversions still apply, and the schema's defaults are
 conf/'s values."""
 
-import os
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY, compose_cfg
+from conftest import ROOT, TINY, compose_cfg, run_cmd
 from omegaconf import OmegaConf, open_dict
 
 from loopformer import ConfigError, ModelConfig, config
@@ -176,17 +174,6 @@ def test_settings_round_trip_through_their_dict():
     assert [p.name for p in again.eval.predictors] == [p.name for p in s.eval.predictors]
 
 
-def test_options_are_read_against_the_allowed_ones():
-    allowed = {"run": "the run", "n_prompts": "eval.n_prompts"}
-    assert config.cli_options(["run=x", "n_prompts=64"], allowed, "cmd") == {
-        "run": "x", "n_prompts": 64}
-    with pytest.raises(ConfigError, match="cmd: unknown option n_prompt; allowed: run, "
-                                          "n_prompts"):
-        config.cli_options(["n_prompt=64"], allowed, "cmd")
-    with pytest.raises(ConfigError, match="'n_prompts' is not of the form option=value"):
-        config.cli_options(["n_prompts"], allowed, "cmd")
-
-
 def test_a_bug_in_the_parse_shows_its_traceback(tmp_path):
     # an exception that is not a ConfigError is a bug in our code: train.py lets Hydra print
     # its traceback and exit 1, instead of a one-line "error:" as for a refused config
@@ -197,8 +184,7 @@ def test_a_bug_in_the_parse_shows_its_traceback(tmp_path):
               "c.build_task = broken\n"
               f"sys.argv = ['train.py', *{TINY!r}, 'run_dir={tmp_path / 'run'}']\n"
               f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
-    proc = subprocess.run([sys.executable, "-c", inject], cwd=tmp_path, capture_output=True,
-                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = run_cmd([sys.executable, "-c", inject], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" in proc.stderr and "RuntimeError: injected bug" in proc.stderr
     assert "error: " not in proc.stderr, proc.stderr

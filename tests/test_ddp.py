@@ -66,8 +66,8 @@ def test_test_set_shards_partition_the_set_and_sum_to_the_whole():
 def test_ddp_inside_a_local_multirun_is_refused(monkeypatch):
     monkeypatch.setattr("loopformer.config._hydra_multirun", lambda: True)
     with pytest.raises(ConfigError, match="hydra.launcher.tasks_per_node=2"):
-        check_trainer(_spec("trainer=ddp", "trainer.devices=2"))
-    check_trainer(_spec("trainer=ddp", "trainer.devices=1"))  # one process: fine
+        check_trainer(_spec("trainer=ddp", "trainer.devices=2").trainer)
+    check_trainer(_spec("trainer=ddp", "trainer.devices=1").trainer)  # one process: fine
 
 
 # ----------------------------------------------------------------------------- processes

@@ -130,14 +130,14 @@ def test_evaluate_ckpt_step_scores_that_kept_checkpoint(tmp_path):
     ("gpu0", "device='gpu0' is not a torch device"),
     *([] if torch.cuda.is_available() else [("cuda", "no CUDA device is visible")]),
 ])
-def test_bad_device_is_a_clear_error(trained_run, device, message, caplog):
+def test_bad_device_is_a_clear_error(trained_run, device, message, capsys):
     assert main([f"run={trained_run}", f"device={device}"]) == 2
-    assert message in caplog.text
+    assert message in capsys.readouterr().err
 
 
-def test_unknown_run_dir_is_a_clear_error(tmp_path, caplog):
+def test_unknown_run_dir_is_a_clear_error(tmp_path, capsys):
     assert main([f"run={tmp_path / 'nope'}"]) == 2
-    assert "config.yaml" in caplog.text
+    assert "config.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -187,7 +187,7 @@ def test_end_of_run_evaluation_uses_the_eager_model(tmp_path, monkeypatch):
         return seen["eager"]
 
     monkeypatch.setattr(LoopformerModule, "eager_model", eager_model)
-    monkeypatch.setattr(loopformer.evaluate, "evaluate_run",
+    monkeypatch.setattr(loopformer.training, "evaluate_run",
                         lambda run_dir, settings=None, model=None: seen.setdefault("model", model))
     run(compose_cfg(*TINY, "trainer.max_steps=1", "eval.at_end=true", run_dir=tmp_path / "r"))
     assert seen["model"] is seen["eager"]

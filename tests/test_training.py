@@ -46,7 +46,7 @@ def test_default_config_is_the_seed_configuration():
     assert c.points == Schedule(11, 41, 2, 5000)
     assert c.loops == Schedule(15, 30, 2, 500) and c.window == 15
     assert (spec.data.batch_size, spec.optimizer.lr, spec.optimizer.weight_decay) == (64, 1e-4, 0.0)
-    assert (spec.trainer["max_steps"], spec.test.size, spec.test.every_n_steps) == (100000,
+    assert (spec.trainer.max_steps, spec.test.size, spec.test.every_n_steps) == (100000,
                                                                                      100000, 10000)
     assert (spec.checkpoint.every_n_steps, spec.checkpoint.keep_every_n_steps, spec.seed) == (
         1000, 5000, 42)

@@ -1,33 +1,23 @@
-"""``python -m loopformer.analyze run=RUN_DIR [parts=[dynamics,match,probe,exit]]
-[n_prompts=1280] [max_loops=...] [seed=0] [device=cpu] [ckpt=last]``, or ``study=STUDY_DIR``
-(every finished run of a study, then the aggregate per variant)."""
+"""What the loop computes: ``python -m loopformer.analyze run=RUN_DIR [option=value ...]``, or
+``study=STUDY_DIR`` (every finished run of a study, then the figures per variant). Writes
+``RUN_DIR/analysis/`` (``analysis.json``, plots); ``--help`` lists the options."""
 
-import logging
 import sys
 
-from omegaconf import OmegaConf
+from loopformer.analyze.run import Options, analyze_run
+from loopformer.analyze.study import analyze_study
+from loopformer.cli import run
 
-from loopformer.analyze.run import analyze_run, parse_options
-from loopformer.errors import ConfigError
 
-log = logging.getLogger("loopformer.analyze")
+def _analyze(opts: Options) -> None:
+    if opts.study is not None:
+        analyze_study(opts)
+    else:
+        analyze_run(opts)
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args = OmegaConf.to_container(OmegaConf.from_cli(argv if argv is not None
-                                                         else sys.argv[1:]))
-        if "study" in args:
-            from loopformer.analyze.study import analyze_study
-
-            analyze_study(args.pop("study"), args)
-        else:
-            analyze_run(parse_options(args))
-    except ConfigError as e:
-        log.error("error: %s", e)
-        return 2
-    return 0
+    return run(Options, _analyze, argv, "python -m loopformer.analyze", __doc__)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,9 +16,10 @@ from loopformer.analyze import algorithms as alg
 from loopformer.analyze.dynamics import PowerIteration, first_below, trajectory
 from loopformer.analyze.exits import evaluate_rule, oracle_headroom
 from loopformer.analyze.probes import LAMBDAS, ridge_probes
+from loopformer.cli import option
 from loopformer.config import Settings, check_device
 from loopformer.data import generator
-from loopformer.errors import ConfigError, check_type
+from loopformer.errors import ConfigError, typed
 from loopformer.evaluate import checkpoint_path, load_model, load_settings
 from loopformer.models import STOP_RULES, InContextModel
 from loopformer.stats import bootstrap_band
@@ -39,47 +41,44 @@ JACOBIAN_PROMPTS = 16  # prompts whose Jacobian top singular value is estimated
 
 @dataclass
 class Options:
-    """The command line of ``python -m loopformer.analyze`` (one line per option)."""
+    """``python -m loopformer.analyze``'s options."""
 
-    run: Path  # the run directory
-    parts: tuple[str, ...] | None = None  # None: every part defined for the run
-    n_prompts: int = 1280  # fresh prompts at the run's final curriculum shape
-    max_loops: int | None = None  # units of depth followed; None: 20 x the trained depth
-    seed: int = 0  # the prompts' seed
-    device: str | None = None  # None: the GPU if there is one
-    ckpt: str = "last"  # last | step=N | a path
+    run: Path | None = option(None, "the run directory")
+    study: Path | None = option(None, "or: a study directory (every finished run of it, then "
+                                      "the figures per variant)")
+    parts: Any = option(None, f"a list of {', '.join(PARTS)} (null: every part defined for "
+                              f"the run)")
+    n_prompts: int = option(1280, "fresh prompts at the run's final curriculum shape")
+    max_loops: int | None = option(None, "units of depth followed (null: 20 x the trained "
+                                         "depth)")
+    seed: int = option(0, "the prompts' seed")
+    device: str | None = option(None, "cpu | cuda (null: the GPU if there is one)")
+    ckpt: str = option("last", "the checkpoint: last | step=N | a path")
+
+    def __post_init__(self):
+        if (self.run is None) == (self.study is None):
+            raise ConfigError("give either run=RUN_DIR or study=STUDY_DIR" + (
+                ", not both" if self.run is not None else ""))
+        if self.parts is not None:
+            parts = [self.parts] if isinstance(self.parts, str) else self.parts
+            if not isinstance(parts, list) or not parts or any(p not in PARTS for p in parts):
+                raise ConfigError(f"parts={self.parts} must be a non-empty list of "
+                                  f"{', '.join(PARTS)}")
+            self.parts = tuple(p for p in PARTS if p in parts)
+        if self.n_prompts < 16:
+            raise ConfigError(f"n_prompts={self.n_prompts} must be >= 16 (calibration, "
+                              f"held-out and probe splits)")
+        if self.max_loops is not None and self.max_loops < 1:
+            raise ConfigError(f"max_loops={self.max_loops} must be >= 1")
+        if self.device is not None:
+            self.device = check_device("device", self.device)
+        if self.run is not None and not self.run.is_dir():
+            raise ConfigError(f"run={self.run} is not a directory")
 
 
 def parse_options(args: dict) -> Options:
-    """``key=value`` arguments -> :class:`Options`; a bad one is a one-line ConfigError."""
-    allowed = ("run", "parts", "n_prompts", "max_loops", "seed", "device", "ckpt")
-    unknown = sorted(set(args) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]}; allowed: {', '.join(allowed)}")
-    if args.get("run") in (None, ""):
-        raise ConfigError("give the run directory: python -m loopformer.analyze run=RUN_DIR")
-    parts = args.get("parts")
-    if parts is not None:
-        parts = [parts] if isinstance(parts, str) else parts
-        if not isinstance(parts, list) or not parts or any(p not in PARTS for p in parts):
-            raise ConfigError(f"parts={parts} must be a non-empty list of {', '.join(PARTS)}")
-        parts = tuple(p for p in PARTS if p in parts)
-    opts = Options(Path(str(args["run"])), parts,
-                   check_type("n_prompts", args.get("n_prompts", 1280), int),
-                   args.get("max_loops"), check_type("seed", args.get("seed", 0), int),
-                   args.get("device"), str(args.get("ckpt", "last")))
-    if opts.n_prompts < 16:
-        raise ConfigError(f"n_prompts={opts.n_prompts} must be >= 16 (calibration, held-out "
-                          f"and probe splits)")
-    if opts.max_loops is not None:
-        opts.max_loops = check_type("max_loops", opts.max_loops, int)
-        if opts.max_loops < 1:
-            raise ConfigError(f"max_loops={opts.max_loops} must be >= 1")
-    if opts.device is not None:
-        opts.device = check_device("device", str(opts.device))
-    if not opts.run.is_dir():
-        raise ConfigError(f"run={opts.run} is not a directory")
-    return opts
+    """``{option: value}`` -> :class:`Options`; a bad one is a one-line ConfigError."""
+    return typed(Options, args)
 
 
 def trained_depth(spec: Settings) -> int:

@@ -5,11 +5,12 @@ written), skipping runs already analysed, then the figures per variant over seed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from loopformer.analyze.run import analyze_run, parse_options
+from loopformer.analyze.run import Options, analyze_run
 from loopformer.errors import ConfigError
 from loopformer.rundir import RunDir
 
@@ -65,18 +66,17 @@ def _band(values: list[float]) -> dict:
             "n": len(finite)}
 
 
-def analyze_study(study_dir, args: dict) -> dict:
-    study_dir = Path(str(study_dir))
+def analyze_study(options: Options) -> dict:
+    """Analyse every finished run of the study ``options.study`` with ``options``."""
+    study_dir = options.study
     if not (study_dir / "runs").is_dir():
         raise ConfigError(f"study={study_dir} has no runs/ directory; give a study's output "
                           f"directory (studies/NAME)")
-    if "run" in args:
-        raise ConfigError("give either run=RUN_DIR or study=STUDY_DIR, not both")
     runs = finished_runs(study_dir)
     if not runs:
         raise ConfigError(f"study={study_dir} has no finished runs under runs/")
-    opts = [parse_options({**args, "run": str(r)}) for rs in runs.values() for r in rs]
-    for o in opts:  # every option checked (above) before any run is analysed
+    opts = [dataclasses.replace(options, run=r, study=None) for rs in runs.values() for r in rs]
+    for o in opts:
         done = o.run / "analysis" / "analysis.json"
         if done.is_file():
             log.info("skip %s (analysed)", o.run)

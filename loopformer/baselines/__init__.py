@@ -11,6 +11,8 @@ picks what runs: ``default`` (the suite) or a list of ``default``, shorthand nam
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import logging
 import re
@@ -18,8 +20,6 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-from hydra.utils import get_class
 
 from loopformer.baselines.base import Baseline
 from loopformer.baselines.closed_form import Averaging, LeastSquares, NearestNeighbors, Ridge
@@ -92,15 +92,27 @@ def _from_shorthand(spec: str | Mapping[str, Any]) -> tuple[type[Baseline], dict
 
 
 def _from_target(spec: Mapping[str, Any], key: str) -> tuple[type[Baseline], dict[str, Any]]:
-    target = spec["_target_"]
-    try:
-        cls = get_class(str(target))
-    except Exception as e:
+    target = str(spec["_target_"])
+    cls = _import_class(target)
+    if cls is None:
         raise ConfigError(f"{key}: _target_={target!r} cannot be imported; give the full path "
-                          f"of a Baseline class, e.g. loopformer.baselines.LeastSquares") from e
-    if not issubclass(cls, Baseline):
+                          f"of a Baseline class, e.g. loopformer.baselines.LeastSquares")
+    if not isinstance(cls, type) or not issubclass(cls, Baseline):
         raise ConfigError(f"{key}: _target_={target!r} is not a Baseline subclass")
     return cls, {str(k): v for k, v in spec.items() if k != "_target_"}
+
+
+def _import_class(path: str) -> object | None:
+    """The object ``package.module.Name`` names; None where no such module or name exists. An
+    exception raised while the module runs is a bug in it and propagates."""
+    module, _, name = path.rpartition(".")
+    try:
+        found = module and importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        found = False
+    if not found:
+        return None
+    return getattr(importlib.import_module(module), name, None)
 
 
 def _build_one(spec: Any, key: str, n_jobs: int | None, in_suite: bool = False
