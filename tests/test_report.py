@@ -10,7 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from loopformer.errors import ConfigError
-from loopformer.report import MARKER, export, main, pages_with_tables, rebuild
+from loopformer.results.__main__ import main
+from loopformer.results.export import export
+from loopformer.results.pages import MARKER, pages_with_tables, rebuild
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +74,8 @@ def test_export_reads_runs(study_dir, tmp_path):
 
 
 def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
-    from loopformer.study import Study, aggregate
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study
 
     study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml"))
     aggregate(study, study_dir)
@@ -91,7 +94,8 @@ def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
 
 
 def test_a_study_without_test_curves_is_aggregated_without_data(study_dir, caplog):
-    from loopformer.study import Study, aggregate
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study
 
     for metrics in study_dir.glob("runs/*/*/metrics.csv"):
         metrics.write_text("step,train/loss\n1,2\n")
@@ -177,7 +181,7 @@ def test_export_needs_a_test_curve(study_dir, tmp_path):
                          + pages_with_tables(ROOT / "tests" / "data" / "report"),
                          ids=lambda p: p.name)
 def test_committed_pages_match_their_data(page):
-    assert rebuild(page)[1] == [], (f"{page}: rebuild with python -m loopformer.report tables "
+    assert rebuild(page)[1] == [], (f"{page}: rebuild with python -m loopformer.results tables "
                                     f"{page.relative_to(ROOT)}")
 
 
