@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 
 from loopformer.cli import hydra_command, refuse
 from loopformer.errors import ConfigError, typed
+from loopformer.results.aggregate import aggregate
 from loopformer.rundir import discard_unused_output_dir
-from loopformer.study import Interrupted, RunsFailed, Study, SweepConfig, aggregate, launch
+from loopformer.study import Interrupted, RunsFailed, Study, SweepConfig, launch
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sweep")

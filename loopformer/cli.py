@@ -29,8 +29,8 @@ REFUSED = 2  # the exit status of a refused command
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", positional: bool = False):
-    """A schema field with its ``--help`` line; ``positional``: bare arguments (no ``=``) fill
-    it, as a list."""
+    """A schema field with its ``--help`` line. ``positional``: bare arguments (no ``=``) fill
+    the positional fields in order; one whose default is a list takes all that remain."""
     extra = {} if default is dataclasses.MISSING else (
         {"default_factory": lambda: list(default)} if isinstance(default, list)
         else {"default": default})
@@ -51,21 +51,27 @@ def _value(key: str, text: str, command: str) -> Any:
                           f"{str(e.msg).strip().splitlines()[0]}") from e
 
 
-def _positional(schema: type) -> str | None:
-    return next((f.name for f in dataclasses.fields(schema) if f.metadata.get("positional")),
-                None)
+def _positionals(schema: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(schema) if f.metadata.get("positional")]
+
+
+def _takes_rest(f: dataclasses.Field) -> bool:
+    return f.default_factory is not dataclasses.MISSING and isinstance(f.default_factory(), list)
 
 
 def read_args(schema: type, argv: Sequence[str], command: str) -> dict[str, Any]:
     """``argv`` as ``{option: value}`` (values read as YAML), each option a field of
-    ``schema``; bare arguments go to its positional field, if it has one."""
+    ``schema``; bare arguments fill its positional fields in order."""
     names = [f.name for f in dataclasses.fields(schema)]
-    positional = _positional(schema)
+    slots = _positionals(schema)
     out: dict[str, Any] = {}
     for arg in argv:
         key, sep, text = arg.partition("=")
-        if not sep and positional is not None:
-            out.setdefault(positional, []).append(arg)
+        if not sep and slots:
+            if _takes_rest(slots[0]):
+                out.setdefault(slots[0].name, []).append(arg)
+            else:
+                out[slots.pop(0).name] = arg
         elif not sep or not key:
             raise ConfigError(f"{command}: {arg!r} is not of the form option=value; options: "
                               f"{', '.join(names)}")
@@ -82,7 +88,8 @@ def parse(schema: type[T], argv: Sequence[str], command: str) -> T:
     args = read_args(schema, argv, command)
     for f in dataclasses.fields(schema):
         if _default(f) == "required" and f.name not in args:
-            raise ConfigError(f"{command}: give {f.name}=... ({f.metadata.get('help', '')})")
+            form = f.name.upper() if f.metadata.get("positional") else f"{f.name}=..."
+            raise ConfigError(f"{command}: give {form} ({f.metadata.get('help', '')})")
     return typed(schema, args)
 
 
@@ -99,29 +106,30 @@ def _default(f: dataclasses.Field) -> str:
 
 def help_text(schema: type, command: str, summary: str) -> str:
     """``--help``: the command, its summary, and one line per option with its default."""
-    positional = _positional(schema)
-    usage = f"usage: {command}" + (f" [{positional.upper()} ...]" if positional else "") \
-        + " [option=value ...]"
+    bare = " ".join(f"{f.name.upper()}{' ...' if _takes_rest(f) else ''}"
+                    for f in _positionals(schema))
+    usage = f"usage: {command}" + (f" {bare}" if bare else "") + " [option=value ...]"
     lines = [usage, "", summary.strip(), "", "options:"]
     for f in dataclasses.fields(schema):
-        lines.append(f"  {f.name:<14} {f.metadata.get('help', '')} ({_default(f)})")
+        lines.append(f"  {f.name:<16} {f.metadata.get('help', '')} ({_default(f)})")
     return "\n".join(lines)
 
 
 def run(schema: type[T], work: Callable[[T], Any], argv: Sequence[str] | None, command: str,
         summary: str) -> int:
-    """A tool's ``main``: ``--help``, or the options parsed and ``work`` run on them; 0, or 2
-    with one line when the command is refused (a :class:`ConfigError` anywhere in it)."""
+    """A tool's ``main``: ``--help``, or the options parsed and ``work`` run on them. Returns
+    the exit status: ``work``'s if it returns an int, else 0; 2 with one line when the command
+    is refused (a :class:`ConfigError` anywhere in it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
         print(help_text(schema, command, summary))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        work(parse(schema, argv, command))
+        status = work(parse(schema, argv, command))
     except ConfigError as e:
         return refuse(e)
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def run_commands(commands: dict[str, tuple[type, Callable[[Any], Any], str]],

@@ -5,6 +5,7 @@ config), :func:`check_type` for one value (a task's or a baseline's own paramete
 import contextlib
 import dataclasses
 import math
+import types
 from typing import TypeVar
 
 from omegaconf import (
@@ -78,8 +79,23 @@ def typed(schema: type[T], values, key: str = "") -> T:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         if (bug := _constructor_error(e)) is not None:
-            raise bug from None  # a bug in a schema's checks: its traceback, no config message
+            # a bug in a schema's checks: its own traceback, no config message
+            raise bug.with_traceback(_own_frames(bug.__traceback__)) from None
         raise ConfigError(_message(e, key)) from e
+
+
+def _own_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without OmegaConf's frames (Hydra's error printer cuts a traceback at the first
+    one, which would hide where the bug is)."""
+    kept = []
+    while tb is not None:
+        if not str(tb.tb_frame.f_globals.get("__name__", "")).startswith("omegaconf"):
+            kept.append(tb)
+        tb = tb.tb_next
+    out = None
+    for t in reversed(kept):
+        out = types.TracebackType(out, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return out
 
 
 def _constructor_error(e: OmegaConfBaseException) -> BaseException | None:

@@ -46,7 +46,10 @@ from typing import NamedTuple
 
 import torch
 
+from loopformer.baselines import Ridge
 from loopformer.errors import ConfigError
+from loopformer.scoring import model_errors
+from loopformer.stats import bootstrap_band
 from loopformer.tasks import Task
 
 CONFIG_KEY = "eval.ood"
@@ -234,8 +237,6 @@ def summary_position(n_scored: int, d: int) -> int:
 def model_errors_on(model, p: Prompts, norm: float, spec, loops: list[int],
                     batch_size: int) -> dict[str, torch.Tensor]:
     """The model's normalised errors ``(P, m)`` per loop count on shifted prompts ``p``."""
-    from loopformer.evaluate import model_errors  # evaluate imports this module
-
     if p.queries is None:
         errors = model_errors(model, p.xs, p.ys, norm, spec, loops, batch_size)
     elif model.cfg.mixer == "attention":  # all query positions as side tokens, one pass
@@ -264,8 +265,6 @@ def baseline_errors(baseline, p: Prompts, norm: float) -> torch.Tensor:
 
 def shift_baselines(shift: Shift, baselines) -> list:
     """The run's baselines, plus ridge at the noisy shift's noise (Bayes-optimal there)."""
-    from loopformer.baselines import Ridge
-
     out = list(baselines)
     if shift.kind == "noisy_linear_regression":
         ridge = Ridge(noise_std=NOISE_STD)
@@ -279,8 +278,7 @@ def evaluate_ood(model, spec, ev, device, loops: list[int]) -> dict:
     the curves of the model (at every loop count in ``loops``: the trained one and
     ``eval.extra_loops``) and of the baselines, scored as the standard evaluation scores
     them."""
-    from loopformer.data import generator
-    from loopformer.stats import bootstrap_band
+    from loopformer.data import generator  # imports lightning: after the config's checks
 
     shape = spec.curriculum.final
     d, n = shape.n_dims, shape.n_points
@@ -323,16 +321,3 @@ def format_ood_table(results: dict) -> str:
             else " " * max(14, len(c) + 2) for c in names))
     return "\n".join(lines)
 
-
-def plot_ood(results: dict, out_dir) -> None:
-    """``ood_<shift>.png`` (error vs examples: the model at each loop count, the baselines)
-    per shift and ``ood_summary.png`` (error at the summary position per shift), in
-    ``out_dir``."""
-    from loopformer.plots import plot_error_vs_examples, plot_ood_summary
-
-    d = results["active_dims"]
-    for shift, block in results["ood"].items():
-        plot_error_vs_examples(block["curves"], out_dir / f"ood_{shift}.png",
-                               title=f"{results['task']} (d={d}): {shift}", n_dims=d)
-    plot_ood_summary(results["ood"], out_dir / "ood_summary.png", two_d=2 * d,
-                     title=f"{results['task']} (d={d}) out of distribution")

@@ -1,4 +1,5 @@
-"""Studies: a named grid of variants x seeds, launched as one Hydra multirun and aggregated.
+"""Studies: a named grid of variants x seeds, launched as one Hydra multirun (aggregated by
+:mod:`loopformer.results.aggregate`).
 
 Each (variant, seed) becomes a job config ``STUDY_DIR/.jobs/job/jNNN.yaml`` holding its
 overrides, its seed and its run directory ``STUDY_DIR/runs/<variant>/seed=<seed>``; the study
@@ -10,7 +11,6 @@ multirun goes on, a monitor logs runs done / total, the elapsed time and an esti
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from loopformer.errors import ConfigError, typed
-from loopformer.plots import plot_study, plot_study_loops
+from loopformer.formatting import duration
 from loopformer.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -208,12 +207,6 @@ def job_config(job: Job, overrides: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n" + OmegaConf.to_yaml(body)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    return (f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s")
-
-
 class Progress:
     """Logs ``runs done / total``, the elapsed time and an estimate of the time left, each
     time a run finishes and every ``every`` seconds, while the study's multirun goes on. The
@@ -231,11 +224,11 @@ class Progress:
         done = sum(j.finished for j in self.jobs)
         total, elapsed = len(self.jobs), time.monotonic() - self.start
         new = done - self.done_before
-        left = (f"about {_duration(elapsed / new * (total - done))} left" if new and done < total
+        left = (f"about {duration(elapsed / new * (total - done))} left" if new and done < total
                 else "estimating the time left after the first run" if done < total
                 else "all done")
         return (f"study {self.study.name}: {done}/{total} runs done, elapsed "
-                f"{_duration(elapsed)}, {left}")
+                f"{duration(elapsed)}, {left}")
 
     def _watch(self) -> None:
         last_done, last_log = sum(j.finished for j in self.jobs), time.monotonic()
@@ -371,178 +364,3 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
     if returncode:
         raise RunsFailed(f"the study's multirun exited with code {returncode}")
     return jobs
-
-
-def _load_results(job: Job) -> dict | None:
-    path = RunDir(job.run_dir).results
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text())
-    curves = res.get("curves", {})
-    if curves and not any("kind" in c for c in curves.values()):
-        # written before curves carried their kind: the model's were named model, model@N
-        for name, c in curves.items():
-            c["kind"] = "model" if name == "model" or name.startswith("model@") else "baseline"
-    return res
-
-
-def _band(rows: list[list[float]]) -> dict:
-    """Mean and min..max over seeds of per-seed curves."""
-    m = torch.tensor(rows, dtype=torch.float64)  # (seeds, n)
-    return {"mean": m.mean(0).tolist(), "low": m.min(0).values.tolist(),
-            "high": m.max(0).values.tolist()}
-
-
-def aggregate(study: Study, study_dir: Path) -> dict:
-    """Mean and band (min..max over seeds) of each variant's curves at the trained loop count,
-    at the extra loop counts of the evaluation, and of its error-vs-loops curve; writes
-    ``report.md``, ``report.json``, ``error_vs_examples.png``, ``error_vs_loops.png`` and, for
-    each of the study's groups, ``error_vs_examples_<group>.png`` and
-    ``error_vs_loops_<group>.png`` in ``study_dir``."""
-    per_key: dict[str, dict[str, list]] = {}  # curve key ("model", "model@60") -> variant -> rows
-    loops: dict[str, list] = {}
-    loop_x: dict[str, list] = {}
-    baseline, seeds_done, trained, params = None, {}, {}, {}
-    jobs = plan(study, study_dir)
-    for variant in study.variants:
-        for job in (j for j in jobs if j.variant == variant):
-            res = _load_results(job)
-            if res is None:
-                continue
-            seeds_done[variant] = seeds_done.get(variant, 0) + 1
-            trained[variant] = res.get("trained_loops")
-            params[variant] = res.get("parameters")
-            for key, c in res["curves"].items():
-                if c.get("kind") == "model":
-                    per_key.setdefault(key, {}).setdefault(variant, []).append(c["mean"])
-            if res.get("loop_curve"):
-                loops.setdefault(variant, []).append(res["loop_curve"]["mean"])
-                loop_x[variant] = res["loop_curve"]["loops"]
-            baseline = baseline or res
-    if not seeds_done:
-        raise ConfigError(f"no finished runs under {study_dir / 'runs'}; run the study first "
-                          f"(without aggregate_only=true)")
-    if "model" not in per_key:
-        raise ConfigError(f"the results.json files under {study_dir / 'runs'} mark no curve as "
-                          f"a model (kind); they predate it: evaluate the runs again with "
-                          f"python -m loopformer.evaluate run=RUN_DIR")
-    curves = {v: _band(rows) for v, rows in per_key.get("model", {}).items()}
-    extra = {key.removeprefix("model@"): {v: _band(rows) for v, rows in by_variant.items()
-                                          if len(rows) == seeds_done[v]}
-             for key, by_variant in per_key.items() if key != "model"}
-    loop_curves = {v: {"loops": loop_x[v], **_band(rows)} for v, rows in loops.items()
-                   if len(rows) == seeds_done[v]}
-    if baseline is not None and "least_squares" in baseline["curves"]:
-        curves["least_squares (baseline)"] = baseline["curves"]["least_squares"]
-    report = {"study": study.name, "seeds": seeds_done, "curves": curves,
-              "curves_at_loops": extra, "trained_loops": trained, "parameters": params,
-              "loop_curves": loop_curves,
-              "examples": list(study.examples), "groups": {k: list(v) for k, v in
-                                                          study.groups.items()}}
-    ood = aggregate_ood(study, jobs)
-    if ood:
-        report["ood"] = ood
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (study_dir / "report.md").write_text(format_report(report, baseline) +
-                                         (format_ood_report(ood) if ood else ""))
-    _plots(study, study_dir, report)
-    from loopformer.report import write_study_data  # data.json: per run, for results pages
-
-    write_study_data(study, study_dir)
-    return report
-
-
-def aggregate_ood(study: Study, jobs: list[Job]) -> dict:
-    """The out-of-distribution blocks (``results["ood"]``) over seeds: per variant, shift
-    and model curve (each loop count), the error at the shift's summary position (``k = 2d``
-    or its last scored one): mean and min..max over the seeds that scored it."""
-    values: dict = {}  # variant -> shift -> curve -> [per-seed error]
-    ks: dict = {}
-    for job in jobs:
-        res = _load_results(job)
-        for shift, block in ((res or {}).get("ood") or {}).items():
-            k = block["summary_k"]
-            ks[shift] = k
-            for name, c in block["curves"].items():
-                if c.get("kind") == "model":
-                    values.setdefault(job.variant, {}).setdefault(shift, {}).setdefault(
-                        name, []).append(c["mean"][k])
-    return {v: {s: {name: {"k": ks[s], "seeds": len(e), **{
-        key: val[0] for key, val in _band([[x] for x in e]).items()}}
-        for name, e in by_curve.items()} for s, by_curve in by_shift.items()}
-        for v, by_shift in values.items() if v in study.variants}
-
-
-def format_ood_report(ood: dict) -> str:
-    """A markdown table: variant x shift x loop count, mean [min, max] over seeds."""
-    lines = ["", "## Out of distribution", "",
-             "Normalised error at k = 2d examples (or the shift's last scored k, given), "
-             "mean [min, max] over seeds.", "",
-             "| variant | shift | k | curve | error |", "|---|---|---|---|---|"]
-    for v, by_shift in ood.items():
-        for s, by_curve in by_shift.items():
-            for name, c in by_curve.items():
-                lines.append(f"| {v} | {s} | {c['k']} | {name} | {c['mean']:.4f} "
-                             f"[{c['low']:.4f}, {c['high']:.4f}] |")
-    return "\n".join(lines) + "\n"
-
-
-def _plots(study: Study, study_dir: Path, report: dict) -> None:
-    curves, loop_curves = report["curves"], report["loop_curves"]
-    baselines = {k: v for k, v in curves.items() if k not in study.variants}
-    b = sorted({t for t in report["trained_loops"].values() if t})
-    trained = b[0] if len(b) == 1 else None
-    band = "mean over seeds, band min..max"
-    plot_study(curves, study_dir / "error_vs_examples.png",
-               title=f"{study.name}: normalised error ({band})")
-    if loop_curves:
-        plot_study_loops(loop_curves, trained, study_dir / "error_vs_loops.png",
-                         title=f"{study.name}: error at the last position ({band})")
-    for group, members in study.groups.items():
-        sel = {v: curves[v] for v in members if v in curves}
-        if sel:
-            plot_study({**sel, **baselines}, study_dir / f"error_vs_examples_{group}.png",
-                       title=f"{study.name}, {group}: normalised error ({band})")
-        sel = {v: loop_curves[v] for v in members if v in loop_curves}
-        if sel:
-            plot_study_loops(sel, trained, study_dir / f"error_vs_loops_{group}.png",
-                             title=f"{study.name}, {group}: error at the last position "
-                                   f"({band})")
-
-
-def _cell(c: dict, k: int) -> str:
-    return f"{c['mean'][k]:.4f} [{c['low'][k]:.4f}, {c['high'][k]:.4f}]"
-
-
-def format_report(report: dict, sample: dict | None) -> str:
-    curves = report["curves"]
-    n = len(next(iter(curves.values()))["mean"])
-    cols = [k for k in report["examples"] if k < n] or [n - 1]
-    b = sorted({t for t in report.get("trained_loops", {}).values() if t})
-    at = [("", curves)] + [(f" @{key}", c) for key, c in report.get("curves_at_loops",
-                                                                    {}).items()]
-    params = report.get("parameters", {})
-    head = "| variant | parameters | seeds | " + " | ".join(
-        f"k={k}{suffix}" for suffix, _ in at for k in cols) + " |"
-    lines = [f"# Study `{report['study']}`", ""]
-    if sample:
-        loops = (f" Columns `k=N` use the trained loop count (b = {', '.join(map(str, b))}); "
-                 f"`k=N @L` use L loop iterations." if b else "")
-        lines += [f"Task `{sample['task']}`, d={sample['active_dims']}, "
-                  f"{sample['n_prompts']} prompts per run. Normalised squared error at k "
-                  f"in-context examples: mean over seeds [min, max].{loops}", ""]
-    lines += [head, "|" + "---|" * (len(cols) * len(at) + 3)]
-    for name, c in curves.items():
-        cells = [_cell(c, k) for k in cols]
-        for _, by_variant in at[1:]:
-            cells += [_cell(by_variant[name], k) if name in by_variant else "-" for k in cols]
-        n_params = f"{params[name]:,}" if params.get(name) else "-"
-        lines.append(f"| {name} | {n_params} | {report['seeds'].get(name, '-')} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "![error vs examples](error_vs_examples.png)", ""]
-    if report.get("loop_curves"):
-        lines += ["![error vs loops](error_vs_loops.png)", ""]
-    for group in report.get("groups", {}):
-        lines += [f"![{group}: error vs examples](error_vs_examples_{group}.png)"]
-    return "\n".join(lines) + "\n"

@@ -222,7 +222,9 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
     assert tr["parts"] == ["match", "probe"]
     assert len(tr["probe"]["targets"]["xty_over_k"]["mse"]) == 2  # one per layer
     # the study data's compact records, and the plots drawn from them
-    from loopformer.analyze.tables import depth_grid, plot, record, table_analysis
+    from loopformer.results.analysis_record import depth_grid, record
+    from loopformer.results.analysis_tables import table_analysis
+    from loopformer.results.study_plots import plot_analysis_by_variant
 
     rec, rec_tf = record(r), record(tr)
     b = r["trained_depth"]
@@ -238,7 +240,7 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
                       "analysis": rec_tf}]}
     rows = table_analysis(data, {"part": "dynamics"})
     assert rows[3].startswith("| transformer | 1 | not defined: its layers are distinct maps")
-    pngs = plot(data, study / "plots")
+    pngs = plot_analysis_by_variant(data, study / "plots")
     assert [p.name for p in pngs] == [f"analysis_tiny_{part}.png"
                                       for part in ("dynamics", "k_star", "probe")]
 
@@ -271,7 +273,7 @@ def _fake_analysis(seed: int, scale: float) -> dict:
 
 
 def test_depth_grid_keeps_every_loop_to_2b_then_a_log_grid():
-    from loopformer.analyze.tables import depth_grid
+    from loopformer.results.analysis_record import depth_grid
 
     g = depth_grid(240, 12)
     assert g[:24] == list(range(1, 25)) and {60, 240} <= set(g)
@@ -280,7 +282,8 @@ def test_depth_grid_keeps_every_loop_to_2b_then_a_log_grid():
 
 
 def test_analysis_tables_by_hand():
-    from loopformer.analyze.tables import record, table_analysis
+    from loopformer.results.analysis_record import record
+    from loopformer.results.analysis_tables import table_analysis
 
     runs = [{"variant": "v", "seed": s, "escape_step": e,
              "analysis": record(_fake_analysis(s, scale))}

@@ -392,7 +392,7 @@ def _assert_png(path):
 
 
 def test_plots_write_readable_pngs(tmp_path):
-    from loopformer import plots
+    from loopformer.results import plots, study_plots
 
     n = 12
     k = np.arange(n)
@@ -405,7 +405,7 @@ def test_plots_write_readable_pngs(tmp_path):
     loops = {"loops": [1, 2, 4, 8, 12, 16, 24], "mean": [1, .5, .2, .05, .01, .011, .02]}
     loops |= {"low": [0.9 * m for m in loops["mean"]], "high": [1.1 * m for m in loops["mean"]]}
     p2 = plots.plot_error_vs_loops(loops, trained_loops=12, path=tmp_path / "sub" / "b.png")
-    p3 = plots.plot_study({"b=4": curve(1.0), "b=8": bootstrap_band(torch.rand(50, n))},
+    p3 = study_plots.plot_study({"b=4": curve(1.0), "b=8": bootstrap_band(torch.rand(50, n))},
                           tmp_path / "c.png", title="loops")
     p4 = plots.plot_error_vs_loops({1: 0.5, 2: 0.1, 4: 0.05}, 2, tmp_path / "d.png")
     p5 = plots.plot_error_vs_loops({"1": {"mean": 0.5, "low": 0.4, "high": 0.6},

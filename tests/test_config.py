@@ -9,9 +9,11 @@ from conftest import ROOT, TINY, compose_cfg, run_cmd
 from omegaconf import OmegaConf, open_dict
 
 from loopformer import ConfigError, ModelConfig, config
+from loopformer.baselines import build_baselines
 from loopformer.config import OptimConfig, PerfConfig, Settings
 from loopformer.errors import typed
 from loopformer.module import LoopformerModule
+from loopformer.rundir import RunDir
 
 
 def _refused(*overrides, cfg=None) -> str:
@@ -99,6 +101,9 @@ def test_schema_defaults_are_the_values_in_conf():
     assert typed(config.TestSetConfig, cfg.test) == config.TestSetConfig()
     assert typed(PerfConfig, cfg.perf) == PerfConfig()
     assert typed(ModelConfig, cfg.model) == ModelConfig()
+    trainer = OmegaConf.to_container(cfg.trainer)
+    assert typed(config.TrainerConfig, config.TrainerConfig.split(trainer)) == \
+        config.TrainerConfig()
 
 
 def test_the_module_takes_the_spec_and_keeps_the_config_for_the_checkpoint(monkeypatch):
@@ -174,20 +179,69 @@ def test_settings_round_trip_through_their_dict():
     assert [p.name for p in again.eval.predictors] == [p.name for p in s.eval.predictors]
 
 
-def test_a_bug_in_the_parse_shows_its_traceback(tmp_path):
+# code run before train.py: each injects a bug (a TypeError, as OmegaConf converts those) into
+# a constructor the parse reaches
+BUGS = {
+    "task": "import loopformer.tasks as t\n"
+            "init = t.LinearRegression.__init__\n"
+            "def broken(self, *a, **k):\n"
+            "    len(None)\n"
+            "t.LinearRegression.__init__ = broken\n",
+    "baseline": "import loopformer.baselines as b\n"
+                "def broken(self, *a, **k):\n"
+                "    len(None)\n"
+                "b.LeastSquares.__init__ = broken\n",
+    "schema": "import loopformer.config as c\n"
+              "def broken(self):\n"
+              "    len(None)\n"
+              "c.OptimConfig.__post_init__ = broken\n",
+    "not a config error": "import loopformer.config as c\n"
+                          "def broken(*a, **k):\n"
+                          "    raise RuntimeError('injected bug')\n"
+                          "c.build_task = broken\n",
+}
+
+
+@pytest.mark.parametrize("where", BUGS)
+def test_a_bug_in_the_parse_shows_its_traceback(where, tmp_path):
     # an exception that is not a ConfigError is a bug in our code: train.py lets Hydra print
     # its traceback and exit 1, instead of a one-line "error:" as for a refused config
-    inject = ("import runpy, sys\n"
-              "import loopformer.config as c\n"
-              "def broken(*a, **k):\n"
-              "    raise RuntimeError('injected bug')\n"
-              "c.build_task = broken\n"
+    inject = (BUGS[where] + "import runpy, sys\n"
               f"sys.argv = ['train.py', *{TINY!r}, 'run_dir={tmp_path / 'run'}']\n"
               f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
     proc = run_cmd([sys.executable, "-c", inject], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
-    assert "Traceback" in proc.stderr and "RuntimeError: injected bug" in proc.stderr
-    assert "error: " not in proc.stderr, proc.stderr
+    assert "Traceback" in proc.stderr and "in broken" in proc.stderr, proc.stderr
+    assert ("RuntimeError: injected bug" if where == "not a config error" else
+            "TypeError: object of type 'NoneType' has no len()") in proc.stderr
+    assert "error: " not in proc.stderr and "Could not create instance" not in proc.stderr
+
+
+def test_a_baseline_module_that_fails_to_run_shows_its_traceback(tmp_path):
+    (tmp_path / "mybaselines.py").write_text("raise RuntimeError('broken module')\n")
+    spec = [{"_target_": "mybaselines.Mine"}]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(RuntimeError, match="broken module"):
+            build_baselines(spec)
+        with pytest.raises(ConfigError, match="cannot be imported"):  # no such module: refused
+            build_baselines([{"_target_": "nosuchpackage.Mine"}])
+        with pytest.raises(ConfigError, match="cannot be imported"):  # no such name
+            build_baselines([{"_target_": "loopformer.baselines.Nope"}])
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_other_trainer_keys_reach_lightning_and_its_own_are_refused(tmp_path):
+    from loopformer.training import build_trainer
+
+    s = Settings.from_config(compose_cfg(*TINY, "+trainer.limit_train_batches=5",
+                                         "trainer.gradient_clip_val=0.5"))
+    assert s.trainer.others == {"limit_train_batches": 5} and s.trainer.gradient_clip_val == 0.5
+    assert s.to_dict()["trainer"]["limit_train_batches"] == 5  # config.yaml: the flat block
+    trainer = build_trainer(s, RunDir(tmp_path), [], [])
+    assert trainer.limit_train_batches == 5 and trainer.gradient_clip_val == 0.5
+    assert _refused("+trainer.logger=true").startswith("trainer.logger is set by loopformer")
 
 
 def test_a_bug_in_evaluate_shows_its_traceback(monkeypatch):

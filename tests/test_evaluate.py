@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import ROOT, compose_cfg
 
-from loopformer.evaluate import evaluate, evaluate_run, load_model, load_settings, main
+from loopformer.evaluate import evaluate, evaluate_run, load_settings, main
 from loopformer.models import build_model
+from loopformer.scoring import load_model
 from loopformer.training import run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -333,7 +334,8 @@ def test_a_run_saved_before_the_task_yamls_held_the_suite_still_evaluates(traine
 
 
 def test_a_study_aggregates_results_written_before_curves_had_a_kind(tmp_path):
-    from loopformer.study import Job, _load_results
+    from loopformer.results.aggregate import load_results
+    from loopformer.study import Job
 
     path = tmp_path / "eval" / "results.json"
     path.parent.mkdir()
@@ -341,5 +343,5 @@ def test_a_study_aggregates_results_written_before_curves_had_a_kind(tmp_path):
     path.write_text(json.dumps({"curves": {"model": curve, "model@60": curve,
                                            "least_squares": curve}}))
     job = Job(id="j000", variant="v", seed=1, run_dir=tmp_path)
-    kinds = {k: c["kind"] for k, c in _load_results(job)["curves"].items()}
+    kinds = {k: c["kind"] for k, c in load_results(job)["curves"].items()}
     assert kinds == {"model": "model", "model@60": "model", "least_squares": "baseline"}

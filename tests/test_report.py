@@ -10,7 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from loopformer.errors import ConfigError
-from loopformer.report import MARKER, export, main, pages_with_tables, rebuild
+from loopformer.results.__main__ import main
+from loopformer.results.export import export
+from loopformer.results.pages import MARKER, pages_with_tables, rebuild
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +74,8 @@ def test_export_reads_runs(study_dir, tmp_path):
 
 
 def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
-    from loopformer.study import Study, aggregate
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study
 
     study = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml"))
     aggregate(study, study_dir)
@@ -90,8 +93,27 @@ def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
     assert json.loads(out.read_text())["meta"]["wall_time_source"] == "two sweeps"
 
 
+def test_a_study_in_another_studys_directory_writes_its_own_data(study_dir, tmp_path):
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study
+
+    own = Study.from_config(OmegaConf.load(ROOT / "conf" / "study" / "seed_variants_cpu.yaml"))
+    aggregate(own, study_dir)
+    before = (study_dir / "data.json").read_bytes()
+    other = Study.from_config({**OmegaConf.to_container(OmegaConf.load(
+        ROOT / "conf" / "study" / "seed_variants_cpu.yaml")), "name": "other",
+        "only": ["looped"]})
+    aggregate(other, study_dir)  # shares the finished runs of the directory it is run in
+    assert (study_dir / "data.json").read_bytes() == before  # the directory's own: untouched
+    theirs = json.loads((study_dir / "data.other.json").read_text())
+    assert theirs["study"] == "other" and theirs["variants"] == ["looped"]
+    out = export(study_dir, tmp_path / "o.json", name="other")  # export finds it by name
+    assert json.loads(out.read_text())["runs"] == theirs["runs"]
+
+
 def test_a_study_without_test_curves_is_aggregated_without_data(study_dir, caplog):
-    from loopformer.study import Study, aggregate
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study
 
     for metrics in study_dir.glob("runs/*/*/metrics.csv"):
         metrics.write_text("step,train/loss\n1,2\n")
@@ -140,13 +162,13 @@ def test_tables_by_hand(study_dir, tmp_path):
 def test_check_mode_fails_on_a_changed_page(study_dir, tmp_path):
     export(study_dir, tmp_path / "data" / "s.json")
     page = _page(tmp_path, "<!-- table:runs data=s k=5,10 loops=30 -->\n<!-- /table:runs -->\n")
-    assert main(["tables", str(page), "--check"]) == 1
+    assert main(["tables", str(page), "check=true"]) == 1
     assert main(["tables", str(page)]) == 0
     assert "| looped | 42 | 2.13.0 | 1000 | 0.0500 (step 1500) | 0.1800 | 0.1300 |" in \
         page.read_text()  # at 30 loops: 0.03 + 0.05 + 0.1 at k=5, 0.03 + 0.1 at k=10
-    assert main(["tables", str(page), "--check"]) == 0
+    assert main(["tables", str(page), "check=true"]) == 0
     page.write_text(page.read_text().replace("0.1800", "0.1799"))
-    assert main(["tables", str(page), "--check"]) == 1
+    assert main(["tables", str(page), "check=true"]) == 1
 
 
 @pytest.mark.parametrize("marker, message", [
@@ -177,7 +199,7 @@ def test_export_needs_a_test_curve(study_dir, tmp_path):
                          + pages_with_tables(ROOT / "tests" / "data" / "report"),
                          ids=lambda p: p.name)
 def test_committed_pages_match_their_data(page):
-    assert rebuild(page)[1] == [], (f"{page}: rebuild with python -m loopformer.report tables "
+    assert rebuild(page)[1] == [], (f"{page}: rebuild with python -m loopformer.results tables "
                                     f"{page.relative_to(ROOT)}")
 
 
@@ -232,9 +254,9 @@ def test_ood_table_by_hand(study_dir, tmp_path):
     assert out.stat().st_size > 0
 
 
-def test_a_missing_page_is_refused_in_one_line(tmp_path, caplog):
+def test_a_missing_page_is_refused_in_one_line(tmp_path, capsys):
     assert main(["tables", str(tmp_path / "nosuch.md")]) == 2
-    assert "no such page" in caplog.text
+    assert "no such page" in capsys.readouterr().err
 
 
 def test_escape_step_comparison_by_hand(study_dir, tmp_path):
@@ -251,13 +273,13 @@ def test_escape_step_comparison_by_hand(study_dir, tmp_path):
     assert "| 1167 vs 1500 | not resolved with 3 vs 1 seeds (p = 1.00, permutation)" in row
 
 
-def test_learning_curve_plot(study_dir, tmp_path, caplog):
+def test_learning_curve_plot(study_dir, tmp_path, capsys):
     data = export(study_dir, tmp_path / "s.json")
     out = tmp_path / "curves.png"
-    assert main(["plot-curves", str(data), str(out), "--variants", "looped,drop_3"]) == 0
+    assert main(["plot-curves", str(data), str(out), "variants=[looped,drop_3]"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert main(["plot-curves", str(data), str(out), "--variants", "ssm"]) == 2
-    assert "no runs of variant 'ssm'" in caplog.text
+    assert main(["plot-curves", str(data), str(out), "variants=[ssm]"]) == 2
+    assert "no runs of variant 'ssm'" in capsys.readouterr().err
 
 
 def test_a_comparison_across_two_studies(study_dir, tmp_path):

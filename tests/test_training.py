@@ -18,8 +18,9 @@ from loopformer.config import Settings
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Schedule
 from loopformer.errors import ConfigError
-from loopformer.evaluate import evaluate, load_model
+from loopformer.evaluate import evaluate
 from loopformer.rundir import RunDir
+from loopformer.scoring import load_model
 from loopformer.training import run
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml"))

@@ -20,8 +20,10 @@ from loopformer.cli import option
 from loopformer.config import Settings, check_device
 from loopformer.data import generator
 from loopformer.errors import ConfigError, typed
-from loopformer.evaluate import checkpoint_path, load_model, load_settings
+from loopformer.evaluate import load_settings
 from loopformer.models import STOP_RULES, InContextModel
+from loopformer.results.plots import plot_analysis
+from loopformer.scoring import checkpoint_path, load_model
 from loopformer.stats import bootstrap_band
 
 log = logging.getLogger(__name__)
@@ -338,8 +340,6 @@ def summary(r: dict) -> str:
 
 def analyze_run(opts: Options) -> dict:
     """Validate, load, analyse, write ``RUN_DIR/analysis/analysis.json`` and plots."""
-    from loopformer.analyze.plots import plot_analysis
-
     spec = load_settings(opts.run)
     parts = check_parts(opts, spec)
     ckpt = checkpoint_path(opts.run, opts.ckpt)

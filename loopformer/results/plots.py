@@ -1,4 +1,5 @@
-"""Figures in the style of Garg et al. (2022) and Yang et al. (2024); files only (Agg).
+"""A run's figures, in the style of Garg et al. (2022) and Yang et al. (2024); files only:
+matplotlib draws with Agg, set here once for every figure of :mod:`loopformer.results`.
 
 Curves are dicts ``{"mean": [...], "low": [...], "high": [...]}`` (``Curve.to_dict()``),
 indexed by the number of in-context examples unless an ``"x"`` list is given; a ``"kind"``
@@ -27,11 +28,11 @@ _BASELINE_COLORS = plt.get_cmap("Dark2").colors
 _BASELINE_STYLES = ("--", "-.", ":", (0, (5, 1, 1, 1)))
 
 
-def _as_dict(curve: Any) -> CurveDict:
+def as_dict(curve: Any) -> CurveDict:
     return curve.to_dict() if hasattr(curve, "to_dict") else curve
 
 
-def _xs(curve: CurveDict) -> np.ndarray:
+def xs_of(curve: CurveDict) -> np.ndarray:
     n = len(curve["mean"])
     return np.asarray(curve["x"], dtype=float) if "x" in curve else np.arange(n, dtype=float)
 
@@ -41,20 +42,26 @@ def _positive(values: Sequence[float], floor: float) -> np.ndarray:
     return np.maximum(np.asarray(values, dtype=float), floor)
 
 
-def _finish(fig: plt.Figure, ax: plt.Axes, path: str | Path, legend: bool = True) -> Path:
+def save(fig: plt.Figure, path: Path, dpi: int, bbox: str | None = "tight") -> Path:
+    """Write ``fig`` to ``path`` and free it."""
+    fig.savefig(path, dpi=dpi, bbox_inches=bbox)
+    plt.close(fig)
+    return path
+
+
+def finish(fig: plt.Figure, ax: plt.Axes, path: str | Path, legend: bool = True) -> Path:
     if legend:
         # outside on the right: many baselines would otherwise cover the curves
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, path, dpi=150)
     log.info("wrote %s", path)
     return path
 
 
-def _band(ax: plt.Axes, x: np.ndarray, curve: CurveDict, floor: float, label: str,
+def draw_band(ax: plt.Axes, x: np.ndarray, curve: CurveDict, floor: float, label: str,
           color: Any, **line_kw: Any) -> None:
     ax.plot(x, _positive(curve["mean"], floor), color=color, label=label, **line_kw)
     if "low" in curve and "high" in curve:
@@ -74,14 +81,14 @@ def plot_error_vs_examples(curves: Mapping[str, Any], path: str | Path,
     line at ``k = d``. Values below ``floor`` are drawn at ``floor``.
     """
     if model_keys is None:
-        model_keys = [k for k, c in curves.items() if _as_dict(c).get("kind") != "baseline"]
+        model_keys = [k for k, c in curves.items() if as_dict(c).get("kind") != "baseline"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, key in enumerate(model_keys):  # first, so that models lead the legend
-        c = _as_dict(curves[key])
-        _band(ax, _xs(c), c, floor, key, _MODEL_COLORS[i % 10], linewidth=2.2, zorder=3)
+        c = as_dict(curves[key])
+        draw_band(ax, xs_of(c), c, floor, key, _MODEL_COLORS[i % 10], linewidth=2.2, zorder=3)
     for i, key in enumerate(k for k in curves if k not in model_keys):
-        c = _as_dict(curves[key])
-        ax.plot(_xs(c), _positive(c["mean"], floor), color=_BASELINE_COLORS[i % 8],
+        c = as_dict(curves[key])
+        ax.plot(xs_of(c), _positive(c["mean"], floor), color=_BASELINE_COLORS[i % 8],
                 linestyle=_BASELINE_STYLES[i % len(_BASELINE_STYLES)], linewidth=1.4, label=key)
     ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="zero predictor")
     if n_dims is not None:
@@ -90,7 +97,7 @@ def plot_error_vs_examples(curves: Mapping[str, Any], path: str | Path,
     ax.set_xlabel("number of in-context examples")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _finish(fig, ax, path)
+    return finish(fig, ax, path)
 
 
 def _loop_arrays(loop_curve: Mapping[str, Any]) -> tuple[np.ndarray, CurveDict]:
@@ -118,7 +125,7 @@ def plot_error_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, path:
     """
     loops, curve = _loop_arrays(loop_curve)
     fig, ax = plt.subplots(figsize=(6, 4))
-    _band(ax, loops, curve, floor, "looped transformer", _MODEL_COLORS[0], linewidth=2.2,
+    draw_band(ax, loops, curve, floor, "looped transformer", _MODEL_COLORS[0], linewidth=2.2,
           marker="o", markersize=3)
     ax.axvline(trained_loops, color="C3", linestyle="--", linewidth=1.2,
                label=f"trained loops b = {trained_loops}")
@@ -126,48 +133,7 @@ def plot_error_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, path:
     ax.set_xlabel("loop iterations at test time")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _finish(fig, ax, path)
-
-
-def plot_study(curves_by_variant: Mapping[str, Any], path: str | Path, title: str = "",
-               xlabel: str = "number of in-context examples",
-               ylabel: str = "squared error (normalised)", log_y: bool = True,
-               floor: float = 1e-3, reference: float | None = 1.0,
-               reference_label: str = "zero predictor",
-               vline: tuple[float, str] | None = None) -> Path:
-    """One curve with its band per variant (an ablation or sweep); a dashed line at
-    ``reference`` (the zero predictor's 1 by default, ``None`` for none) and an optional
-    vertical marker ``vline = (x, label)``."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    cmap = plt.get_cmap("viridis")
-    n = max(1, len(curves_by_variant) - 1)
-    for i, (name, curve) in enumerate(curves_by_variant.items()):
-        c = _as_dict(curve)
-        # ordered colours: variants are usually a sweep (loops, depth, width, ...)
-        _band(ax, _xs(c), c, floor if log_y else -np.inf, str(name), cmap(0.9 * i / n),
-              linewidth=2)
-    if reference is not None:
-        ax.axhline(reference, color="0.4", linestyle="--", linewidth=1, label=reference_label)
-    if vline is not None:
-        ax.axvline(vline[0], color="C3", linestyle="--", linewidth=1.2, label=vline[1])
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _finish(fig, ax, path)
-
-
-def plot_study_loops(loop_curves: Mapping[str, Mapping[str, Any]], trained_loops: int | None,
-                     path: str | Path, title: str = "", floor: float = 1e-4) -> Path:
-    """Error at the last position vs loop iterations at test time, one curve with its band
-    per variant (``{"loops": [...], "mean": [...], "low": [...], "high": [...]}``), with a
-    marker at the trained loop count when the variants share one."""
-    curves = {name: {"x": c["loops"], **{k: c[k] for k in ("mean", "low", "high") if k in c}}
-              for name, c in loop_curves.items()}
-    vline = (trained_loops, f"trained loops b = {trained_loops}") if trained_loops else None
-    return plot_study(curves, path, title=title, xlabel="loop iterations at test time",
-                      ylabel="error at the last position", floor=floor, vline=vline)
+    return finish(fig, ax, path)
 
 
 def plot_training_curve(rows: Sequence[Mapping[str, float]], normalizer, path: str | Path,
@@ -203,7 +169,7 @@ def plot_training_curve(rows: Sequence[Mapping[str, float]], normalizer, path: s
     # below the axes: the right one carries the curriculum's scale
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False,
               fontsize=9)
-    return _finish(fig, ax, path, legend=False)
+    return finish(fig, ax, path, legend=False)
 
 
 def plot_ood_summary(ood: Mapping[str, Any], path: str | Path, two_d: int, title: str = "",
@@ -237,4 +203,99 @@ def plot_ood_summary(ood: Mapping[str, Any], path: str | Path, two_d: int, title
     ax.set_yscale("log")
     ax.set_ylabel(f"normalised error at k = {two_d} (* last scored k)")
     ax.set_title(title)
-    return _finish(fig, ax, path)
+    return finish(fig, ax, path)
+
+
+def plot_ood_of_run(results: dict, out_dir: Path) -> None:
+    """``ood_<shift>.png`` (error vs examples: the model at each loop count, the baselines)
+    per shift and ``ood_summary.png`` (error at the summary position per shift), in
+    ``out_dir``."""
+    d = results["active_dims"]
+    for shift, block in results["ood"].items():
+        plot_error_vs_examples(block["curves"], out_dir / f"ood_{shift}.png",
+                               title=f"{results['task']} (d={d}): {shift}", n_dims=d)
+    plot_ood_summary(results["ood"], out_dir / "ood_summary.png", two_d=2 * d,
+                     title=f"{results['task']} (d={d}) out of distribution")
+
+
+# --- a run's analysis (``RUN_DIR/analysis/analysis.json``), beside it ---------------------------
+
+def plot_analysis(r: dict, out: Path) -> None:
+    """The figures of each part of one run's analysis, in ``out``."""
+    if "dynamics" in r:
+        _plot_dynamics(r, out)
+    if "match" in r:
+        _plot_match(r, out)
+    if "exit" in r:
+        _plot_exit(r, out)
+    if "probe" in r:
+        _plot_probe(r, out)
+
+
+def _plot_dynamics(r: dict, out: Path) -> None:
+    unit, dyn = r["unit"], r["dynamics"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, c in dyn["error"].items():
+        x = np.arange(1, len(c["mean"]) + 1)
+        ax.plot(x, np.maximum(c["mean"], 1e-8), label=f"{name} (k={c['k']})")
+        ax.fill_between(x, np.maximum(c["low"], 1e-8), np.maximum(c["high"], 1e-8),
+                        alpha=0.2)
+    ax.axvline(r["trained_depth"], color="gray", ls=":", label="trained depth")
+    ax.set(xlabel=unit, ylabel="normalised error", yscale="log", title="error per " + unit)
+    ax.legend(fontsize=8)
+    sc = dyn["state_change"]
+    ax2.plot(sc["loops"], np.maximum(sc["mean"], 1e-12))
+    ax2.axhline(dyn["converged_below"]["level"], color="gray", ls=":")
+    ax2.set(xlabel=unit, ylabel="||h_t - h_{t-1}|| / ||h_t||", yscale="log",
+            title="relative state change")
+    save(fig, out / "dynamics.png", dpi=130)
+
+
+def _plot_match(r: dict, out: Path) -> None:
+    unit, algos = r["unit"], r["match"]["algorithms"]
+    fig, axes = plt.subplots(1, len(algos), figsize=(4 * len(algos), 3.6), squeeze=False)
+    for ax, (name, a) in zip(axes[0], algos.items(), strict=True):
+        im = ax.imshow(np.asarray(a["heatmap"]), aspect="auto", origin="lower",
+                       vmin=-1, vmax=1, cmap="RdBu_r",
+                       extent=(-0.5, len(a["iterations"]) - 0.5, 0.5,
+                               len(a["heatmap"]) + 0.5))
+        ticks = np.linspace(0, len(a["iterations"]) - 1, 5).astype(int)
+        ax.set_xticks(ticks, [str(a["iterations"][i]) for i in ticks])
+        ax.set(xlabel="iteration", ylabel=unit, title=name)
+    fig.colorbar(im, ax=axes[0].tolist(), label="cosine similarity of residuals")
+    save(fig, out / "match_heatmaps.png", dpi=130)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, a in algos.items():
+        ax.plot(np.arange(1, len(a["k_star"]) + 1), np.maximum(a["k_star"], 0.5),
+                marker=".", label=name)
+    ax.set(xlabel=unit, ylabel="best-matching iteration k*(t)", yscale="log")
+    ax.legend(fontsize=8)
+    save(fig, out / "match_k_star.png", dpi=130)
+
+
+def _plot_exit(r: dict, out: Path) -> None:
+    ex = r["exit"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fixed = ex["fixed_depth_held_out"]
+    ax.plot(np.arange(1, len(fixed) + 1), fixed, color="k", label="fixed depth")
+    for name, rule in ex["rules"].items():
+        rows = rule["thresholds"]
+        ax.plot([t["held_out"]["mean_loops"] for t in rows],
+                [t["held_out"]["error"] for t in rows], marker="o", label=f"rule {name}")
+    ax.axhline(ex["oracle_held_out"]["oracle_error"], color="gray", ls=":", label="oracle")
+    ax.set(xlabel=f"mean {r['unit']}s spent", ylabel="error (held out)", yscale="log",
+           xscale="log")
+    ax.legend(fontsize=8)
+    save(fig, out / "exit.png", dpi=130)
+
+
+def _plot_probe(r: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, t in r["probe"]["targets"].items():
+        x = np.arange(1, len(t["relative"]) + 1)
+        line, = ax.plot(x, t["relative"], marker=".", label=name)
+        ax.plot(x, t["control_relative"], ls="--", color=line.get_color(),
+                label=f"{name} (control)")
+    ax.set(xlabel=r["unit"], ylabel="probe error / target variance (held out)")
+    ax.legend(fontsize=8)
+    save(fig, out / "probe.png", dpi=130)

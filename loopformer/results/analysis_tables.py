@@ -1,0 +1,200 @@
+"""``<!-- table:analysis data=NAME part=dynamics|match|probe|exit|cost [variants=a,b] -->``:
+the analysis in a study's data (:mod:`loopformer.results.analysis_record`) per variant over
+the seeds that left the plateau (the cost over every analysed run)."""
+
+from __future__ import annotations
+
+import statistics
+
+from loopformer.errors import ConfigError
+from loopformer.formatting import band_of
+
+PARTS = ("dynamics", "match", "probe", "exit")
+TABLE_PARTS = (*PARTS, "cost")
+
+
+def _band(values: list[float | None], digits: str = ".4f") -> str:
+    """The band of the values that are defined (not None, not NaN); one value if all agree."""
+    return band_of([v for v in values if v is not None and v == v], digits, collapse=True)
+
+
+def analysed_runs(data: dict, variant: str) -> tuple[list[dict], list[int], list[int]]:
+    """The escaped runs of ``variant`` with an analysis, the seeds analysed but not escaped,
+    and the seeds without an analysis."""
+    runs = [r for r in data["runs"] if r["variant"] == variant]
+    if not runs:
+        raise ConfigError(f"no runs of variant {variant!r} in the data of {data['study']}; "
+                          f"variants: {data['variants']}")
+    good = [r for r in runs if r.get("analysis") and r["escape_step"] is not None]
+    stuck = [r["seed"] for r in runs if r.get("analysis") and r["escape_step"] is None]
+    missing = [r["seed"] for r in runs if not r.get("analysis")]
+    return good, stuck, missing
+
+
+def _at(a: dict, part: str, key_path: tuple, depth: int) -> float | None:
+    block = a[part]
+    grid = block["loops"]
+    if depth not in grid:
+        return None
+    node = block
+    for k in key_path:
+        node = node[k]
+    return node[grid.index(depth)]
+
+
+def _depths(a: dict, part: str) -> tuple[int, int]:
+    return a["trained_depth"], a[part]["loops"][-1]
+
+
+def _row_dynamics(runs: list[dict]) -> list[str]:
+    an = [r["analysis"] for r in runs if "dynamics" in r["analysis"]]
+    if not an:
+        return None
+    b, last = _depths(an[0], "dynamics")
+    conv = [a["dynamics"]["converged_below"] for a in an]
+    loops = [c["loop"] for c in conv if c["loop"] != "never"]
+    never = sum(c["loop"] == "never" for c in conv)
+    converged = (_band(loops, ".3g") if loops else "-") + (f" ({never} never)" if never else "")
+    sig = [a["dynamics"]["sigma"] for a in an]
+    ts = sorted(sig[0], key=int)
+    return ([str(b), _band([_at(a, "dynamics", ("error", "last", "mean"), b) for a in an]),
+             _band([_at(a, "dynamics", ("error", "last", "mean"), 5 * b) for a in an]),
+             f"{last}: " + _band([_at(a, "dynamics", ("error", "last", "mean"), last)
+                                  for a in an]),
+             _band([_at(a, "dynamics", ("state_change",), b) for a in an], ".2e"),
+             _band([_at(a, "dynamics", ("state_change",), last) for a in an], ".2e"),
+             converged]
+            + ["; ".join(f"{t}: {_band([s[t]['mean'] for s in sig], '.3f')}" for t in ts)])
+
+
+def _row_match(runs: list[dict], algorithms: list[str]) -> list[str]:
+    an = [r["analysis"] for r in runs if "match" in r["analysis"]]
+    if not an:
+        return None
+    b = an[0]["trained_depth"]
+    output_only = an[0]["match"]["loops"] == [1]  # a fixed-depth model: its output alone
+    at = 1 if output_only else b
+    cells = [f"{b} (output)" if output_only else str(b)]
+    for name in algorithms:
+        ks = [_at(a, "match", ("algorithms", name, "k_star"), at) for a in an]
+        sims = [_at(a, "match", ("algorithms", name, "similarity"), at) for a in an]
+        first = [_at(a, "match", ("algorithms", name, "k_star"), 1) for a in an]
+        cells.append((f"{_band(ks, '.3g')}" if output_only else
+                      f"{_band(first, '.3g')} -> {_band(ks, '.3g')}")
+                     + f" ({_band(sims, '.3f')})")
+    ls = [_at(a, "match", ("closed_forms", "least_squares"), at) for a in an]
+    cells.append(_band(ls, ".3f"))
+    return cells
+
+
+def _row_probe(runs: list[dict], targets: list[str]) -> list[str]:
+    an = [r["analysis"] for r in runs if "probe" in r["analysis"]]
+    if not an:
+        return None
+    cells = [str(an[0]["trained_depth"])]
+    for name in targets:
+        rel = [a["probe"]["targets"][name]["relative"] for a in an]
+        depth = len(rel[0])
+        mean = [statistics.fmean(r[t] for r in rel) for t in range(depth)]
+        best = min(range(depth), key=mean.__getitem__)
+        ctl = [a["probe"]["targets"][name]["control_relative"][-1] for a in an]
+        cells.append(f"{_band([r[0] for r in rel], '.3f')} -> {_band([r[-1] for r in rel], '.3f')}"
+                     f"; lowest at {best + 1} ({mean[best]:.3f}); control "
+                     f"{_band(ctl, '.3f')}")
+    return cells
+
+
+def _row_exit(runs: list[dict], rules: list[str]) -> list[str]:
+    an = [r["analysis"] for r in runs if "exit" in r["analysis"]]
+    if not an:
+        return None
+    b = an[0]["trained_depth"]
+    o = [a["exit"]["oracle_held_out"] for a in an]
+    cells = [str(b), _band([_at(a, "exit", ("fixed_held_out",), b) for a in an]),
+             _band([x["best_fixed_error"] for x in o]) + " at "
+             + _band([x["best_fixed_loop"] for x in o], ".3g"),
+             _band([x["oracle_error"] for x in o]), _band([x["headroom"] for x in o])]
+    for name in rules:
+        chosen = [a["exit"]["rules"][name] for a in an]
+        made = [c for c in chosen if c["chosen"] is not None]
+        if not made:
+            cells.append("no threshold reaches the trained depth's error")
+            continue
+        tols = sorted({c["chosen_tol"] for c in made})
+        saved = [c["chosen"]["loops_saved_at_equal_error"] for c in made]
+        cells.append(f"tol {', '.join(f'{t:g}' for t in tols)}: "
+                     f"{_band([c['chosen']['error'] for c in made])} in "
+                     f"{_band([c['chosen']['mean_loops'] for c in made], '.1f')}; saves "
+                     f"{_band(saved, '.1f')}"
+                     + (f" ({len(chosen) - len(made)} none)" if len(made) < len(chosen) else ""))
+    return cells
+
+
+def _row_cost(runs: list[dict]) -> list[str]:
+    an = [r["analysis"] for r in runs]
+    if not an:
+        return None
+    parts = [k for k in ("trajectory", "match", "exit", "probe") if k in an[0]["seconds"]]
+    return [str(an[0]["n_prompts"]), _band([a["seconds"]["total"] for a in an], ".0f")] + [
+        _band([a["seconds"].get(k) for a in an], ".1f") if k in parts else "-"
+        for k in ("trajectory", "match", "exit", "probe")] + [
+        _band([a["cpu_seconds"] for a in an], ".0f")]
+
+
+def table_analysis(data: dict, opts: dict) -> list[str]:
+    part = opts.get("part")
+    if part not in TABLE_PARTS:
+        raise ConfigError(f"table:analysis part={part} must be one of {list(TABLE_PARTS)}")
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    every = [r["analysis"] for r in data["runs"] if r.get("analysis")]
+    if not every:
+        raise ConfigError(f"the data of {data['study']} has no analysis; run python -m "
+                          f"loopformer.analyze study=STUDY_DIR, then export")
+    if part == "cost":
+        return _table_cost(data, variants)
+    with_part = [a for a in every if part in a]
+    if not with_part:
+        raise ConfigError(f"no run in the data of {data['study']} has the {part} part")
+    head = {
+        "dynamics": ["b", "error at b", "at 5b", "at the last", "state change at b",
+                     "at the last", "state change < 1e-3 from", "Jacobian sigma (loop: mean)"],
+        "match": ["b"] + [f"{n}: k*(1) -> k*(b) (similarity at b)"
+                          for n in with_part[0]["match"]["algorithms"]]
+                 + ["least squares: similarity at b"],
+        "probe": ["b"] + [f"{n}: first -> last" for n in with_part[0]["probe"]["targets"]],
+        "exit": ["b", "fixed depth b", "best fixed depth", "oracle", "headroom"]
+                + [f"rule {n}: held-out error in mean loops; loops saved at equal error"
+                   for n in with_part[0]["exit"]["rules"]],
+    }[part]
+    lines = ["| variant | seeds | " + " | ".join(head) + " |",
+             "|---|---|" + "---|" * len(head)]
+    for v in variants:
+        good, stuck, missing = analysed_runs(data, v)
+        if part == "dynamics":
+            cells = _row_dynamics(good)
+        elif part == "match":
+            cells = _row_match(good, list(with_part[0]["match"]["algorithms"]))
+        elif part == "probe":
+            cells = _row_probe(good, list(with_part[0]["probe"]["targets"]))
+        else:
+            cells = _row_exit(good, list(with_part[0]["exit"]["rules"]))
+        if cells is None:
+            why = next((r["analysis"]["not_defined"].get(part) for r in data["runs"]
+                        if r["variant"] == v and r.get("analysis")), None)
+            cells = [f"not defined: {why}" if why else "-"] + [""] * (len(head) - 1)
+        seeds = f"{len(good)}" + (f" (not escaped: {', '.join(map(str, stuck))})"
+                                  if stuck else "") + (
+            f" (not analysed: {', '.join(map(str, missing))})" if missing else "")
+        lines.append(f"| {v} | {seeds} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _table_cost(data: dict, variants: list[str]) -> list[str]:
+    head = ["prompts", "wall s", "trajectory s", "match s", "exit s", "probe s",
+            "CPU s (all threads)"]
+    lines = ["| variant | runs | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for v in variants:
+        runs = [r for r in data["runs"] if r["variant"] == v and r.get("analysis")]
+        cells = _row_cost(runs) or ["-"] * len(head)
+        lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines

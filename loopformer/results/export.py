@@ -1,0 +1,209 @@
+"""A study's data: ``STUDY_DIR/data.json`` when the sweep aggregates it, and
+``docs/results/data/<study>.json`` when ``python -m loopformer.results export STUDY_DIR``
+rebuilds it. Per run: its variant, seed, torch version, the final error at each number of
+examples and loop count (the evaluation's mean over prompts), the fixed test set's curve, the
+step of escape, the out-of-distribution summary and the compact analysis; with the study's
+command, commit, machine, versions, date and wall time."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import torch
+from omegaconf import OmegaConf
+
+from loopformer.csvlog import read_metrics
+from loopformer.errors import ConfigError
+from loopformer.results.analysis_record import record as analysis_record
+from loopformer.rundir import RunDir
+from loopformer.stats import ESCAPE_THRESHOLD, escape_step
+from loopformer.study import Study, load_study, plan
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = ROOT / "docs" / "results" / "data"
+FORMAT = 1
+
+
+def _g(x: float) -> float:
+    return float(f"{x:.6g}")  # 6 significant digits: pages print 4 decimals
+
+
+def _run_record(variant: str, seed: int, run: RunDir, threshold: float) -> dict | None:
+    if not run.results.is_file():
+        return None
+    res = json.loads(run.results.read_text())
+    error = {}
+    for key, c in res["curves"].items():
+        if key == "model" or key.startswith("model@"):  # the model's curves, at each loop count
+            error["trained" if key == "model" else key.removeprefix("model@")] = [
+                _g(v) for v in c["mean"]]
+    last = f"test/error_pos/{res['n_points'] - 1:03d}"  # the most in-context examples
+    rows = [r for r in read_metrics(run.metrics) if last in r] if run.metrics.is_file() else []
+    if not rows:
+        raise ConfigError(f"{run.metrics} has no fixed-test-set curve ({last}); the escape "
+                          f"is read from it: train with test.every_n_steps > 0")
+    steps = [int(r["step"]) for r in rows]
+    errors = [_g(r[last]) for r in rows]
+    cfg = OmegaConf.load(run.config) if run.config.is_file() else None
+    record = {"variant": variant, "seed": seed, "torch": res.get("torch"),
+            "parameters": res.get("parameters"), "trained_loops": res.get("trained_loops"),
+            "error": error,
+            "test": {"step": steps, "error_last": errors,
+                     "error_mean": [_g(r["test/error"]) for r in rows]},
+            "test_every_n_steps": int(cfg.test.every_n_steps) if cfg else None,
+            "escape_step": escape_step(steps, errors, threshold)}
+    if res.get("ood"):
+        record["ood"] = _ood_record(res["ood"])
+    analysis = run.root / "analysis" / "analysis.json"
+    if analysis.is_file():
+        record["analysis"] = analysis_record(json.loads(analysis.read_text()))
+    return record
+
+
+def _ood_record(ood: dict) -> dict:
+    """Per shift of the out-of-distribution suite: its summary position ``k`` (2d, or the
+    last scored one), normaliser, and the error there of the model at each loop count and of
+    each baseline."""
+    out = {}
+    for shift, block in ood.items():
+        k = block["summary_k"]
+        model, baselines = {}, {}
+        for key, c in block["curves"].items():
+            if c["kind"] == "model":
+                model["trained" if key == "model" else key.removeprefix("model@")] = \
+                    _g(c["mean"][k])
+            else:
+                baselines[key] = _g(c["mean"][k])
+        out[shift] = {"k": k, "normalizer": _g(block["normalizer"]), "error": model,
+                      "baselines": baselines}
+    return out
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "gpu": gpu}
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty",
+                              "--abbrev=7"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment(study: Study) -> dict:
+    """Where and with what this process runs: the study's metadata when it runs in the
+    process that trained it (``sweep.py``)."""
+    argv = sys.argv if sys.argv and sys.argv[0].endswith("sweep.py") else None
+    return {"command": ("python sweep.py " + " ".join(argv[1:])).strip() if argv
+            else f"python sweep.py study={study.name}",
+            "commit": _commit(), "machine": _machine(), "torch": torch.__version__,
+            "lightning": lightning.__version__, "date": datetime.date.today().isoformat()}
+
+
+def _span(runs: list[RunDir]) -> float | None:
+    """Seconds from the first run's config.yaml to the last results.json (file times): the
+    study's wall time if it ran in one go."""
+    starts = [r.config.stat().st_mtime for r in runs if r.config.is_file()]
+    ends = [r.results.stat().st_mtime for r in runs if r.results.is_file()]
+    return round(max(ends) - min(starts), 1) if starts and ends else None
+
+
+def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOLD,
+               meta: dict | None = None) -> dict:
+    """The data of a study's finished runs (see the module's docstring)."""
+    jobs = plan(study, study_dir)
+    runs = [r for j in jobs if (r := _run_record(j.variant, j.seed, RunDir(j.run_dir),
+                                                 threshold))]
+    if not runs:
+        raise ConfigError(f"no finished runs under {study_dir / 'runs'}; run the study first")
+    first = json.loads(RunDir(next(j.run_dir for j in jobs if j.finished)).results.read_text())
+    meta = dict(meta or environment(study))
+    meta.setdefault("wall_time_s", _span([RunDir(j.run_dir) for j in jobs]))
+    meta.setdefault("wall_time_source", "file times: first run started to last run evaluated")
+    config = {k: getattr(study, k) for k in ("name", "base", "variants", "seeds", "examples")}
+    return {"format": FORMAT, "study": study.name, "config": config, "task": first["task"],
+            "active_dims": first["active_dims"], "n_points": first["n_points"],
+            "n_prompts": first["n_prompts"], "examples": list(study.examples),
+            "variants": [v for v in study.variants if any(r["variant"] == v for r in runs)],
+            "seeds": sorted({r["seed"] for r in runs}),
+            "escape": {"threshold": threshold,
+                       "metric": f"test/error_pos/{first['n_points'] - 1:03d}"},
+            "meta": meta, "runs": runs}
+
+
+def data_path(study_dir: Path, name: str) -> Path:
+    """``STUDY_DIR/data.json``; where that file holds another study's data (a study run in
+    another's directory to share its finished runs), ``data.<name>.json`` beside it, so that
+    neither overwrites the other."""
+    path = study_dir / "data.json"
+    if path.is_file() and json.loads(path.read_text()).get("study") != name:
+        return study_dir / f"data.{name}.json"
+    return path
+
+
+def write_study_data(study: Study, study_dir: Path) -> Path | None:
+    """``STUDY_DIR/data.json`` (:func:`data_path`), written when the study is aggregated (its
+    metadata are the sweep's own: command, commit, machine, versions). A study whose runs have
+    no fixed-test-set curve gets its report without it, and a warning."""
+    path = data_path(study_dir, study.name)
+    try:
+        data = study_data(study, study_dir)
+    except ConfigError as e:
+        log.warning("no %s: %s", path, e)
+        return None
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def export(study_dir: Path, out: Path | None = None, name: str | None = None,
+           threshold: float = ESCAPE_THRESHOLD, overrides: dict | None = None) -> Path:
+    """Rebuild a study's data from its runs into ``out`` (default ``docs/results/data/<study>
+    .json``). The study's definition and metadata come from ``STUDY_DIR/data.json`` (written
+    by the sweep) if there is one, else from ``conf/study/<name>.yaml`` (``name``, default the
+    directory's name) and this process; ``overrides`` (command, commit, wall_time_s) replace
+    the metadata."""
+    if not study_dir.is_dir():
+        raise ConfigError(f"study directory {study_dir} does not exist")
+    previous = data_path(study_dir, name) if name else study_dir / "data.json"
+    previous = json.loads(previous.read_text()) if previous.is_file() else None
+    if previous and (not name or previous.get("study") == name):
+        study = Study.from_config(OmegaConf.create(previous["config"]))
+    else:
+        name = name or study_dir.resolve().name
+        if not (ROOT / "conf" / "study" / f"{name}.yaml").is_file():
+            raise ConfigError(f"no study config conf/study/{name}.yaml and no "
+                              f"{study_dir / 'data.json'}; pass study=NAME of a "
+                              f"conf/study/*.yaml")
+        study = load_study(name)
+    meta = previous["meta"] if previous else None
+    data = study_data(study, study_dir, threshold, meta)
+    data["meta"].update({k: v for k, v in (overrides or {}).items()
+                         if v is not None and k != "wall_time_source"})
+    if (overrides or {}).get("wall_time_s") is not None:
+        data["meta"]["wall_time_source"] = (overrides or {}).get("wall_time_source") \
+            or "stated at export"
+    out = out or DATA_DIR / f"{study.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    return out

@@ -1,0 +1,291 @@
+"""The tables of a results page, each rendered from a study's data (:mod:`loopformer.results
+.export`) by one rule: ``variants`` (escape rate, median escape step, error over escaped
+seeds), ``comparisons`` (verdicts of :mod:`loopformer.stats`'s rules for ``pairs=A:B,C:D``),
+``runs`` (one row per run), ``meta`` (how the data was made), ``ood`` and ``ood_trend`` (the
+out-of-distribution suite per shift); ``analysis`` is :mod:`loopformer.results.analysis_tables`.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from loopformer.errors import ConfigError
+from loopformer.formatting import band_of, duration
+from loopformer.stats import ALPHA, POWER, compare_means, compare_rates, min_exact_n, trend_test
+
+
+def _curve_key(loops: str | None) -> str:
+    return "trained" if loops in (None, "trained") else str(loops)
+
+
+def runs_of(data: dict, variant: str) -> list[dict]:
+    runs = [r for r in data["runs"] if r["variant"] == variant]
+    if not runs:
+        raise ConfigError(f"no runs of variant {variant!r} in the data of {data['study']}; "
+                          f"variants: {data['variants']}")
+    return runs
+
+
+def _errors(runs: list[dict], k: int, loops: str | None) -> list[float]:
+    key = _curve_key(loops)
+    missing = [r["seed"] for r in runs if key not in r["error"]]
+    if missing:
+        raise ConfigError(f"loops={loops} is not among the evaluated loop counts of seeds "
+                          f"{missing}; have {sorted(runs[0]['error'])}")
+    return [r["error"][key][k] for r in runs if r["escape_step"] is not None]
+
+
+def _resolution(data: dict) -> str:
+    every = sorted({r["test_every_n_steps"] for r in data["runs"] if r["test_every_n_steps"]})
+    return f"test every {', '.join(map(str, every))} steps" if every else "the test interval"
+
+
+def _rule(data: dict) -> str:
+    e, n = data["escape"], data["n_points"] - 1
+    return (f"Escaped: the fixed test set's error at {n} examples ({e['metric']}) is below "
+            f"{e['threshold']} from some test step to the end; escape step: the first such "
+            f"step (resolution: {_resolution(data)}).")
+
+
+def _loops_label(data: dict, loops: str | None) -> str:
+    if loops in (None, "trained"):
+        b = sorted({r["trained_loops"] for r in data["runs"] if r["trained_loops"]})
+        return f"at the trained loop count (b = {', '.join(map(str, b))})" if b else ""
+    return f"at {loops} loops"
+
+
+def _examples(data: dict, opts: dict) -> list[int]:
+    ks = [int(k) for k in opts["k"].split(",")] if "k" in opts else data["examples"]
+    return [k for k in ks if k < data["n_points"]] or [data["n_points"] - 1]
+
+
+def table_variants(data: dict, opts: dict) -> list[str]:
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    ks, loops = _examples(data, opts), opts.get("loops")
+    last = ks[-1]
+    lines = [_rule(data) + f" Errors {_loops_label(data, loops)}: mean [min, max] over the "
+             f"escaped seeds; the others are listed apart, at k={last}.", "",
+             "| variant | escaped | median escape step | " + " | ".join(f"k={k}" for k in ks)
+             + f" | not escaped: k={last} |", "|---|---|---|" + "---|" * (len(ks) + 1)]
+    for v in variants:
+        runs = runs_of(data, v)
+        steps = [r["escape_step"] for r in runs if r["escape_step"] is not None]
+        med = f"{statistics.median(steps):g}" if steps else "-"
+        cells = [band_of(_errors(runs, k, loops)) for k in ks]  # checks the loop count first
+        key = _curve_key(loops)
+        stuck = ", ".join(f"{r['seed']}: {r['error'][key][last]:.4f}" for r in runs
+                          if r["escape_step"] is None) or "-"
+        lines.append(f"| {v} | {len(steps)}/{len(runs)} | {med} | " + " | ".join(cells)
+                     + f" | {stuck} |")
+    return lines
+
+
+def _pairs(opts: dict, kind: str) -> list[tuple[str, str]]:
+    """``pairs=A:B,C:D`` -> [(A, B), (C, D)]."""
+    out = []
+    for pair in opts["pairs"].split(","):
+        a, sep, b = pair.partition(":")
+        if not sep:
+            raise ConfigError(f"table:{kind} pairs entry {pair!r} is not A:B")
+        out.append((a, b))
+    return out
+
+
+def table_comparisons(data: dict, opts: dict) -> list[str]:
+    """Pairs of variants by the rules: escape rates (Fisher's exact test), then ``of=error``
+    (default: the error at k over the escaped seeds) or ``of=escape_step`` (the escape step over
+    the escaped seeds), each by an exact permutation test of the difference of means."""
+    if "pairs" not in opts:
+        raise ConfigError("table:comparisons needs pairs=A:B[,C:D...] (variants of the data)")
+    of = opts.get("of", "error")
+    if of not in ("error", "escape_step"):
+        raise ConfigError(f"table:comparisons of={of} is not one of: error, escape_step")
+    k, loops = _examples(data, opts)[-1], opts.get("loops")
+    if of == "error":
+        what, col = (f"the error at k={k} {_loops_label(data, loops)}",
+                     f"error at k={k} (A vs B)")
+    else:
+        what, col = (f"the escape step ({_resolution(data)})", "mean escape step (A vs B)")
+    lines = [f"Rules (two-sided, {ALPHA}): escape rates by Fisher's exact test; {what}, over "
+             f"escaped seeds only, by an exact permutation test of the difference of means "
+             f"(Monte Carlo above 100,000 splits). Seeds needed: normal approximation at power "
+             f"{POWER} with the observed spread, at least the {min_exact_n()} per variant an "
+             f"exact test needs to reach {ALPHA}."
+             + (" Variants named STUDY/variant are that study's runs (option with=), trained "
+                "with its own recipe and budget." if "with" in opts else ""),
+             "",
+             f"| A vs B | escaped | escape rate | {col} | {of.replace('_', ' ')} |",
+             "|---|---|---|---|---|"]
+    for a, b in _pairs(opts, "comparisons"):
+        ra, rb = runs_of(data, a), runs_of(data, b)
+        ka = sum(r["escape_step"] is not None for r in ra)
+        kb = sum(r["escape_step"] is not None for r in rb)
+        if of == "error":
+            ea, eb = _errors(ra, k, loops), _errors(rb, k, loops)
+            fmt = "{:.4f}"
+        else:
+            ea, eb = ([float(r["escape_step"]) for r in rs if r["escape_step"] is not None]
+                      for rs in (ra, rb))
+            fmt = "{:.0f}"
+        means = " vs ".join(fmt.format(statistics.fmean(e)) if e else "-" for e in (ea, eb))
+        lines.append(f"| {a} vs {b} | {ka}/{len(ra)} vs {kb}/{len(rb)} | "
+                     f"{compare_rates(a, ka, len(ra), b, kb, len(rb)).text} | {means} | "
+                     f"{compare_means(a, ea, b, eb).text} |")
+    return lines
+
+
+def table_runs(data: dict, opts: dict) -> list[str]:
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    ks, loops = _examples(data, opts), opts.get("loops")
+    key = _curve_key(loops)
+    lines = [f"Per run: the escape step, the fixed test set's error at {data['n_points'] - 1} "
+             f"examples at the last test step, and the evaluation's error "
+             f"{_loops_label(data, loops)}.", "",
+             "| variant | seed | torch | escape step | test error (last step) | "
+             + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|---|---|---|" + "---|" * len(ks)]
+    for v in variants:
+        for r in runs_of(data, v):
+            step = r["escape_step"] if r["escape_step"] is not None else "not escaped"
+            lines.append(f"| {v} | {r['seed']} | {r['torch'] or '-'} | {step} | "
+                         f"{r['test']['error_last'][-1]:.4f} (step {r['test']['step'][-1]}) | "
+                         + " | ".join(f"{r['error'][key][k]:.4f}" for k in ks) + " |")
+    return lines
+
+
+def factor_key(run: dict, factor: str) -> str | None:
+    """The error key of ``factor`` x the run's trained loop count (``1``: the trained one)."""
+    if factor == "1":
+        return "trained"
+    b = run["trained_loops"]
+    return str(int(factor) * b) if b else None
+
+
+def table_ood(data: dict, opts: dict) -> list[str]:
+    """Shifts (rows) x variant and loop count (columns): the error at the shift's summary
+    position, mean [min, max] over the escaped seeds; then the baselines (one run's: every
+    run of a study draws the same prompts)."""
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    factors = opts.get("loops", "1").split(",")
+    if any(not f.isdigit() or int(f) < 1 for f in factors):
+        raise ConfigError(f"table:ood loops={opts['loops']} must list multiples of the trained "
+                          f"loop count b (1, 5, 20, ...)")
+    runs = {v: [r for r in runs_of(data, v) if r["escape_step"] is not None] for v in variants}
+    every = [r for v in variants for r in runs_of(data, v)]
+    if not all(r.get("ood") for r in every):
+        raise ConfigError(f"table:ood: runs of {data['study']} without an out-of-distribution "
+                          f"block; evaluate them with eval.ood=default")
+    shifts = list(every[0]["ood"])
+    baselines = [b for b in opts["baselines"].split(",")] if "baselines" in opts else sorted(
+        {b for s in shifts for b in every[0]["ood"][s]["baselines"]})
+    cols = [(v, f) for v in variants for f in factors
+            if any(factor_key(r, f) in r["ood"][shifts[0]]["error"] for r in runs_of(data, v))]
+    label = {"1": "b"}
+    d = data["active_dims"]
+    lines = [f"Normalised error at k = 2d = {2 * d} examples (* the shift's last scored k), at b, "
+             f"5b, ... loops (b: the trained loop count): mean [min, max] over the seeds that "
+             f"escaped the plateau (escaped/all in brackets after the variant); the baselines "
+             f"on the same prompts.", "",
+             "| shift | k | " + " | ".join(f"{v} ({len(runs[v])}/{len(runs_of(data, v))}) "
+                                          f"@{label.get(f, f + 'b')}" for v, f in cols)
+             + "".join(f" | {b}" for b in baselines) + " |",
+             "|---|---|" + "---|" * (len(cols) + len(baselines))]
+    for shift in shifts:
+        k = every[0]["ood"][shift]["k"]
+        cells = [band_of([r["ood"][shift]["error"][factor_key(r, f)] for r in runs[v]
+                        if factor_key(r, f) in r["ood"][shift]["error"]]) for v, f in cols]
+        base = [every[0]["ood"][shift]["baselines"].get(b) for b in baselines]
+        lines.append(f"| {shift} | {k}{'' if k == 2 * d else '*'} | " + " | ".join(cells)
+                     + "".join(f" | {x:.4f}" if x is not None else " | -" for x in base)
+                     + " |")
+    return lines
+
+
+def table_ood_trend(data: dict, opts: dict) -> list[str]:
+    """Shifts (rows) x pairs of variants (columns): the error at the shift's summary position
+    at ``loops`` x b (default b), mean over the escaped seeds of A and of B, and the verdict of
+    the rule for errors (:func:`loopformer.stats.compare_means`) on their difference."""
+    if "pairs" not in opts and "trend" not in opts:
+        raise ConfigError("table:ood_trend needs pairs=A:B[,C:D...] and/or trend=A,B,C... "
+                          "(variants of the data)")
+    factor = opts.get("loops", "1")
+    if not factor.isdigit() or int(factor) < 1:
+        raise ConfigError(f"table:ood_trend loops={factor} must be one multiple of the trained "
+                          f"loop count b (1, 5, 20, ...)")
+    pairs = _pairs(opts, "ood_trend") if "pairs" in opts else []
+    trend = opts["trend"].split(",") if "trend" in opts else []
+    names = list(dict.fromkeys([*(v for pair in pairs for v in pair), *trend]))
+    runs = {v: [r for r in runs_of(data, v) if r["escape_step"] is not None] for v in names}
+    every = [r for v in names for r in runs_of(data, v)]
+    if not all(r.get("ood") for r in every):
+        raise ConfigError(f"table:ood_trend: runs of {data['study']} without an "
+                          f"out-of-distribution block; evaluate them with eval.ood=default")
+
+    def errors(v: str, shift: str) -> list[float]:
+        return [r["ood"][shift]["error"][factor_key(r, factor)] for r in runs[v]
+                if factor_key(r, factor) in r["ood"][shift]["error"]]
+
+    lines = [f"Error at the shift's summary k {'at b' if factor == '1' else f'at {factor}b'} "
+             f"loops, mean over the escaped seeds, A -> B; the verdict of the rule for errors "
+             f"(two-sided exact permutation test of the difference of means, {ALPHA}) on it."
+             + (f" Trend: Spearman's rho between the order {', '.join(trend)} and the error "
+                f"over every escaped seed, with its two-sided permutation p-value "
+                f"(loopformer.stats.trend_test)." if trend else ""),
+             "", "| shift | " + " | ".join(
+                 [f"{a} ({len(runs[a])}) -> {b} ({len(runs[b])})" for a, b in pairs]
+                 + ([f"trend over {', '.join(f'{v} ({len(runs[v])})' for v in trend)}"]
+                    if trend else [])) + " |",
+             "|---|" + "---|" * (len(pairs) + bool(trend))]
+    for shift in every[0]["ood"]:
+        cells = [_pair_cell(a, errors(a, shift), b, errors(b, shift)) for a, b in pairs]
+        if trend:
+            cells.append(_trend_cell([errors(v, shift) for v in trend]))
+        lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pair_cell(a: str, ea: list[float], b: str, eb: list[float]) -> str:
+    """``mean A -> mean B: verdict`` of the rule for errors."""
+    if not ea or not eb:
+        return "-"
+    v = compare_means(a, ea, b, eb)
+    word = ("lower" if statistics.fmean(eb) < statistics.fmean(ea) else "higher")
+    verdict = (f"**{word}** (p = {v.p:.3g})" if v.resolved
+               else f"not resolved (p = {v.p:.2f})")
+    return f"{statistics.fmean(ea):.4f} -> {statistics.fmean(eb):.4f}: {verdict}"
+
+
+def _trend_cell(groups: list[list[float]]) -> str:
+    """Spearman's rho of the error over the order of the groups, and its verdict."""
+    if sum(bool(g) for g in groups) < 2:
+        return "-"
+    rho, p = trend_test(groups)
+    word = "falls" if rho < 0 else "rises"
+    return (f"**{word}** (rho = {rho:.2f}, p = {p:.2g})" if p <= ALPHA
+            else f"not resolved (rho = {rho:.2f}, p = {p:.2f})")
+
+
+def _runs_line(data: dict) -> str:
+    """``N (V variants x seeds a, b, c)``, naming the variants that have other seeds."""
+    seeds = {v: sorted(r["seed"] for r in data["runs"] if r["variant"] == v)
+             for v in data["variants"]}
+    line = (f"{len(data['runs'])} ({len(data['variants'])} variants x seeds "
+            f"{', '.join(map(str, data['seeds']))}")
+    other = [f"{v}: {', '.join(map(str, s))}" for v, s in seeds.items() if s != data["seeds"]]
+    return line + (f"; except {'; '.join(other)})" if other else ")")
+
+
+def table_meta(data: dict, opts: dict) -> list[str]:
+    m = data["meta"]
+    mach = m.get("machine") or {}
+    machine = ", ".join(str(x) for x in (mach.get("cpu"), f"{mach.get('cores')} cores",
+                                          mach.get("gpu")) if x)
+    wall = m.get("wall_time_s")
+    wall = (f"{duration(wall)} ({m.get('wall_time_source')})" if wall is not None
+            else "not recorded")
+    torches = sorted({r["torch"] for r in data["runs"] if r["torch"]})
+    rows = [("command", f"`{m.get('command')}`"), ("commit", f"`{m.get('commit')}`"),
+            ("machine", machine or "-"),
+            ("torch", ", ".join(torches) or f"{m.get('torch')} (at aggregation)"),
+            ("lightning", m.get("lightning")), ("date", m.get("date")), ("wall time", wall),
+            ("runs", _runs_line(data))]
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
