@@ -331,7 +331,7 @@ def _sign_flip_batch(x: torch.Tensor, side: str, shift: float) -> torch.Tensor:
 
 
 def paired_power(d: Sequence[float], n: int, side: str, level: float,
-                 margin: float | None = None, n_sims: int = 400, seed: int = 0) -> float:
+                 margin: float | None = None, n_sims: int = 200, seed: int = 0) -> float:
     """The share of ``n_sims`` studies of n pairs, each drawing its per-seed differences with
     replacement from the observed ``d`` (a seeded generator), whose exact sign-flip test (TOST
     within +-``margin`` if given) rejects at ``level``. Escape rates use the differences of the
@@ -363,7 +363,7 @@ def _rank_batch(a: torch.Tensor, b: torch.Tensor, side: str, g: torch.Generator)
 
 
 def unpaired_power(a: Sequence[float], b: Sequence[float], n: int, side: str, level: float,
-                   margin: float | None = None, rates: bool = False, n_sims: int = 400,
+                   margin: float | None = None, rates: bool = False, n_sims: int = 200,
                    seed: int = 0) -> float:
     """The share of ``n_sims`` studies of n vs n seeds, each drawing a's and b's values with
     replacement from the observed ones (a seeded generator), whose exact test rejects at

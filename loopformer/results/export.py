@@ -3,10 +3,13 @@
 rebuilds it. Per run: its variant, seed, torch version, the final error at each number of
 examples and loop count (the evaluation's mean over prompts), the fixed test set's curve, the
 step of escape, the out-of-distribution summary and the compact analysis; with the study's
-command, commit, machine, versions, date and wall time."""
+confirmatory comparisons (its YAML's ``comparisons``, ``correction`` and ``alpha``, so that
+``table:confirmatory`` is rebuilt from the data alone) and its command, commit, machine,
+versions, date and wall time."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -142,14 +145,17 @@ def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOL
     meta.setdefault("wall_time_s", _span([RunDir(j.run_dir) for j in jobs]))
     meta.setdefault("wall_time_source", "file times: first run started to last run evaluated")
     config = {k: getattr(study, k) for k in ("name", "base", "variants", "seeds", "examples")}
-    return {"format": FORMAT, "study": study.name, "config": config, "task": first["task"],
+    family = {"comparisons": [dataclasses.asdict(c) for c in study.comparisons],
+              "correction": study.correction, "alpha": study.alpha}
+    return {"format": FORMAT, "study": study.name, "config": {**config, **family},
+            "task": first["task"],
             "active_dims": first["active_dims"], "n_points": first["n_points"],
             "n_prompts": first["n_prompts"], "examples": list(study.examples),
             "variants": [v for v in study.variants if any(r["variant"] == v for r in runs)],
             "seeds": sorted({r["seed"] for r in runs}),
             "escape": {"threshold": threshold,
                        "metric": f"test/error_pos/{first['n_points'] - 1:03d}"},
-            "meta": meta, "runs": runs}
+            **family, "meta": meta, "runs": runs}
 
 
 def data_path(study_dir: Path, name: str) -> Path:
