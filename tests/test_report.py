@@ -93,6 +93,31 @@ def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
     assert json.loads(out.read_text())["meta"]["wall_time_source"] == "two sweeps"
 
 
+def test_the_data_carries_the_studys_comparisons(study_dir, tmp_path):
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study
+
+    config = {**OmegaConf.to_container(OmegaConf.load(
+        ROOT / "conf" / "study" / "seed_variants_cpu.yaml")), "correction": "bonferroni",
+        "comparisons": [{"id": "E", "a": "looped", "b": "drop_3", "measure": "escape_rate"}]}
+    aggregate(Study.from_config(config), study_dir)
+    data = json.loads((study_dir / "data.json").read_text())
+    assert data["comparisons"] == [{"id": "E", "a": "looped", "b": "drop_3",
+                                    "measure": "escape_rate", "design": "paired",
+                                    "side": "two-sided", "k": None, "step": None,
+                                    "margin": None, "claim": ""}]
+    assert (data["correction"], data["alpha"]) == ("bonferroni", 0.05)
+    exported = json.loads(export(study_dir, tmp_path / "data" / "s.json").read_text())
+    assert exported["comparisons"] == data["comparisons"]  # kept from the sweep's definition
+    page = _page(tmp_path, "<!-- table:confirmatory data=s -->\n<!-- /table:confirmatory -->\n")
+    text, _ = rebuild(page)
+    # looped escaped with all three seeds, drop_3 with one (123): 2 discordant pairs, p = 1/2,
+    # the share of them for looped at least sqrt(0.025) = 0.16 (Clopper-Pearson)
+    assert ("| E | - | looped vs drop_3 | escape rate | paired, two-sided | 3 vs 3 | 0.25 | "
+            "3/3 vs 1/3; discordant 2:0, share 1.00 [0.16, 1.00] | 0.5 | 0.5 | cannot be "
+            "resolved with 3 vs 3 seeds (floor 0.25 > threshold 0.05)") in text
+
+
 def test_a_study_in_another_studys_directory_writes_its_own_data(study_dir, tmp_path):
     from loopformer.results.aggregate import aggregate
     from loopformer.study import Study
