@@ -104,6 +104,26 @@ def test_a_verdict_its_adjusted_p_does_not_support_is_caught(data):
     assert not supported(rows[5].replace("| 0.25 |", "| 0.04 |"))
 
 
+def test_verdicts_follow_the_adjusted_p(data):
+    # C1 and C2 two-sided reach 2/128 = 0.0156 <= 0.05, but Holm over four holds the smaller to
+    # 0.05/4: 4 x 0.0156 = 0.0625, not rejected, and the step-down stops there. C6 one-sided
+    # (b escapes more): 1/16, and its opposite side 1: neither holds nor does not hold
+    two = [{**COMPARISONS[0], "side": "two-sided"}, {**COMPARISONS[1], "side": "two-sided"},
+           COMPARISONS[3], {**COMPARISONS[5], "side": "greater"}]
+    rows = _rows(render("confirmatory", {"data": "hand"}, {**data, "comparisons": two}))
+    assert [r.split(" | ")[8:10] for r in rows] == [
+        ["0.0156", "0.0625"], ["0.0156", "0.0625"], ["1", "1"], ["0.0625", "0.125"]]
+    verdicts = [r.split(" | ")[10] for r in rows]
+    assert verdicts[0].startswith("not resolved with 7 vs 7 seeds")
+    assert verdicts[1].startswith("not resolved with 7 vs 7 seeds")
+    assert verdicts[2] == "does not hold: a < b |"
+    assert verdicts[3].startswith("not resolved with 7 vs 7 seeds")
+    # uncorrected, the two-sided rows hold, in the direction of their effect
+    rows = _rows(render("confirmatory", {"data": "hand"}, {**data, "comparisons": two,
+                                                           "correction": "none"}))
+    assert [r.split(" | ")[10] for r in rows[:2]] == ["holds: a < b |", "holds: a > c |"]
+
+
 def test_the_correction_changes_the_verdicts(data):
     none = _rows(render("confirmatory", {"data": "hand"}, {**data, "correction": "none"}))
     # unadjusted, C6's 0.125 is still above 0.05; Bonferroni holds the three to 6/128 too

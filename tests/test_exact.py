@@ -144,7 +144,14 @@ def test_exact_power_and_seeds_needed_by_hand():
     assert paired_power([1, 1, 1, -1], 10, "greater", 0.05, n_sims=4000) == \
         pytest.approx(0.2440, abs=0.03)
     assert paired_power([1, 1, 1, -1], 10, "less", 0.05, n_sims=500) == 0.0
-    # all differences positive: power 1 from the first n whose floor 2/2^n is within the level
+    # all differences positive: 6 pairs give p = 2/64 = 0.031, within 0.05 and not 0.01
+    assert paired_power([0.5, 1, 2], 6, "two-sided", 0.05) == 1.0
+    assert paired_power([0.5, 1, 2], 6, "two-sided", 0.01) == 0.0
+    # the search: the first n whose floor is within the level and whose power is >= 0.8
+    assert seeds_needed(lambda n: {2: 0.5, 3: 0.79}.get(n, 0.8), lambda n: 0.0, 0.05, 9) == 4
+    assert seeds_needed(lambda n: 1.0, lambda n: 1 / n, 0.2, 9) == 5
+    assert seeds_needed(lambda n: 0.79, lambda n: 0.0, 0.05, 9) is None
+    # power 1 from the first n whose floor 2/2^n is within the level
     floor = lambda n: sign_flip_floor(n, "two-sided")  # noqa: E731
     at = lambda level: lambda n: paired_power([0.5, 1, 2], n, "two-sided", level)  # noqa: E731
     assert seeds_needed(at(0.05), floor, 0.05, 14) == 6  # 2/64 <= 0.05 < 2/32
