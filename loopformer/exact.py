@@ -12,6 +12,7 @@ two-sided p is ``min(1, 2 min(p_greater, p_less))``. A test rejects at ``level``
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -45,9 +46,12 @@ def sided(p_greater: float, p_less: float, side: str) -> float:
 
 def _sided_batch(p_greater: torch.Tensor, p_less: torch.Tensor, side: str) -> torch.Tensor:
     """:func:`sided` for tensors of p-values."""
-    if side == "two-sided":
-        return (2 * torch.minimum(p_greater, p_less)).clamp(max=1.0)
-    return p_greater if sided(0.0, 1.0, side) == 0.0 else p_less
+    if side == "greater":
+        return p_greater
+    if side == "less":
+        return p_less
+    sided(1.0, 1.0, side)  # refuses an unknown side
+    return (2 * torch.minimum(p_greater, p_less)).clamp(max=1.0)
 
 
 def _tol(x: torch.Tensor) -> float:
@@ -160,9 +164,7 @@ def rank_floor(n_a: int, n_b: int, side: str) -> float:
 
 def hodges_lehmann(a: Sequence[float], b: Sequence[float]) -> float:
     """The Hodges-Lehmann shift of a over b: the median of the differences a_i - b_j."""
-    d = torch.tensor([x - y for x in a for y in b], dtype=torch.float64)
-    return float(d.median()) if len(d) % 2 else float(d.sort().values[len(d) // 2 - 1:
-                                                                        len(d) // 2 + 1].mean())
+    return statistics.median(x - y for x in a for y in b)
 
 
 def rank_interval(a: Sequence[float], b: Sequence[float], side: str, level: float) -> Interval:

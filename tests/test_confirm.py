@@ -56,22 +56,29 @@ def data() -> dict:
 # 0.50; C3 at 2t: [min, max] of b - c; C4 t = 0.05: (1 + j)/128 > 0.05 from the 6th smallest
 # subset mean, -0.01 x 17/3; C5 t = 0.05/3 is below the floor: every shift kept; C6 t = 0.05/2
 # two-sided: pi^4 = 0.0125, 0.33. Seeds needed for C5 at t: separated values reject from the
-# first n vs n whose floor 2 / C(2n, n) is within 0.0167: 5.
+# first n vs n whose floor 2 / C(2n, n) is within 0.0167: 5. The unpaired floors beside the
+# paired ones: 1 / C(14, 7) = 0.000291 one-sided, twice that two-sided (C5: 2 vs 7 seeds cannot
+# be paired).
 ROWS = [
-    "| C1 | a below b | a vs b | error at k=10 | paired, a < b | 7 vs 7 | 0.00781 | "
+    "| C1 | a below b | a vs b | error at k=10 | paired, a < b | 7 vs 7 | 0.00781 (unpaired: "
+    "0.000291) | "
     "mean -0.0400 [-inf, -0.0100] | 0.00781 | 0.0469 | holds: a < b |",
-    "| C2 | a escapes more often | a vs c | escape rate | paired, a > b | 7 vs 7 | 0.00781 | "
+    "| C2 | a escapes more often | a vs c | escape rate | paired, a > b | 7 vs 7 | 0.00781 "
+    "(unpaired: 0.000291) | "
     "7/7 vs 0/7; discordant 7:0, share 1.00 [0.50, 1.00] | 0.00781 | 0.0469 | holds: a > c |",
-    "| C3 | b comparable to c | b vs c | error at k=10 | paired, TOST +-0.5 | 7 vs 7 | 0.00781 | "
+    "| C3 | b comparable to c | b vs c | error at k=10 | paired, TOST +-0.5 | 7 vs 7 | 0.00781 "
+    "(unpaired: 0.000291) | "
     "mean +0.0001 [-0.0010, +0.0010] | 0.00781 | 0.0469 | comparable (TOST, margin 0.5) |",
-    "| C4 | a above b | a vs b | error at k=10 | paired, a > b | 7 vs 7 | 0.00781 | "
+    "| C4 | a above b | a vs b | error at k=10 | paired, a > b | 7 vs 7 | 0.00781 (unpaired: "
+    "0.000291) | "
     "mean -0.0400 [-0.0567, +inf] | 1 | 1 | does not hold: a < b |",
     "| C5 | d differs from a | d vs a | error at k=10 | unpaired, two-sided | 2 vs 7 | 0.0556 | "
     "HL +0.7950 [-inf, +inf] | 0.0556 | 0.167 | cannot be resolved with 2 vs 7 seeds (floor "
     "0.0556 > threshold 0.05); seeds needed: 5 |",
 ]
 C6 = re.compile(r"\| C6 \| b escapes differently \| b vs c \| escape rate \| paired, two-sided \| "
-                r"7 vs 7 \| 0\.0156 \| 4/7 vs 0/7; discordant 4:0, share 1\.00 \[0\.33, 1\.00\] "
+                r"7 vs 7 \| 0\.0156 \(unpaired: 0\.000583\) \| 4/7 vs 0/7; discordant 4:0, "
+                r"share 1\.00 \[0\.33, 1\.00\] "
                 r"\| 0\.125 \| 0\.25 \| not resolved with 7 vs 7 seeds \(seeds needed: "
                 r"(\d+|more than 14)\) \|")
 

@@ -6,6 +6,7 @@ its own test, and a verdict (:func:`evaluate`; rendered by ``table:confirmatory`
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from typing import NamedTuple
 
@@ -35,6 +36,7 @@ from loopformer.study import Comparison, check_comparisons
 
 MAX_UNPAIRED = 40  # the most seeds per variant the seeds-needed search tries (unpaired)
 OPPOSITE = {"greater": "less", "less": "greater"}
+DESIGN_SWAP = {"paired": "unpaired", "unpaired": "paired"}
 
 
 class Family(NamedTuple):
@@ -63,6 +65,7 @@ class Row(NamedTuple):
     n_a: int
     n_b: int
     floor: float
+    other_floor: float | None  # the other design's floor (paired <-> unpaired), where it fits
     effect: str
     p: float
     adjusted: float
@@ -174,6 +177,15 @@ def floor(c: Comparison, o: Outcome, n: int | None = None) -> float:
     return fisher_floor(n_a, n_b, side) if o.rates else rank_floor(n_a, n_b, side)
 
 
+def other_floor(c: Comparison, o: Outcome) -> float | None:
+    """The floor of the same comparison in the other design (paired needs as many seeds of a
+    as of b), so that the choice of design is visible."""
+    if not o.paired and len(o.a) != len(o.b):
+        return None
+    return floor(dataclasses.replace(c, design=DESIGN_SWAP[c.design]),
+                 o._replace(paired=not o.paired))
+
+
 def effect(c: Comparison, o: Outcome, level: float) -> str:
     """The estimate with the interval of the row's own exact test at ``level`` (TOST rows: the
     two-sided interval at 2 ``level``, whose inclusion in +-margin is the TOST)."""
@@ -242,7 +254,7 @@ def evaluate(data: dict) -> list[Row]:
     ps = [family_p(c, o) for c, o in zip(fam.comparisons, outcomes, strict=True)]
     adjusted = adjust(ps, fam.correction)
     levels = thresholds(ps, fam.correction, fam.alpha)
-    return [Row(c, len(o.a), len(o.b), floor(c, o), effect(c, o, t), p, q, t,
+    return [Row(c, len(o.a), len(o.b), floor(c, o), other_floor(c, o), effect(c, o, t), p, q, t,
                 verdict(c, o, fam, q, t))
             for c, o, p, q, t in zip(fam.comparisons, outcomes, ps, adjusted, levels,
                                      strict=True)]

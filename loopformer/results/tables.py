@@ -98,11 +98,16 @@ EXPLORATORY = ("Exploratory: these comparisons are not in the study's pre-regist
                "(table:confirmatory); each gives its raw p only and decides nothing.")
 
 
+def raw_p(p: float) -> str:
+    """A raw p as pages quote it: three significant digits up to 0.05, two decimals above."""
+    return f"p = {p:.3g}" if p <= 0.05 else f"p = {p:.2f}"
+
+
 def _mean_p(ea: list[float], eb: list[float]) -> str:
     """The raw two-sided p of the permutation test of the difference of means, or why none."""
     if not ea or not eb:
         return "no values"
-    return f"p = {permutation_test(ea, eb):.3g} (n = {len(ea)} vs {len(eb)})"
+    return f"{raw_p(permutation_test(ea, eb))} (n = {len(ea)} vs {len(eb)})"
 
 
 def table_comparisons(data: dict, opts: dict) -> list[str]:
@@ -143,7 +148,7 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
             fmt = "{:.0f}"
         means = " vs ".join(fmt.format(statistics.fmean(e)) if e else "-" for e in (ea, eb))
         lines.append(f"| {a} vs {b} | {ka}/{len(ra)} vs {kb}/{len(rb)} | "
-                     f"p = {fisher_exact(ka, len(ra), kb, len(rb)):.3g} | {means} | "
+                     f"{raw_p(fisher_exact(ka, len(ra), kb, len(rb)))} | {means} | "
                      f"{_mean_p(ea, eb)} |")
     return lines
 
@@ -263,7 +268,7 @@ def _pair_cell(ea: list[float], eb: list[float]) -> str:
     if not ea or not eb:
         return "-"
     return (f"{statistics.fmean(ea):.4f} -> {statistics.fmean(eb):.4f} "
-            f"(p = {permutation_test(ea, eb):.3g})")
+            f"({raw_p(permutation_test(ea, eb))})")
 
 
 def _trend_cell(groups: list[list[float]]) -> str:
@@ -271,7 +276,7 @@ def _trend_cell(groups: list[list[float]]) -> str:
     if sum(bool(g) for g in groups) < 2:
         return "-"
     rho, p = trend_test(groups)
-    return f"rho = {rho:.2f} (p = {p:.2g})"
+    return f"rho = {rho:.2f} ({raw_p(p)})"
 
 
 def _runs_line(data: dict) -> str:
@@ -335,7 +340,8 @@ def _confirmatory_rule(data: dict, rows: list) -> str:
         f"(trapezoids). Intervals: the shifts (McNemar: a's share of the discordant seeds; "
         f"Fisher: the conditional odds ratio) that the row's own exact test does not reject at "
         f"its threshold (TOST rows: the two-sided interval at twice it). Floor: the smallest p "
-        f"the row's design can reach whatever the data. Verdicts: \"holds: a < b\" (or >) - "
+        f"the row's design can reach whatever the data (in brackets: the other design's, paired "
+        f"or unpaired, with the same seeds). Verdicts: \"holds: a < b\" (or >) - "
         f"the family rejects no difference (two-sided rows) or the claimed direction's null "
         f"(one-sided rows) at the adjusted level; \"does not hold\" - a one-sided row whose "
         f"opposite one-sided p is <= {alpha}/{m} (Bonferroni); \"comparable (TOST, margin "
@@ -344,6 +350,12 @@ def _confirmatory_rule(data: dict, rows: list) -> str:
         f"({best:.3g}); \"not resolved\" - otherwise, with the seeds per variant that give "
         f"power {exact.POWER} at the row's threshold in studies simulated by resampling the "
         f"observed per-seed values (differences when paired).")
+
+
+def _floor_cell(r) -> str:
+    other = {"paired": "unpaired", "unpaired": "paired"}[r.comparison.design]
+    return f"{r.floor:.3g}" + (f" ({other}: {r.other_floor:.3g})" if r.other_floor is not None
+                               else "")
 
 
 def table_confirmatory(data: dict, opts: dict) -> list[str]:
@@ -356,6 +368,6 @@ def table_confirmatory(data: dict, opts: dict) -> list[str]:
     for r in rows:
         c = r.comparison
         lines.append(f"| {c.id} | {c.claim or '-'} | {c.a} vs {c.b} | {_measure(c, data)} | "
-                     f"{_design(c)} | {r.n_a} vs {r.n_b} | {r.floor:.3g} | {r.effect} | "
+                     f"{_design(c)} | {r.n_a} vs {r.n_b} | {_floor_cell(r)} | {r.effect} | "
                      f"{r.p:.3g} | {r.adjusted:.3g} | {r.verdict} |")
     return lines
