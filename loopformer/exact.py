@@ -319,15 +319,28 @@ def _resample(values: Sequence[float], n: int, n_sims: int, g: torch.Generator) 
     return x[torch.randint(0, len(x), (n_sims, n), generator=g)]  # (R, n)
 
 
-def _sign_flip_batch(x: torch.Tensor, side: str, shift: float) -> torch.Tensor:
-    """The sign-flip p of each row of ``x`` (R, n), as :func:`sign_flip_test`."""
+EXACT_FLIPS = 12  # pairs up to which the power's sign-flip tests enumerate every assignment
+RANDOM_FLIPS = 4095  # above: random assignments from the power's generator
+
+
+def _sign_flip_batch(x: torch.Tensor, side: str, shift: float,
+                     g: torch.Generator) -> torch.Tensor:
+    """The sign-flip p of each row of ``x`` (R, n), as :func:`sign_flip_test` up to
+    ``EXACT_FLIPS`` pairs; above, from ``RANDOM_FLIPS`` random sign assignments besides the
+    observed one, p = (1 + hits) / (1 + RANDOM_FLIPS)."""
     x = x - shift
-    signs, tol = _signs(x.shape[1]), _tol(x)
+    n, tol = x.shape[1], _tol(x)
+    exact = n <= EXACT_FLIPS
+    signs = _signs(n) if exact else (
+        1 - 2 * torch.randint(0, 2, (RANDOM_FLIPS, n), generator=g)).double()
     out = []
     for chunk in x.split(64):
-        t, obs = chunk @ signs.T, chunk.sum(1, keepdim=True)  # (r, 2^n), (r, 1)
-        pg = (t >= obs - tol).double().mean(1)
-        pl = (t <= obs + tol).double().mean(1)
+        t, obs = chunk @ signs.T, chunk.sum(1, keepdim=True)  # (r, flips), (r, 1)
+        hits_g, hits_l = (t >= obs - tol).double().sum(1), (t <= obs + tol).double().sum(1)
+        if exact:
+            pg, pl = hits_g / len(signs), hits_l / len(signs)
+        else:
+            pg, pl = (1 + hits_g) / (1 + RANDOM_FLIPS), (1 + hits_l) / (1 + RANDOM_FLIPS)
         out.append(_sided_batch(pg, pl, side))
     return torch.cat(out)
 
@@ -335,15 +348,17 @@ def _sign_flip_batch(x: torch.Tensor, side: str, shift: float) -> torch.Tensor:
 def paired_power(d: Sequence[float], n: int, side: str, level: float,
                  margin: float | None = None, n_sims: int = 200, seed: int = 0) -> float:
     """The share of ``n_sims`` studies of n pairs, each drawing its per-seed differences with
-    replacement from the observed ``d`` (a seeded generator), whose exact sign-flip test (TOST
-    within +-``margin`` if given) rejects at ``level``. Escape rates use the differences of the
+    replacement from the observed ``d`` (a seeded generator), whose sign-flip test (TOST within
+    +-``margin`` if given; exact up to ``EXACT_FLIPS`` pairs, from random assignments above)
+    rejects at ``level``. Escape rates use the differences of the
     0/1 outcomes, for which the sign-flip test is exact McNemar."""
-    x = _resample(d, n, n_sims, torch.Generator().manual_seed(seed))
+    g = torch.Generator().manual_seed(seed)
+    x = _resample(d, n, n_sims, g)
     if margin is None:
-        p = _sign_flip_batch(x, side, 0.0)
+        p = _sign_flip_batch(x, side, 0.0, g)
     else:
-        p = torch.maximum(_sign_flip_batch(x, "greater", -margin),
-                          _sign_flip_batch(x, "less", margin))
+        p = torch.maximum(_sign_flip_batch(x, "greater", -margin, g),
+                          _sign_flip_batch(x, "less", margin, g))
     return float((p <= level).double().mean())
 
 

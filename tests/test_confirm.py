@@ -80,7 +80,7 @@ C6 = re.compile(r"\| C6 \| b escapes differently \| b vs c \| escape rate \| pai
                 r"7 vs 7 \| 0\.0156 \(unpaired: 0\.000583\) \| 4/7 vs 0/7; discordant 4:0, "
                 r"share 1\.00 \[0\.33, 1\.00\] "
                 r"\| 0\.125 \| 0\.25 \| not resolved with 7 vs 7 seeds \(seeds needed: "
-                r"(\d+|more than 14)\) \|")
+                r"(\d+|more than 30)\) \|")
 
 
 def _rows(table: str) -> list[str]:
@@ -168,7 +168,7 @@ def test_test_curve_measures(data):
     at = {**data, "comparisons": [{"id": "S", "a": "a", "b": "b", "measure": "test_error",
                                    "step": 500}]}
     row = _rows(render("confirmatory", {"data": "hand"}, at))[0]
-    assert "| 1 | 1 | not resolved with 7 vs 7 seeds (seeds needed: more than 14) |" in row
+    assert "| 1 | 1 | not resolved with 7 vs 7 seeds (seeds needed: more than 30) |" in row
 
 
 BASE = {"name": "s", "seeds": [1, 2], "variants": {"looped": [], "skip": []}}

@@ -147,6 +147,11 @@ def test_exact_power_and_seeds_needed_by_hand():
     # all differences positive: 6 pairs give p = 2/64 = 0.031, within 0.05 and not 0.01
     assert paired_power([0.5, 1, 2], 6, "two-sided", 0.05) == 1.0
     assert paired_power([0.5, 1, 2], 6, "two-sided", 0.01) == 0.0
+    # above 12 pairs the simulated tests draw 4095 random sign assignments: 14 positive
+    # differences give p = 2 (1 + hits) / 4096 two-sided with about 1/4 hit expected (each draw
+    # is all-positive with probability 2^-14): within 0.001 (the exact p is 2^-13)
+    assert paired_power([0.5, 1, 2], 14, "two-sided", 0.001) == 1.0
+    assert paired_power([1, -1], 14, "two-sided", 0.05) < 0.1  # no effect: about the level
     # the search: the first n whose floor is within the level and whose power is >= 0.8
     assert seeds_needed(lambda n: {2: 0.5, 3: 0.79}.get(n, 0.8), lambda n: 0.0, 0.05, 9) == 4
     assert seeds_needed(lambda n: 1.0, lambda n: 1 / n, 0.2, 9) == 5

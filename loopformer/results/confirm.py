@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 from loopformer.errors import ConfigError, typed
 from loopformer.exact import (
-    MAX_PAIRS,
     adjust,
     best_threshold,
     binomial_interval,
@@ -34,7 +33,7 @@ from loopformer.exact import (
 )
 from loopformer.study import Comparison, check_comparisons
 
-MAX_UNPAIRED = 40  # the most seeds per variant the seeds-needed search tries (unpaired)
+MAX_SEEDS = 30  # the most seeds per variant the seeds-needed search tries
 OPPOSITE = {"greater": "less", "less": "greater"}
 DESIGN_SWAP = {"paired": "unpaired", "unpaired": "paired"}
 
@@ -210,15 +209,14 @@ def needed(c: Comparison, o: Outcome, level: float) -> str:
     """Seeds per variant for power 0.8 at ``level`` under the observed effect (simulated
     studies resampling the observed values), or ``more than N``."""
     if o.paired:
-        d, n_max = o.differences, MAX_PAIRS - 2
+        d = o.differences
         n = seeds_needed(lambda n: paired_power(d, n, c.side, level, c.margin),
-                         lambda n: floor(c, o, n), level, n_max)
+                         lambda n: floor(c, o, n), level, MAX_SEEDS)
     else:
-        n_max = MAX_UNPAIRED
         n = seeds_needed(lambda n: unpaired_power(o.a, o.b, n, c.side, level, c.margin,
                                                   o.rates), lambda n: floor(c, o, n), level,
-                         n_max)
-    return str(n) if n is not None else f"more than {n_max}"
+                         MAX_SEEDS)
+    return str(n) if n is not None else f"more than {MAX_SEEDS}"
 
 
 def _direction(c: Comparison, o: Outcome, side: str) -> str:
