@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from loopformer.errors import ConfigError, typed
+from loopformer.exact import CORRECTIONS, SIDES
 from loopformer.formatting import duration
 from loopformer.rundir import RunDir
 
@@ -61,8 +62,6 @@ class SweepConfig:
 
 MEASURES = ("escape_rate", "final_error", "test_error", "test_area")
 DESIGNS = ("paired", "unpaired")
-SIDES = ("two-sided", "greater", "less")
-CORRECTIONS = ("holm", "bonferroni", "none")
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def family(data: dict) -> Family:
     comparisons = [typed(Comparison, d, key=f"comparisons[{i}]")
                    for i, d in enumerate(data["comparisons"])]
     check_comparisons(comparisons, data["variants"])
-    return Family(comparisons, data.get("correction", "holm"), data.get("alpha", 0.05))
+    return Family(comparisons, data["correction"], data["alpha"])
 
 
 def _k(data: dict, c: Comparison) -> int:
