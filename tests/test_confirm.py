@@ -233,3 +233,52 @@ def test_shipped_families():
     assert [(c.a, c.b, c.k, c.side) for c in paper.comparisons] == [
         ("looped", "transformer", 10, "two-sided"), ("looped", "tied", 10, "two-sided"),
         ("tied", "looped", 8, "less"), ("tied", "transformer", 8, "less")]
+
+
+VERDICT_CLASSES = ("holds", "does not hold", "comparable", "not resolved", "cannot be resolved")
+FIGURE = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])|(?<![\w/])\d+/\d+(?![\w/])")
+
+
+def _verdict_class(text: str) -> str | None:
+    return next((v for v in VERDICT_CLASSES if text.startswith(v)), None)
+
+
+def findings_errors(findings: list[str], confirmatory: list[str]) -> list[str]:
+    """What a findings table gets wrong against the confirmatory table: each findings row
+    ``| ID[, ID...] | text ... | verdict |`` quotes only figures of its own confirmatory rows, and
+    its verdict is theirs, which their adjusted p must support."""
+    by_id = {r.split(" | ")[0].strip("| "): r for r in confirmatory}
+    errors = []
+    for row in findings:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        ids = [i.strip() for i in cells[0].split(",")]
+        own = [by_id[i] for i in ids if i in by_id]
+        if len(own) != len(ids):
+            errors.append(f"{cells[0]}: no confirmatory row")
+            continue
+        quoted = " ".join(own)
+        errors += [f"{cells[0]}: {f} is not in its row" for c in cells[1:-1]
+                   for f in FIGURE.findall(c) if f not in quoted]
+        verdicts = sorted({_verdict_class(r.split(" | ")[10]) for r in own})
+        if [_verdict_class(cells[-1])] != verdicts or not all(supported(r) for r in own):
+            errors.append(f"{cells[0]}: verdict {cells[-1]!r} is not its rows' {verdicts}")
+    return errors
+
+
+def test_a_findings_table_is_checked_row_by_row(data):
+    rows = _rows(render("confirmatory", {"data": "hand"}, data))
+    good = ["| C1 | a is below b by 0.0400 on average (p = 0.00781, adjusted 0.0469) | holds |",
+            "| C4 | a above b: raw p 1 | does not hold |",
+            "| C2, C6 | a escapes 7/7, b 4/7, c 0/7 | holds |"]
+    assert findings_errors(good[:2], rows) == []
+    # C6's verdict is not resolved: a findings row over C2 and C6 cannot say holds for both
+    assert findings_errors(good[2:], rows) == ["C2, C6: verdict 'holds' is not its rows' "
+                                               "['holds', 'not resolved']"]
+    # a figure of another row (C6's 0.125) and a verdict the adjusted p does not support
+    assert findings_errors(["| C1 | p = 0.125 | holds |"], rows) == [
+        "C1: 0.125 is not in its row"]
+    assert findings_errors(["| C6 | 4/7 vs 0/7 | holds |"], rows) == [
+        "C6: verdict 'holds' is not its rows' ['not resolved']"]
+    assert findings_errors(["| C4 | a above b | not resolved |"], rows) == [
+        "C4: verdict 'not resolved' is not its rows' ['does not hold']"]
+    assert findings_errors(["| C9 | - | holds |"], rows) == ["C9: no confirmatory row"]
