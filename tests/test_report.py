@@ -118,6 +118,23 @@ def test_the_data_carries_the_studys_comparisons(study_dir, tmp_path):
             "cannot be resolved with 3 vs 3 seeds (floor 0.25 > threshold 0.05)") in text
 
 
+def test_an_older_data_file_gets_the_yamls_comparisons_at_export(study_dir, tmp_path):
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study, load_study
+
+    config = {**OmegaConf.to_container(OmegaConf.load(
+        ROOT / "conf" / "study" / "seed_variants_cpu.yaml")), "name": "plateau_cpu"}
+    aggregate(Study.from_config(config), study_dir)
+    old = json.loads((study_dir / "data.json").read_text())
+    for key in ("comparisons", "correction", "alpha"):  # as a sweep wrote it before them
+        del old[key], old["config"][key]
+    (study_dir / "data.json").write_text(json.dumps(old))
+    data = json.loads(export(study_dir, tmp_path / "p.json").read_text())
+    assert [c["id"] for c in data["comparisons"]] == [c.id for c in load_study(
+        "plateau_cpu").comparisons] == ["E1", "E2", "E3", "E4"]
+    assert data["config"]["comparisons"] == data["comparisons"]
+
+
 def test_a_study_in_another_studys_directory_writes_its_own_data(study_dir, tmp_path):
     from loopformer.results.aggregate import aggregate
     from loopformer.study import Study

@@ -28,7 +28,7 @@ from loopformer.errors import ConfigError
 from loopformer.results.analysis_record import record as analysis_record
 from loopformer.rundir import RunDir
 from loopformer.stats import ESCAPE_THRESHOLD, escape_step
-from loopformer.study import Study, load_study, plan
+from loopformer.study import Study, check_comparisons, load_study, plan
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,23 @@ def write_study_data(study: Study, study_dir: Path) -> Path | None:
     return path
 
 
+def _registered_family(study: Study) -> Study:
+    """``study`` (from a data file written before studies carried comparisons) with the
+    comparisons, correction and alpha of ``conf/study/<name>.yaml``, where that file exists."""
+    if not (ROOT / "conf" / "study" / f"{study.name}.yaml").is_file():
+        return study
+    registered = load_study(study.name)
+    check_comparisons(list(registered.comparisons), list(study.variants))
+    return dataclasses.replace(study, comparisons=registered.comparisons,
+                               correction=registered.correction, alpha=registered.alpha)
+
+
 def export(study_dir: Path, out: Path | None = None, name: str | None = None,
            threshold: float = ESCAPE_THRESHOLD, overrides: dict | None = None) -> Path:
     """Rebuild a study's data from its runs into ``out`` (default ``docs/results/data/<study>
     .json``). The study's definition and metadata come from ``STUDY_DIR/data.json`` (written
-    by the sweep) if there is one, else from ``conf/study/<name>.yaml`` (``name``, default the
+    by the sweep) if there is one (its comparisons from ``conf/study/<name>.yaml`` if it has none
+    and that file exists), else from ``conf/study/<name>.yaml`` (``name``, default the
     directory's name) and this process; ``overrides`` (command, commit, wall_time_s) replace
     the metadata."""
     if not study_dir.is_dir():
@@ -195,6 +207,8 @@ def export(study_dir: Path, out: Path | None = None, name: str | None = None,
     previous = json.loads(previous.read_text()) if previous.is_file() else None
     if previous and (not name or previous.get("study") == name):
         study = Study.from_config(OmegaConf.create(previous["config"]))
+        if "comparisons" not in previous["config"]:
+            study = _registered_family(study)
     else:
         name = name or study_dir.resolve().name
         if not (ROOT / "conf" / "study" / f"{name}.yaml").is_file():
