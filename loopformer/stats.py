@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from statistics import NormalDist
 from typing import NamedTuple
 
 import torch
@@ -54,11 +53,9 @@ def bootstrap_band(errors: torch.Tensor, n_resamples: int = 1000, low: float = 5
 #
 # A study trains each variant on a few seeds. Whether a run leaves the in-context plateau is
 # decided by its seed (and by the build), so a variant is summed up by its escape rate, the step
-# of its escape and its final error over the seeds that escaped; two variants are compared by
-# exact tests over seeds, never by whether min..max bands overlap.
-
-ALPHA = 0.05  # two-sided level of every verdict
-POWER = 0.8  # power assumed by the seeds-needed estimate
+# of its escape and its final error; two variants are compared by exact tests over seeds, never
+# by whether min..max bands overlap (a study's confirmatory family: loopformer.exact and
+# loopformer.results.confirm; the tests here give exploratory raw p-values).
 
 ESCAPE_THRESHOLD = 0.5
 """Default threshold on the fixed test set's error at the last position (the most in-context
@@ -73,15 +70,6 @@ within a few hundred steps. 0.5 lies in that gap, clear of both, and below the a
 estimator (``mean(y_i x_i)``: (d+1)/k = 0.6 at d = 5, k = 10), which uses the examples
 without their covariance: a run below 0.5 does better than that. Other tasks have other
 plateaus: pass a threshold of their own."""
-
-
-def min_exact_n(alpha: float = ALPHA) -> int:
-    """The fewest seeds per variant for which an exact two-sided test of n vs n can reach
-    ``alpha``: the most extreme split has p = 2 / C(2n, n) (3 vs 3: 0.1; 4 vs 4: 0.029)."""
-    n = 1
-    while 2 / math.comb(2 * n, n) > alpha:
-        n += 1
-    return n
 
 
 def permutation_test(a, b, n_resamples: int = 10000, max_exact: int = 100_000,
@@ -180,82 +168,3 @@ def escape_step(steps, errors, threshold: float = ESCAPE_THRESHOLD) -> int | Non
     for step, err in zip(steps, errors, strict=True):
         found = (found if found is not None else int(step)) if err < threshold else None
     return found
-
-
-def seeds_needed(a, b, alpha: float = ALPHA, power: float = POWER) -> int | None:
-    """Seeds per variant that a two-sided test at ``alpha`` needs to detect the observed
-    difference of means with probability ``power``: the normal approximation
-    ``2 (z_{1-alpha/2} + z_power)^2 s^2 / diff^2`` with the pooled SD ``s`` of the seeds seen,
-    and at least the fewest seeds for which the exact test can reach ``alpha``. None when the
-    difference is zero or the spread cannot be estimated (one seed each)."""
-    n_a, n_b = len(a), len(b)
-    if n_a + n_b < 3:
-        return None
-    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-    diff = float(ta.mean() - tb.mean())
-    if diff == 0:
-        return None
-    ss = float(((ta - ta.mean()) ** 2).sum() + ((tb - tb.mean()) ** 2).sum())
-    var = ss / (n_a + n_b - 2)
-    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
-    return max(min_exact_n(alpha), math.ceil(2 * z * z * var / diff**2))
-
-
-def rate_seeds_needed(k_a: int, n_a: int, k_b: int, n_b: int, alpha: float = ALPHA,
-                      power: float = POWER) -> int | None:
-    """Seeds per variant to detect the observed difference of two rates: the normal
-    approximation ``(z_{1-alpha/2} + z_power)^2 (p_a q_a + p_b q_b) / (p_a - p_b)^2``, at least
-    the fewest seeds for which the exact test can reach ``alpha``; None if the rates are
-    equal."""
-    pa, pb = k_a / n_a, k_b / n_b
-    if pa == pb:
-        return None
-    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
-    n = z * z * (pa * (1 - pa) + pb * (1 - pb)) / (pa - pb) ** 2
-    return max(min_exact_n(alpha), math.ceil(n))
-
-
-class Verdict(NamedTuple):
-    """The outcome of a comparison: ``text`` is what a page prints."""
-
-    resolved: bool
-    p: float | None
-    text: str
-
-
-def _unresolved(n_a: int, n_b: int, detail: str, needed: int | None, why: str) -> str:
-    seeds = f"{n_a} seeds" if n_a == n_b else f"{n_a} vs {n_b} seeds"
-    more = (f"; about {needed} seeds per variant would resolve a difference of this size"
-            if needed is not None else f"; {why}")
-    return f"not resolved with {seeds} ({detail}){more}"
-
-
-def compare_means(name_a: str, a, name_b: str, b, alpha: float = ALPHA) -> Verdict:
-    """The rule for errors: a permutation test over seeds of the difference of means;
-    ``A < B`` (or ``>``) if p <= alpha, else "not resolved" with the seeds it would need."""
-    if not a or not b:
-        empty = ", ".join(n for n, v in ((name_a, a), (name_b, b)) if not v)
-        return Verdict(False, None, f"no values for {empty}")
-    p = permutation_test(a, b)
-    n = f"n = {len(a)} vs {len(b)}"
-    if p <= alpha:
-        sign = "<" if sum(a) / len(a) < sum(b) / len(b) else ">"
-        return Verdict(True, p, f"{name_a} {sign} {name_b} (p = {p:.3g}, permutation, {n})")
-    why = ("the observed means are equal" if sum(a) / len(a) == sum(b) / len(b)
-           else "one seed each gives no spread to size it")
-    return Verdict(False, p, _unresolved(len(a), len(b), f"p = {p:.2f}, permutation",
-                                         seeds_needed(a, b, alpha), why))
-
-
-def compare_rates(name_a: str, k_a: int, n_a: int, name_b: str, k_b: int, n_b: int,
-                  alpha: float = ALPHA, what: str = "escapes") -> Verdict:
-    """The rule for escape rates: Fisher's exact test on ``k_a/n_a`` against ``k_b/n_b``."""
-    p = fisher_exact(k_a, n_a, k_b, n_b)
-    counts = f"{k_a}/{n_a} vs {k_b}/{n_b}"
-    if p <= alpha:
-        more, less = (name_a, name_b) if k_a / n_a > k_b / n_b else (name_b, name_a)
-        return Verdict(True, p, f"{more} {what} more often than {less} ({counts}; p = "
-                                f"{p:.3g}, Fisher's exact)")
-    return Verdict(False, p, _unresolved(n_a, n_b, f"{counts}; p = {p:.2f}, Fisher's exact",
-                                         rate_seeds_needed(k_a, n_a, k_b, n_b, alpha),
-                                         "the observed rates are equal"))

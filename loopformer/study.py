@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from loopformer.errors import ConfigError, typed
+from loopformer.exact import CORRECTIONS, SIDES
 from loopformer.formatting import duration
 from loopformer.rundir import RunDir
 
@@ -59,6 +60,76 @@ class SweepConfig:
             _split(o)
 
 
+MEASURES = ("escape_rate", "final_error", "test_error", "test_area")
+DESIGNS = ("paired", "unpaired")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A confirmatory comparison, stated in the study's YAML before its runs are read.
+
+    ``side``: ``greater`` is the claim that a's measure is larger than b's (a escapes more
+    often, or has the higher error: worse, or slower for the test curve), ``less`` that it is
+    smaller; ``two-sided`` that they differ. With ``margin`` the comparison is an equivalence
+    test (TOST): a and b are comparable when |a - b| < margin is shown."""
+
+    id: str  # the row's name on the results page (F4a, ...)
+    a: str  # a variant of the study
+    b: str  # the variant it is compared with
+    measure: str  # escape_rate | final_error | test_error | test_area
+    design: str = "paired"  # paired (by seed) | unpaired
+    side: str = "two-sided"  # two-sided | greater (a > b) | less (a < b)
+    k: int | None = None  # examples: final_error's (default the study's largest); test_*: the
+    # test curve's position, the last (its prompt length - 1)
+    step: int | None = None  # test_error: the step read (required); test_area: the last step
+    # of the area (default the last test step)
+    margin: float | None = None  # equivalence margin (TOST) on the measure's scale
+    claim: str = ""  # what the comparison stands for, in words
+
+    def check(self, key: str, variants: list[str]) -> None:
+        """A ConfigError naming ``key`` (``study.comparisons[ID]``) for a value that does not
+        fit the schema or the study's variants."""
+        for name, value, allowed in (("measure", self.measure, MEASURES),
+                                     ("design", self.design, DESIGNS),
+                                     ("side", self.side, SIDES)):
+            if value not in allowed:
+                raise ConfigError(f"{key}.{name}={value} is not one of {list(allowed)}")
+        for name in ("a", "b"):
+            if getattr(self, name) not in variants:
+                raise ConfigError(f"{key}.{name}={getattr(self, name)} is not a variant of the "
+                                  f"study; allowed: {variants}")
+        if self.a == self.b:
+            raise ConfigError(f"{key} compares {self.a} with itself; name two variants")
+        self._check_values(key)
+
+    def _check_values(self, key: str) -> None:
+        if self.margin is not None and self.measure == "escape_rate":
+            raise ConfigError(f"{key}.margin={self.margin} needs an equivalence measure "
+                              f"(final_error, test_error, test_area), not escape_rate")
+        if self.margin is not None and (self.margin <= 0 or self.side != "two-sided"):
+            raise ConfigError(f"{key}.margin={self.margin} must be > 0 with side=two-sided "
+                              f"(equivalence is two one-sided tests)")
+        if self.k is not None and (self.measure == "escape_rate" or self.k < 1):
+            raise ConfigError(f"{key}.k={self.k} must be >= 1, for an error measure "
+                              f"(escape_rate has no k)")
+        if self.measure == "test_error" and self.step is None:
+            raise ConfigError(f"{key}.step is missing: test_error is read at a stated step")
+        if self.step is not None and (not self.measure.startswith("test_") or self.step < 1):
+            raise ConfigError(f"{key}.step={self.step} must be >= 1, for test_error or "
+                              f"test_area only")
+
+
+def check_comparisons(comparisons: list[Comparison], variants: list[str]) -> None:
+    """Each comparison fits the schema and names variants of the study; ids are unique."""
+    seen = set()
+    for i, c in enumerate(comparisons):
+        if not c.id or c.id in seen:
+            raise ConfigError(f"study.comparisons[{i}].id={c.id!r} must be a unique, non-empty "
+                              f"name")
+        seen.add(c.id)
+        c.check(f"study.comparisons[{c.id}]", variants)
+
+
 @dataclass
 class StudyConfig:
     """A study as its YAML writes it (``conf/study/*.yaml``), typed."""
@@ -73,8 +144,17 @@ class StudyConfig:
     groups: dict[str, list[str]] = field(default_factory=dict)  # plot -> variants drawn
     launcher: str | None = None  # hydra/launcher option the study runs with by default
     n_jobs: int | None = None  # concurrent runs (joblib launcher); threads split among them
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # the confirmatory
+    # family, each read as a Comparison
+    correction: str = "holm"  # holm | bonferroni | none, over the comparisons
+    alpha: float = 0.05  # the family-wise level of the comparisons
 
     def __post_init__(self):
+        if self.correction not in CORRECTIONS:
+            raise ConfigError(f"study.correction={self.correction} is not one of "
+                              f"{list(CORRECTIONS)}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"study.alpha={self.alpha} must lie in (0, 1)")
         if not self.name or not self.seeds:
             raise ConfigError(f"study {'seeds' if self.name else 'name'} is missing; a study "
                               f"names variants and seeds")
@@ -91,6 +171,9 @@ class Study:
     groups: dict = field(default_factory=dict)  # plot name -> variants drawn together
     launcher: str | None = None  # hydra/launcher option the study runs with by default
     n_jobs: int | None = None  # concurrent runs (joblib launcher); threads split among them
+    comparisons: tuple[Comparison, ...] = ()  # the confirmatory family, in the YAML's order
+    correction: str = "holm"  # over the comparisons: holm | bonferroni | none
+    alpha: float = 0.05  # the family-wise level
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict) -> Study:
@@ -112,8 +195,12 @@ class Study:
             groups = {g: tuple(v for v in members if v in variants)
                       for g, members in groups.items()}
             groups = {g: members for g, members in groups.items() if len(members) > 1}
+        comparisons = [typed(Comparison, d, key=f"study.comparisons[{i}]")
+                       for i, d in enumerate(c.comparisons)]
+        check_comparisons(comparisons, list(variants))
         return cls(c.name, tuple(c.base), {k: tuple(v) for k, v in variants.items()},
-                   tuple(c.seeds), tuple(c.examples), groups, c.launcher, c.n_jobs)
+                   tuple(c.seeds), tuple(c.examples), groups, c.launcher, c.n_jobs,
+                   tuple(comparisons), c.correction, c.alpha)
 
 
 def load_study(name: str) -> Study:

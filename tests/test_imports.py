@@ -14,7 +14,7 @@ LAYERS = [
      {"loopformer", "loopformer.errors", "loopformer.curriculum", "loopformer.tasks",
       "loopformer.models", "loopformer.ssm", "loopformer.graphs", "loopformer.rundir",
       "loopformer.checkpoints", "loopformer.csvlog", "loopformer.data", "loopformer.baselines",
-      "loopformer.stats", "loopformer.formatting", "loopformer.cli"}),
+      "loopformer.stats", "loopformer.exact", "loopformer.formatting", "loopformer.cli"}),
     ("scoring", {"loopformer.scoring"}),
     ("shifted prompts and the analysis' computations",
      {"loopformer.ood", "loopformer.analyze", "loopformer.analyze.algorithms",

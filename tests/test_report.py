@@ -93,6 +93,48 @@ def test_aggregating_a_study_writes_its_data(study_dir, tmp_path):
     assert json.loads(out.read_text())["meta"]["wall_time_source"] == "two sweeps"
 
 
+def test_the_data_carries_the_studys_comparisons(study_dir, tmp_path):
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study
+
+    config = {**OmegaConf.to_container(OmegaConf.load(
+        ROOT / "conf" / "study" / "seed_variants_cpu.yaml")), "correction": "bonferroni",
+        "comparisons": [{"id": "E", "a": "looped", "b": "drop_3", "measure": "escape_rate"}]}
+    aggregate(Study.from_config(config), study_dir)
+    data = json.loads((study_dir / "data.json").read_text())
+    assert data["comparisons"] == [{"id": "E", "a": "looped", "b": "drop_3",
+                                    "measure": "escape_rate", "design": "paired",
+                                    "side": "two-sided", "k": None, "step": None,
+                                    "margin": None, "claim": ""}]
+    assert (data["correction"], data["alpha"]) == ("bonferroni", 0.05)
+    exported = json.loads(export(study_dir, tmp_path / "data" / "s.json").read_text())
+    assert exported["comparisons"] == data["comparisons"]  # kept from the sweep's definition
+    page = _page(tmp_path, "<!-- table:confirmatory data=s -->\n<!-- /table:confirmatory -->\n")
+    text, _ = rebuild(page)
+    # looped escaped with all three seeds, drop_3 with one (123): 2 discordant pairs, p = 1/2,
+    # the share of them for looped at least sqrt(0.025) = 0.16 (Clopper-Pearson)
+    assert ("| E | - | looped vs drop_3 | escape rate | paired, two-sided | 3 vs 3 | 0.25 "
+            "(unpaired: 0.1) | 3/3 vs 1/3; discordant 2:0, share 1.00 [0.16, 1.00] | 0.5 | 0.5 | "
+            "cannot be resolved with 3 vs 3 seeds (floor 0.25 > threshold 0.05)") in text
+
+
+def test_an_older_data_file_gets_the_yamls_comparisons_at_export(study_dir, tmp_path):
+    from loopformer.results.aggregate import aggregate
+    from loopformer.study import Study, load_study
+
+    config = {**OmegaConf.to_container(OmegaConf.load(
+        ROOT / "conf" / "study" / "seed_variants_cpu.yaml")), "name": "plateau_cpu"}
+    aggregate(Study.from_config(config), study_dir)
+    old = json.loads((study_dir / "data.json").read_text())
+    for key in ("comparisons", "correction", "alpha"):  # as a sweep wrote it before them
+        del old[key], old["config"][key]
+    (study_dir / "data.json").write_text(json.dumps(old))
+    data = json.loads(export(study_dir, tmp_path / "p.json").read_text())
+    assert [c["id"] for c in data["comparisons"]] == [c.id for c in load_study(
+        "plateau_cpu").comparisons] == ["E1", "E2", "E3", "E4"]
+    assert data["config"]["comparisons"] == data["comparisons"]
+
+
 def test_a_study_in_another_studys_directory_writes_its_own_data(study_dir, tmp_path):
     from loopformer.results.aggregate import aggregate
     from loopformer.study import Study
@@ -143,17 +185,17 @@ def test_tables_by_hand(study_dir, tmp_path):
     assert "| drop_3 | 1/3 | 1500 | 0.0600 [0.0600, 0.0600] | 42: 0.8500, 1233: 0.8800 |" in lines
     # Fisher, margins 4 escaped of 6: tables x = 1, 2, 3 counted 3, 9, 3 of 15 -> p = 6/15;
     # permutation of [0.03, 0.05, 0.04] vs [0.06]: 2 of the 4 splits reach |diff| = 0.02
-    assert ("| looped vs drop_3 | 3/3 vs 1/3 | not resolved with 3 seeds (3/3 vs 1/3; p = 0.40, "
-            "Fisher's exact); about 4 seeds per variant would resolve a difference of this size "
-            "| 0.0400 vs 0.0600 | not resolved with 3 vs 1 seeds (p = 0.50, permutation); about 4 "
-            "seeds per variant would resolve a difference of this size |") in lines
+    # exploratory: raw p only, no verdict
+    assert ("| looped vs drop_3 | 3/3 vs 1/3 | p = 0.40 | 0.0400 vs 0.0600 | p = 0.50 (n = 3 vs "
+            "1) |") in lines
+    assert any(x.startswith("Exploratory: these comparisons are not in the study's "
+                            "pre-registered family") for x in lines)
     assert text.endswith("<!-- /table:comparisons -->\n\ntext after\n")
     page.write_text("<!-- table:comparisons data=s pairs=drop_3:drop_3 -->\n"
                     "<!-- /table:comparisons -->\n"
                     "<!-- table:meta data=s -->\n<!-- /table:meta -->\n")
     text = rebuild(page)[0]
-    assert "| 1/3 vs 1/3 | not resolved with 3 seeds (1/3 vs 1/3; p = 1.00, Fisher's exact); the " \
-           "observed rates are equal | 0.0600 vs 0.0600 |" in text
+    assert "| 1/3 vs 1/3 | p = 1.00 | 0.0600 vs 0.0600 | p = 1.00 (n = 1 vs 1) |" in text
     assert "| wall time | 1 h 23 min 25 s (stated at export) |" in text
     page.write_text(text)
     assert rebuild(page)[1] == []  # rebuilt tables are stable
@@ -236,8 +278,8 @@ def test_ood_table_by_hand(study_dir, tmp_path):
                     "<!-- /table:ood_trend -->\n")
     lines = rebuild(page)[0].splitlines()
     assert "| shift | looped (3) -> drop_3 (1) |" in lines
-    assert "| standard | 0.0400 -> 0.0600: not resolved (p = 0.50) |" in lines
-    assert "| orthogonal_train_test | 0.4000 -> 0.6000: not resolved (p = 0.50) |" in lines
+    assert "| standard | 0.0400 -> 0.0600 (p = 0.50) |" in lines
+    assert "| orthogonal_train_test | 0.4000 -> 0.6000 (p = 0.50) |" in lines
     # the trend over looped then drop_3: ranks of (0.03, 0.05, 0.04 | 0.06) give rho =
     # 3 / sqrt(3 * 5) = 0.775; |rho| is as large in the 12 of the 24 orders that put the
     # largest or the smallest value in drop_3's slot: p = 0.5
@@ -245,7 +287,7 @@ def test_ood_table_by_hand(study_dir, tmp_path):
                     "<!-- /table:ood_trend -->\n")
     lines = rebuild(page)[0].splitlines()
     assert "| shift | trend over looped (3), drop_3 (1) |" in lines
-    assert "| standard | not resolved (rho = 0.77, p = 0.50) |" in lines
+    assert "| standard | rho = 0.77 (p = 0.50) |" in lines
     page.write_text("<!-- table:ood data=s loops=x -->\n<!-- /table:ood -->\n")
     with pytest.raises(ConfigError, match="loops=x"):
         rebuild(page)
@@ -266,11 +308,12 @@ def test_escape_step_comparison_by_hand(study_dir, tmp_path):
     lines = rebuild(page)[0].splitlines()
     assert any("the escape step (test every 500 steps), over escaped seeds only" in x
                for x in lines)
-    assert "| A vs B | escaped | escape rate | mean escape step (A vs B) | escape step |" in lines
+    assert ("| A vs B | escaped | escape rate: raw p | mean escape step (A vs B) | escape step: "
+            "raw p |") in lines
     # escape steps 1000, 1500, 1000 vs 1500 (seed 123 only): every one of the 4 ways to pick
     # the single B value gives |difference of means| = 1000/3, so p = 4/4
     row = next(x for x in lines if x.startswith("| looped vs drop_3 |"))
-    assert "| 1167 vs 1500 | not resolved with 3 vs 1 seeds (p = 1.00, permutation)" in row
+    assert "| 1167 vs 1500 | p = 1.00 (n = 3 vs 1) |" in row
 
 
 def test_learning_curve_plot(study_dir, tmp_path, capsys):
@@ -292,8 +335,7 @@ def test_a_comparison_across_two_studies(study_dir, tmp_path):
     text = rebuild(page)[0]
     assert "Variants named STUDY/variant are that study's runs (option with=)" in text
     # the same counts as looped vs drop_3 within one study (test_tables_by_hand): p = 6/15
-    assert ("| looped vs longer/drop_3 | 3/3 vs 1/3 | not resolved with 3 seeds (3/3 vs 1/3; "
-            "p = 0.40, Fisher's exact)") in text
+    assert "| looped vs longer/drop_3 | 3/3 vs 1/3 | p = 0.40 | 0.0400 vs 0.0600 |" in text
     other["n_points"] = 21
     (tmp_path / "data" / "t.json").write_text(json.dumps(other))
     with pytest.raises(ConfigError, match="its n_points 21 differs from seed_variants_cpu's 11"):

@@ -9,7 +9,8 @@
 
 from ``data/NAME.json`` beside the page (``check=true``: exit 1 if a page differs instead).
 Kinds: ``variants`` (escape rate, median escape step, error over escaped seeds),
-``comparisons`` (verdicts of :mod:`loopformer.stats`'s rules for ``pairs=A:B,C:D``), ``runs``
+``comparisons`` (exploratory raw p for ``pairs=A:B,C:D``), ``confirmatory`` (the study's
+pre-registered comparisons, Holm-corrected), ``runs``
 (one row per run), ``meta`` (how the data was made), ``ood`` and ``ood_trend`` (the
 out-of-distribution suite per shift) and ``analysis`` (the loop analysis).
 ``plot-ood``, ``plot-curves`` and ``plot-analysis`` draw a study's data.

@@ -3,10 +3,13 @@
 rebuilds it. Per run: its variant, seed, torch version, the final error at each number of
 examples and loop count (the evaluation's mean over prompts), the fixed test set's curve, the
 step of escape, the out-of-distribution summary and the compact analysis; with the study's
-command, commit, machine, versions, date and wall time."""
+confirmatory comparisons (its YAML's ``comparisons``, ``correction`` and ``alpha``, so that
+``table:confirmatory`` is rebuilt from the data alone) and its command, commit, machine,
+versions, date and wall time."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -25,7 +28,7 @@ from loopformer.errors import ConfigError
 from loopformer.results.analysis_record import record as analysis_record
 from loopformer.rundir import RunDir
 from loopformer.stats import ESCAPE_THRESHOLD, escape_step
-from loopformer.study import Study, load_study, plan
+from loopformer.study import Study, check_comparisons, load_study, plan
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +145,17 @@ def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOL
     meta.setdefault("wall_time_s", _span([RunDir(j.run_dir) for j in jobs]))
     meta.setdefault("wall_time_source", "file times: first run started to last run evaluated")
     config = {k: getattr(study, k) for k in ("name", "base", "variants", "seeds", "examples")}
-    return {"format": FORMAT, "study": study.name, "config": config, "task": first["task"],
+    family = {"comparisons": [dataclasses.asdict(c) for c in study.comparisons],
+              "correction": study.correction, "alpha": study.alpha}
+    return {"format": FORMAT, "study": study.name, "config": {**config, **family},
+            "task": first["task"],
             "active_dims": first["active_dims"], "n_points": first["n_points"],
             "n_prompts": first["n_prompts"], "examples": list(study.examples),
             "variants": [v for v in study.variants if any(r["variant"] == v for r in runs)],
             "seeds": sorted({r["seed"] for r in runs}),
             "escape": {"threshold": threshold,
                        "metric": f"test/error_pos/{first['n_points'] - 1:03d}"},
-            "meta": meta, "runs": runs}
+            **family, "meta": meta, "runs": runs}
 
 
 def data_path(study_dir: Path, name: str) -> Path:
@@ -176,11 +182,23 @@ def write_study_data(study: Study, study_dir: Path) -> Path | None:
     return path
 
 
+def _registered_family(study: Study) -> Study:
+    """``study`` (from a data file written before studies carried comparisons) with the
+    comparisons, correction and alpha of ``conf/study/<name>.yaml``, where that file exists."""
+    if not (ROOT / "conf" / "study" / f"{study.name}.yaml").is_file():
+        return study
+    registered = load_study(study.name)
+    check_comparisons(list(registered.comparisons), list(study.variants))
+    return dataclasses.replace(study, comparisons=registered.comparisons,
+                               correction=registered.correction, alpha=registered.alpha)
+
+
 def export(study_dir: Path, out: Path | None = None, name: str | None = None,
            threshold: float = ESCAPE_THRESHOLD, overrides: dict | None = None) -> Path:
     """Rebuild a study's data from its runs into ``out`` (default ``docs/results/data/<study>
     .json``). The study's definition and metadata come from ``STUDY_DIR/data.json`` (written
-    by the sweep) if there is one, else from ``conf/study/<name>.yaml`` (``name``, default the
+    by the sweep) if there is one (its comparisons from ``conf/study/<name>.yaml`` if it has none
+    and that file exists), else from ``conf/study/<name>.yaml`` (``name``, default the
     directory's name) and this process; ``overrides`` (command, commit, wall_time_s) replace
     the metadata."""
     if not study_dir.is_dir():
@@ -189,6 +207,8 @@ def export(study_dir: Path, out: Path | None = None, name: str | None = None,
     previous = json.loads(previous.read_text()) if previous.is_file() else None
     if previous and (not name or previous.get("study") == name):
         study = Study.from_config(OmegaConf.create(previous["config"]))
+        if "comparisons" not in previous["config"]:
+            study = _registered_family(study)
     else:
         name = name or study_dir.resolve().name
         if not (ROOT / "conf" / "study" / f"{name}.yaml").is_file():

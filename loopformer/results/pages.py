@@ -18,6 +18,7 @@ from loopformer.errors import ConfigError
 from loopformer.results import analysis_tables
 from loopformer.results.tables import (
     table_comparisons,
+    table_confirmatory,
     table_meta,
     table_ood,
     table_ood_trend,
@@ -29,13 +30,13 @@ log = logging.getLogger(__name__)
 
 TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": table_runs,
           "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis,
-          "ood_trend": table_ood_trend}
+          "ood_trend": table_ood_trend, "confirmatory": table_confirmatory}
 OPTIONS = {"variants": {"data", "variants", "k", "loops"},
            "comparisons": {"data", "pairs", "k", "loops", "of", "with"},
            "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
            "ood": {"data", "variants", "loops", "baselines"},
            "analysis": {"data", "part", "variants"},
-           "ood_trend": {"data", "pairs", "trend", "loops"}}
+           "ood_trend": {"data", "pairs", "trend", "loops"}, "confirmatory": {"data"}}
 MARKER = re.compile(r"<!-- table:(\w+)((?: +[\w]+=[^\s>]+)*) *-->\n(.*?)<!-- /table:\1 -->",
                     re.DOTALL)
 

@@ -1,6 +1,7 @@
 """The tables of a results page, each rendered from a study's data (:mod:`loopformer.results
 .export`) by one rule: ``variants`` (escape rate, median escape step, error over escaped
-seeds), ``comparisons`` (verdicts of :mod:`loopformer.stats`'s rules for ``pairs=A:B,C:D``),
+seeds), ``comparisons`` (exploratory raw p for ``pairs=A:B,C:D``), ``confirmatory`` (the study's
+pre-registered family, :mod:`loopformer.results.confirm`),
 ``runs`` (one row per run), ``meta`` (how the data was made), ``ood`` and ``ood_trend`` (the
 out-of-distribution suite per shift); ``analysis`` is :mod:`loopformer.results.analysis_tables`.
 """
@@ -9,9 +10,11 @@ from __future__ import annotations
 
 import statistics
 
+from loopformer import exact
 from loopformer.errors import ConfigError
 from loopformer.formatting import band_of, duration
-from loopformer.stats import ALPHA, POWER, compare_means, compare_rates, min_exact_n, trend_test
+from loopformer.results import confirm
+from loopformer.stats import fisher_exact, permutation_test, trend_test
 
 
 def _curve_key(loops: str | None) -> str:
@@ -91,10 +94,28 @@ def _pairs(opts: dict, kind: str) -> list[tuple[str, str]]:
     return out
 
 
+EXPLORATORY = ("Exploratory: these comparisons are not in the study's pre-registered family "
+               "(table:confirmatory); each gives its raw p only and decides nothing.")
+
+
+def raw_p(p: float) -> str:
+    """A raw p as pages quote it: three significant digits up to 0.05, two decimals above."""
+    return f"p = {p:.3g}" if p <= 0.05 else f"p = {p:.2f}"
+
+
+def _mean_p(ea: list[float], eb: list[float]) -> str:
+    """The raw two-sided p of the permutation test of the difference of means, or why none."""
+    if not ea or not eb:
+        return "no values"
+    return f"{raw_p(permutation_test(ea, eb))} (n = {len(ea)} vs {len(eb)})"
+
+
 def table_comparisons(data: dict, opts: dict) -> list[str]:
-    """Pairs of variants by the rules: escape rates (Fisher's exact test), then ``of=error``
-    (default: the error at k over the escaped seeds) or ``of=escape_step`` (the escape step over
-    the escaped seeds), each by an exact permutation test of the difference of means."""
+    """Exploratory pairs of variants, raw p only: escape rates (Fisher's exact test), then
+    ``of=error`` (default: the error at k over the escaped seeds, a secondary view beside the
+    confirmatory family's all-seed tests) or ``of=escape_step`` (the escape step over the escaped
+    seeds, read on the test grid), each by an exact permutation test of the difference of
+    means."""
     if "pairs" not in opts:
         raise ConfigError("table:comparisons needs pairs=A:B[,C:D...] (variants of the data)")
     of = opts.get("of", "error")
@@ -106,15 +127,13 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
                      f"error at k={k} (A vs B)")
     else:
         what, col = (f"the escape step ({_resolution(data)})", "mean escape step (A vs B)")
-    lines = [f"Rules (two-sided, {ALPHA}): escape rates by Fisher's exact test; {what}, over "
-             f"escaped seeds only, by an exact permutation test of the difference of means "
-             f"(Monte Carlo above 100,000 splits). Seeds needed: normal approximation at power "
-             f"{POWER} with the observed spread, at least the {min_exact_n()} per variant an "
-             f"exact test needs to reach {ALPHA}."
+    lines = [f"{EXPLORATORY} Escape rates: two-sided Fisher's exact test; {what}, over escaped "
+             f"seeds only: two-sided exact permutation test of the difference of means (Monte "
+             f"Carlo above 100,000 splits)."
              + (" Variants named STUDY/variant are that study's runs (option with=), trained "
                 "with its own recipe and budget." if "with" in opts else ""),
              "",
-             f"| A vs B | escaped | escape rate | {col} | {of.replace('_', ' ')} |",
+             f"| A vs B | escaped | escape rate: raw p | {col} | {of.replace('_', ' ')}: raw p |",
              "|---|---|---|---|---|"]
     for a, b in _pairs(opts, "comparisons"):
         ra, rb = runs_of(data, a), runs_of(data, b)
@@ -129,8 +148,8 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
             fmt = "{:.0f}"
         means = " vs ".join(fmt.format(statistics.fmean(e)) if e else "-" for e in (ea, eb))
         lines.append(f"| {a} vs {b} | {ka}/{len(ra)} vs {kb}/{len(rb)} | "
-                     f"{compare_rates(a, ka, len(ra), b, kb, len(rb)).text} | {means} | "
-                     f"{compare_means(a, ea, b, eb).text} |")
+                     f"{raw_p(fisher_exact(ka, len(ra), kb, len(rb)))} | {means} | "
+                     f"{_mean_p(ea, eb)} |")
     return lines
 
 
@@ -201,9 +220,10 @@ def table_ood(data: dict, opts: dict) -> list[str]:
 
 
 def table_ood_trend(data: dict, opts: dict) -> list[str]:
-    """Shifts (rows) x pairs of variants (columns): the error at the shift's summary position
-    at ``loops`` x b (default b), mean over the escaped seeds of A and of B, and the verdict of
-    the rule for errors (:func:`loopformer.stats.compare_means`) on their difference."""
+    """Shifts (rows) x pairs of variants (columns), exploratory: the error at the shift's summary
+    position at ``loops`` x b (default b), mean over the escaped seeds of A and of B, and the raw
+    p of the permutation test of their difference; with ``trend``, Spearman's rho over the
+    ordered variants and its raw permutation p."""
     if "pairs" not in opts and "trend" not in opts:
         raise ConfigError("table:ood_trend needs pairs=A:B[,C:D...] and/or trend=A,B,C... "
                           "(variants of the data)")
@@ -225,8 +245,8 @@ def table_ood_trend(data: dict, opts: dict) -> list[str]:
                 if factor_key(r, factor) in r["ood"][shift]["error"]]
 
     lines = [f"Error at the shift's summary k {'at b' if factor == '1' else f'at {factor}b'} "
-             f"loops, mean over the escaped seeds, A -> B; the verdict of the rule for errors "
-             f"(two-sided exact permutation test of the difference of means, {ALPHA}) on it."
+             f"loops, mean over the escaped seeds, A -> B, with the raw p of the two-sided exact "
+             f"permutation test of the difference of means. {EXPLORATORY}"
              + (f" Trend: Spearman's rho between the order {', '.join(trend)} and the error "
                 f"over every escaped seed, with its two-sided permutation p-value "
                 f"(loopformer.stats.trend_test)." if trend else ""),
@@ -236,32 +256,27 @@ def table_ood_trend(data: dict, opts: dict) -> list[str]:
                     if trend else [])) + " |",
              "|---|" + "---|" * (len(pairs) + bool(trend))]
     for shift in every[0]["ood"]:
-        cells = [_pair_cell(a, errors(a, shift), b, errors(b, shift)) for a, b in pairs]
+        cells = [_pair_cell(errors(a, shift), errors(b, shift)) for a, b in pairs]
         if trend:
             cells.append(_trend_cell([errors(v, shift) for v in trend]))
         lines.append(f"| {shift} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _pair_cell(a: str, ea: list[float], b: str, eb: list[float]) -> str:
-    """``mean A -> mean B: verdict`` of the rule for errors."""
+def _pair_cell(ea: list[float], eb: list[float]) -> str:
+    """``mean A -> mean B (raw p)``."""
     if not ea or not eb:
         return "-"
-    v = compare_means(a, ea, b, eb)
-    word = ("lower" if statistics.fmean(eb) < statistics.fmean(ea) else "higher")
-    verdict = (f"**{word}** (p = {v.p:.3g})" if v.resolved
-               else f"not resolved (p = {v.p:.2f})")
-    return f"{statistics.fmean(ea):.4f} -> {statistics.fmean(eb):.4f}: {verdict}"
+    return (f"{statistics.fmean(ea):.4f} -> {statistics.fmean(eb):.4f} "
+            f"({raw_p(permutation_test(ea, eb))})")
 
 
 def _trend_cell(groups: list[list[float]]) -> str:
-    """Spearman's rho of the error over the order of the groups, and its verdict."""
+    """Spearman's rho of the error over the order of the groups, and its raw p."""
     if sum(bool(g) for g in groups) < 2:
         return "-"
     rho, p = trend_test(groups)
-    word = "falls" if rho < 0 else "rises"
-    return (f"**{word}** (rho = {rho:.2f}, p = {p:.2g})" if p <= ALPHA
-            else f"not resolved (rho = {rho:.2f}, p = {p:.2f})")
+    return f"rho = {rho:.2f} ({raw_p(p)})"
 
 
 def _runs_line(data: dict) -> str:
@@ -289,3 +304,70 @@ def table_meta(data: dict, opts: dict) -> list[str]:
             ("lightning", m.get("lightning")), ("date", m.get("date")), ("wall time", wall),
             ("runs", _runs_line(data))]
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+MEASURE_LABELS = {"escape_rate": "escape rate", "final_error": "error at k={k}",
+                  "test_error": "test error at step {step} (k={k})",
+                  "test_area": "test-curve area to step {step} (k={k})"}
+
+
+def _measure(c, data: dict) -> str:
+    k = c.k if c.k is not None else (max(data["examples"], default=data["n_points"] - 1)
+                                     if c.measure == "final_error" else data["n_points"] - 1)
+    return MEASURE_LABELS[c.measure].format(k=k, step=c.step if c.step is not None else "last")
+
+
+def _design(c) -> str:
+    if c.margin is not None:
+        return f"{c.design}, TOST +-{c.margin:g}"
+    return f"{c.design}, " + {"two-sided": "two-sided", "greater": "a > b", "less": "a < b"}[
+        c.side]
+
+
+def _confirmatory_rule(data: dict, rows: list) -> str:
+    fam = confirm.family(data)
+    m, alpha = len(rows), fam.alpha
+    best = exact.best_threshold(m, fam.correction, alpha)
+    return (
+        f"Confirmatory family: the {m} comparisons of the study's YAML, stated before its runs "
+        f"were read, over every trained seed (escaped or not). Correction: {fam.correction} at "
+        f"alpha = {alpha} (adjusted p <= {alpha} rejects; Holm: step-down, the i-th smallest "
+        f"raw p held to {alpha}/(m - i + 1)). Tests: escape rates by exact McNemar (paired) or "
+        f"Fisher's exact test (unpaired); errors by the exact sign-flip test of the per-seed "
+        f"differences a - b (paired; effect: their mean) or the exact Wilcoxon-Mann-Whitney "
+        f"test (unpaired; effect: the Hodges-Lehmann shift of a over b); test-curve area: "
+        f"the fixed test set's error at the last position averaged over the test steps "
+        f"(trapezoids). Intervals: the shifts (McNemar: a's share of the discordant seeds; "
+        f"Fisher: the conditional odds ratio) that the row's own exact test does not reject at "
+        f"its threshold (TOST rows: the two-sided interval at twice it). Floor: the smallest p "
+        f"the row's design can reach whatever the data (in brackets: the other design's, paired "
+        f"or unpaired, with the same seeds). Verdicts: \"holds: a < b\" (or >) - "
+        f"the family rejects no difference (two-sided rows) or the claimed direction's null "
+        f"(one-sided rows) at the adjusted level; \"does not hold\" - a one-sided row whose "
+        f"opposite one-sided p is <= {alpha}/{m} (Bonferroni); \"comparable (TOST, margin "
+        f"m)\" - both one-sided tests against -m and +m reject at the adjusted level; \"cannot "
+        f"be resolved\" - the floor is above the best threshold the row can be held to "
+        f"({best:.3g}); \"not resolved\" - otherwise, with the seeds per variant that give "
+        f"power {exact.POWER} at the row's threshold in studies simulated by resampling the "
+        f"observed per-seed values (differences when paired).")
+
+
+def _floor_cell(r) -> str:
+    other = {"paired": "unpaired", "unpaired": "paired"}[r.comparison.design]
+    return f"{r.floor:.3g}" + (f" ({other}: {r.other_floor:.3g})" if r.other_floor is not None
+                               else "")
+
+
+def table_confirmatory(data: dict, opts: dict) -> list[str]:
+    """One row per pre-registered comparison, in the YAML's order
+    (:func:`loopformer.results.confirm.evaluate`)."""
+    rows = confirm.evaluate(data)
+    lines = [_confirmatory_rule(data, rows), "",
+             "| id | claim | a vs b | measure | design | n | floor | effect [exact CI] | "
+             "raw p | adjusted p | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r.comparison
+        lines.append(f"| {c.id} | {c.claim or '-'} | {c.a} vs {c.b} | {_measure(c, data)} | "
+                     f"{_design(c)} | {r.n_a} vs {r.n_b} | {_floor_cell(r)} | {r.effect} | "
+                     f"{r.p:.3g} | {r.adjusted:.3g} | {r.verdict} |")
+    return lines
