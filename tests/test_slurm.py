@@ -281,9 +281,10 @@ def test_a_study_on_slurm_reports_as_locally_and_never_reruns_finished_runs(clus
     assert (first / "eval" / "results.json").stat().st_mtime_ns == mtime
     _finish(local, timeout=600)
     assert (slurm_dir / "report.md").read_text() == (local_dir / "report.md").read_text()
-    for variant in ("first", "second"):
+    for variant in ("first", "second"):  # the runs' results too, but for their directory
         run = f"runs/{variant}/seed=1"
         assert ((slurm_dir / run / "eval" / "results.json").read_text()
+                .replace(str(slurm_dir), str(local_dir))
                 == (local_dir / run / "eval" / "results.json").read_text())
 
 
@@ -292,10 +293,11 @@ def test_a_study_on_slurm_reports_as_locally_and_never_reruns_finished_runs(clus
 # DDP's per-rank batch of 8 against one process's 16: the same global batch
 DDP_RUN = [*QUICK, "trainer.max_steps=150", "checkpoint.every_n_steps=50", "seed=5",
            "test.every_n_steps=25", "test.size=512", "test.batch_size=128"]
-# the test loss of DDP against one process, relative, at every evaluation: the ranks draw
-# other prompts than the single process does (seeded by rank), so the runs differ as two runs
-# on other data do; measured between single-process runs of seeds 5, 6 and 7
-DDP_TOLERANCE = 0.25
+# the test loss of DDP against one process, relative, at every evaluation. Rank 1 draws other
+# prompts than the single process does (seeded by rank), so the two runs differ as runs on
+# other data do: between single-process runs of seeds 5, 6 and 7 (other data and other initial
+# weights) the largest relative difference was 0.086 (step 25), at most 0.013 from step 50 on
+DDP_TOLERANCE = 0.10
 
 
 def test_ddp_across_two_slurm_tasks_matches_one_process(cluster, tmp_path):
