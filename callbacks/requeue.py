@@ -24,7 +24,7 @@ class DeferredRequeue(Callback):
 
     submitit's handler for the warning signal records the job for resubmission, runs
     ``scontrol requeue`` and exits at once, wherever training is: the step under way is lost
-    and the resumed job starts from the last periodic checkpoint. During ``fit`` this callback
+    and the resumed job starts from the last periodic checkpoint. During training this callback
     runs that handler and swallows only its exit. The requeue makes SLURM send SIGTERM to
     every task of the job, which Lightning turns into a stop at the end of the current step
     (the same step on every rank), where :class:`StepCheckpoint` writes ``last.ckpt``. A
@@ -37,12 +37,11 @@ class DeferredRequeue(Callback):
         self._trainer = None
 
     def on_train_start(self, trainer, pl_module):
+        # after Lightning has set its own handlers (it restores all of them when fit ends)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         if restarts:
             log.warning("SLURM requeued this job (restart %d): training resumes at step %d",
                         restarts, trainer.global_step)
-
-    def on_fit_start(self, trainer, pl_module):
         if "SLURM_JOB_ID" not in os.environ or threading.current_thread() is not \
                 threading.main_thread():
             return
@@ -60,7 +59,13 @@ class DeferredRequeue(Callback):
         except SystemExit:
             pass  # the requeue's SIGTERM ends the process at the step boundary
 
-    def teardown(self, trainer, pl_module, stage):
+    def _restore(self) -> None:
         if self._previous is not None:
             signal.signal(self._signum, self._previous)
             self._previous = self._trainer = None
+
+    def teardown(self, trainer, pl_module, stage):
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._restore()  # a stopped fit does not reach teardown

@@ -47,6 +47,17 @@ class SigtermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SignalAt(L.Callback):
+    """Sends this process the signal ``name`` (e.g. SIGUSR2) at the end of step ``step``."""
+
+    def __init__(self, step: int, name: str):
+        self.step, self.signum = step, getattr(signal, name)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
