@@ -104,3 +104,5 @@ class StepCheckpoint(Checkpoint):
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):  # raised between two steps: a clean state
             self._save(trainer, pl_module, last=True)
+            log.warning("SIGTERM: training stopped at step %d, %s holds it",
+                        trainer.global_step, self.last_path)

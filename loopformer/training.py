@@ -16,7 +16,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks import CurriculumCallback, FixedTestSetEvaluation, StepCheckpoint
+from callbacks import CurriculumCallback, DeferredRequeue, FixedTestSetEvaluation, StepCheckpoint
 from callbacks.fixed_test_set import FixedTestSet
 from loopformer.checkpoints import SafeCheckpointIO, safe_load
 from loopformer.config import Settings, TrainingRun, parse
@@ -111,6 +111,7 @@ def build_callbacks(s: Settings, run: RunDir) -> list[L.Callback]:
         FixedTestSetEvaluation(test_set, s.test.every_n_steps),
         StepCheckpoint(run, s.checkpoint.every_n_steps,
                        s.checkpoint.keep_every_n_steps),
+        DeferredRequeue(),  # SLURM's time-limit warning: checkpoint the step, then requeue
     ]
     for name, c in s.callbacks.items():
         try:

@@ -19,6 +19,7 @@ import os
 import runpy
 import signal
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -45,6 +46,30 @@ class SigtermAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Pace(L.Callback):
+    """Sleeps ``seconds`` after every step of a job's first start (not after a SLURM requeue):
+    a run that lasts long enough for SLURM's warning whatever the machine's speed, with the
+    same numbers."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) == 0:
+            time.sleep(self.seconds)
+
+
+class SignalAt(L.Callback):
+    """Sends this process the signal ``name`` (e.g. SIGUSR2) at the end of step ``step``."""
+
+    def __init__(self, step: int, name: str):
+        self.step, self.signum = step, getattr(signal, name)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
 
 
 def _die() -> None:

@@ -281,6 +281,35 @@ def test_slurm_requeue_continues_from_the_newest_checkpoint(tmp_path, monkeypatc
     assert requeued_checkpoint(run_dir) == hpc
 
 
+def test_slurm_time_limit_warning_stops_training_at_a_step_boundary(tmp_path, monkeypatch):
+    """Inside a SLURM job, submitit's handler of the warning signal (here a stand-in doing what
+    it does: the requeue, to which SLURM answers with SIGTERM, then an immediate exit) runs
+    under DeferredRequeue without ending the process mid-step: training stops at the end of
+    the step, which last.ckpt holds. Against a real cluster: tests/test_slurm.py."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    calls = []
+
+    def submitit_handler(signum, frame):
+        calls.append(signum)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sys.exit(-1)
+
+    monkeypatch.setenv("SLURM_JOB_ID", "1")
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    try:
+        with pytest.raises(SIGTERMException):
+            _train(tmp_path, "checkpoint.every_n_steps=4",
+                   "+callbacks.warn._target_=probes.SignalAt", "+callbacks.warn.step=6",
+                   "+callbacks.warn.name=SIGUSR2", steps=10)
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # restored after fit
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == [signal.SIGUSR2]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert safe_load(last)["global_step"] == 6 and _finite(last)
+
+
 def test_step_checkpoint_message_without_a_checkpoint():
     err = StepCheckpoint(RunDir("/x"), 5)._stop("non-finite train/loss", 3)
     assert str(err).startswith("non-finite train/loss at step 3: training stopped; no checkpoint")
