@@ -329,8 +329,9 @@ def _confirmatory_rule(data: dict, rows: list) -> str:
     m, alpha = len(rows), fam.alpha
     best = exact.best_threshold(m, fam.correction, alpha)
     return (
-        f"Confirmatory family: the {m} comparisons of the study's YAML, stated before its runs "
-        f"were read, over every trained seed (escaped or not). Correction: {fam.correction} at "
+        f"Confirmatory family: the {m} comparisons of the study's YAML (`comparisons:`; the "
+        f"page says when they were stated), over every trained seed (escaped or not). "
+        f"Correction: {fam.correction} at "
         f"alpha = {alpha} (adjusted p <= {alpha} rejects; Holm: step-down, the i-th smallest "
         f"raw p held to {alpha}/(m - i + 1)). Tests: escape rates by exact McNemar (paired) or "
         f"Fisher's exact test (unpaired); errors by the exact sign-flip test of the per-seed "
