@@ -6,7 +6,8 @@ import torch
 from loopformer.analyze import algorithms as alg
 from loopformer.analyze.__main__ import main
 from loopformer.analyze.dynamics import PowerIteration, top_singular_value
-from loopformer.analyze.exits import exit_loops, oracle_headroom
+from loopformer.analyze.exits import (BEATS_ALL, NO_THRESHOLD, evaluate_rule, exit_loops,
+                                      oracle_headroom)
 from loopformer.analyze.probes import ridge_probes
 from loopformer.errors import ConfigError
 from loopformer.models import STOP_RULES, build_model
@@ -114,16 +115,48 @@ def test_jacobian_of_a_linear_map_matches_its_svd():
     torch.testing.assert_close(sigma, torch.linalg.svdvals(M)[:, 0], rtol=1e-6, atol=1e-8)
 
 
-def test_oracle_headroom_of_a_hand_made_table():
-    err = torch.tensor([[0.5, 0.1, 0.9],  # rows: depths 1..3, columns: prompts
-                        [0.2, 0.4, 0.3],
-                        [0.6, 0.3, 0.1]])
-    out = oracle_headroom(err)
-    # mean per depth: 0.5, 0.3, 0.3333 -> depth 2; oracle: (0.2 + 0.1 + 0.1) / 3
-    assert out["best_fixed_loop"] == 2
-    assert out["best_fixed_error"] == pytest.approx(0.3)
-    assert out["oracle_error"] == pytest.approx(0.4 / 3)
-    assert out["headroom"] == pytest.approx(0.3 - 0.4 / 3)
+def test_oracle_headroom_chooses_the_fixed_depth_on_the_calibration_prompts():
+    err = torch.tensor([[0.5, 0.1, 0.9, 0.2],  # rows: depths 1..3, columns: prompts
+                        [0.2, 0.4, 0.3, 0.6],
+                        [0.6, 0.3, 0.1, 0.1]])
+    calibration = torch.tensor([True, True, False, False])
+    out = oracle_headroom(err, calibration)
+    # calibration means per depth: 0.3, 0.3, 0.45 -> depth 1 (the first lowest), although
+    # the held-out prompts (2, 3) are best at depth 3 (0.1): scored there, 0.55
+    assert out["best_fixed_loop"] == 1
+    assert out["best_fixed_error"] == pytest.approx(0.55)
+    assert out["oracle_error"] == pytest.approx((0.1 + 0.1) / 2)  # held out, own best depth
+    assert out["headroom"] == pytest.approx(0.55 - 0.1)
+
+
+def test_exit_bookkeeping_by_hand():
+    """Two calibration and two held-out prompts, three loops; the threshold is chosen on the
+    calibration prompts and its verdict read on the held-out ones."""
+    nan = float("nan")
+    err = torch.tensor([[0.9, 0.9, 0.9, 0.9],
+                        [0.2, 0.2, 0.1, 0.1],
+                        [0.4, 0.4, 0.3, 0.3]])  # (L=3, P=4)
+    change = torch.tensor([[nan] * 4, [0.01, 0.5, 0.01, 0.01], [0.5, 0.5, 0.5, 0.5]])
+    calibration = torch.tensor([True, True, False, False])
+    out = evaluate_rule(err, change, [0.1], calibration, reference_loop=3)
+    # tol 0.1: exits 2, 3 (calibration: error (0.2 + 0.4) / 2 = 0.3 <= 0.4 at b = 3, 2.5
+    # loops) and 2, 2 held out: error 0.1 in 2 loops, below every held-out fixed depth
+    assert out["chosen_tol"] == 0.1
+    assert out["chosen"]["error"] == pytest.approx(0.1)
+    assert out["chosen"]["mean_loops"] == 2
+    assert out["chosen"]["fixed_loops_at_equal_error"] == 2  # fixed depth 2 is 0.1 too
+    assert out["verdict"] == "saves 0.0 loops"
+    err[1, 2:] = torch.tensor([0.05, 0.15])
+    change[1, 2:] = torch.tensor([0.01, 0.5])  # prompt 3 runs to loop 3: (0.05 + 0.3) / 2
+    beats = evaluate_rule(err, change, [0.1], calibration, 3)
+    assert beats["chosen"]["error"] == pytest.approx(0.175)
+    # held-out fixed depths: 0.9, 0.1, 0.3 -> depth 2 reaches 0.175: saves 2 - 2.5 < 0
+    assert beats["verdict"] == "costs 0.5 loops"
+    err[1, 2:] = torch.tensor([0.05, 0.5])  # fixed depth 2: 0.275 > 0.175; depth 3: 0.3
+    assert evaluate_rule(err, change, [0.1], calibration, 3)["verdict"] == BEATS_ALL
+    # a reference error no threshold reaches on the calibration prompts
+    none = evaluate_rule(err, change, [0.1], calibration, reference_loop=2)
+    assert none["chosen"] is None and none["verdict"] == NO_THRESHOLD
 
 
 def test_exit_loops_follow_the_first_change_below_tol():

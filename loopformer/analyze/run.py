@@ -13,7 +13,15 @@ from typing import Any
 import torch
 
 from loopformer.analyze import algorithms as alg
-from loopformer.analyze.dynamics import PowerIteration, first_below, trajectory
+from loopformer.analyze.dynamics import (
+    CLASS_WINDOW,
+    MAX_PERIOD,
+    PowerIteration,
+    class_shares,
+    first_below,
+    periods,
+    trajectory,
+)
 from loopformer.analyze.exits import evaluate_rule, oracle_headroom
 from loopformer.analyze.probes import LAMBDAS, ridge_probes
 from loopformer.cli import option
@@ -56,6 +64,13 @@ class Options:
     seed: int = option(0, "the prompts' seed")
     device: str | None = option(None, "cpu | cuda (null: the GPU if there is one)")
     ckpt: str = option("last", "the checkpoint: last | step=N | a path")
+    class_tol: float = option(1e-4, "a prompt is at a fixed point where its relative state "
+                                    f"change stays below this for {CLASS_WINDOW} loops; in a "
+                                    f"cycle of period p <= {MAX_PERIOD} where its distance to "
+                                    f"the state p loops back does")
+    settle_tol: float | None = option(None, "the trajectory stops computing a prompt whose "
+                                            "relative state change stayed below this "
+                                            "(null: every prompt, every loop)")
 
     def __post_init__(self):
         if (self.run is None) == (self.study is None):
@@ -70,6 +85,10 @@ class Options:
         if self.n_prompts < 16:
             raise ConfigError(f"n_prompts={self.n_prompts} must be >= 16 (calibration, "
                               f"held-out and probe splits)")
+        for key in ("class_tol", "settle_tol"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
+                raise ConfigError(f"{key}={value} must be in (0, 1): a relative state change")
         if self.max_loops is not None and self.max_loops < 1:
             raise ConfigError(f"max_loops={self.max_loops} must be >= 1")
         if self.device is not None:
@@ -125,24 +144,59 @@ def _positions(n: int, d: int) -> dict[str, dict]:
     return out
 
 
+def analysed_loops(b: int, last: int) -> list[int]:
+    """The loops the per-prompt classes are read at: b, 5b, 20b and the last."""
+    return sorted({t for t in (b, 5 * b, 20 * b) if t <= last} | {last})
+
+
+def _mean_of(values: torch.Tensor) -> dict:
+    return {"n": values.numel(), "mean": float(values.mean()) if values.numel() else None}
+
+
+def _sigma(traj, tol: float) -> dict:
+    """Per Jacobian loop: sigma over the prompts, and apart at fixed points and elsewhere."""
+    out = {}
+    for t, s in sorted(traj.sigma.items()):
+        fixed = periods(traj.returns[:, :len(s)], t, tol) == 1  # (P_jac,)
+        out[str(t)] = {"mean": float(s.mean()), "median": float(s.median()),
+                       "max": float(s.max()), "iterations": traj.sigma_iters[t],
+                       "at_fixed_points": _mean_of(s[fixed]), "elsewhere": _mean_of(s[~fixed])}
+    return out
+
+
+def state_change_spread(change: torch.Tensor) -> dict:
+    """Per loop, over prompts, of ``change`` (L, P): mean, median, 90th percentile, max."""
+    q = change.nanquantile(torch.tensor([0.5, 0.9], dtype=change.dtype), dim=1)  # (2, L)
+    return {"mean": change.nanmean(dim=1).tolist(), "median": q[0].tolist(),
+            "p90": q[1].tolist(), "max": change.nan_to_num(0).amax(dim=1).tolist()}
+
+
 def dynamics_part(traj, err, spec, opts, jac) -> dict:
     n, d = spec.curriculum.final.n_points, spec.curriculum.final.n_dims
     curves = {}
     for name, pos in _positions(n, d).items():
         curves[name] = {**pos, **_band(err[:, :, pos["k"]].T, spec, opts.seed)}
-    change = traj.changes["state"][1:].nanmean(dim=1).tolist()  # loops 2..L
-    sigma = {str(t): {"mean": float(s.mean()), "median": float(s.median()),
-                      "max": float(s.max()), "iterations": traj.sigma_iters[t]}
-             for t, s in sorted(traj.sigma.items())}
-    below = first_below(change, CONVERGED)
+    spread = state_change_spread(traj.changes["state"][1:])  # loops 2..L
+    below = first_below(spread["mean"], CONVERGED)
     if below["loop"] != "never":
         below["loop"] += 1  # the curve starts at loop 2
+    L = traj.returns.shape[0]
+    classes = {str(t): class_shares(periods(traj.returns, t, opts.class_tol))
+               for t in analysed_loops(trained_depth(spec), L)}
     return {"error": curves,
-            "state_change": {"loops": list(range(2, len(change) + 2)), "mean": change,
+            "state_change": {"loops": list(range(2, L + 1)), **spread,
                              "space": "after the final LayerNorm (what the read-out sees)"},
             "converged_below": {"level": CONVERGED, **below},
+            "classes": {"tol": opts.class_tol, "window": CLASS_WINDOW,
+                        "max_period": MAX_PERIOD, "settle_tol": opts.settle_tol,
+                        "rule": f"per prompt at loop t: fixed point where ||z_s - z_(s-1)|| / "
+                                f"||z_s|| < tol for the {CLASS_WINDOW} loops s ending at t; "
+                                f"else a cycle of the smallest period p <= {MAX_PERIOD} where "
+                                f"||z_s - z_(s-p)|| / ||z_s|| < tol over them; else moving",
+                        "at": classes},
             "jacobian": {"at": "the state after loop t (the map to loop t+1)",
-                         "prompts": jac["prompts"], **jac["power"], "sigma": sigma}}
+                         "prompts": jac["prompts"], **jac["power"],
+                         "sigma": _sigma(traj, opts.class_tol)}}
 
 
 def match_part(model_preds: torch.Tensor, xs, ys) -> dict:
@@ -183,7 +237,7 @@ def exit_part(err_last: torch.Tensor, traj, b: int, seed: int) -> dict:
     return {"error": "normalised squared error at the last position",
             "split": {"calibration": int(calibration.sum()), "held_out": int(held.sum())},
             "fixed_depth_held_out": err_last[:, held].mean(dim=1).tolist(),
-            "oracle_held_out": oracle_headroom(err_last[:, held]),
+            "oracle_held_out": oracle_headroom(err_last, calibration),
             "default_tol": {name: r.default_tol for name, r in STOP_RULES.items()},
             "rules": rules}
 
@@ -275,7 +329,8 @@ def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[s
         jac_loops = tuple(sorted({t for t in (1, b, 5 * b, max_loops) if t <= max_loops}))
         power = PowerIteration(seed=opts.seed)
         traj = trajectory(model, xs, ys, max_loops, batch,
-                          jac_loops if "dynamics" in parts else (), JACOBIAN_PROMPTS, power)
+                          jac_loops if "dynamics" in parts else (), JACOBIAN_PROMPTS, power,
+                          opts.settle_tol)
         err = (traj.preds - ys.cpu()).square() / norm  # (L, P, n)
         result["max_loops"] = max_loops
         result["kept"] = (f"per {unit} and prompt: the predictions and each stopping rule's "
@@ -311,8 +366,9 @@ def summary(r: dict) -> str:
         loop = dyn["converged_below"]["loop"]
         below = "never" if loop == "never" else f"from loop {loop}"
         lines.append(f"dynamics: error at the last position {last[b - 1]:.4f} at {b}, "
-                     f"{last[-1]:.4f} at {len(last)}; state change < {CONVERGED:g}: {below}; "
-                     f"Jacobian sigma {sig}")
+                     f"{last[-1]:.4f} at {len(last)}; mean state change < {CONVERGED:g}: "
+                     f"{below}; Jacobian sigma {sig}")
+        lines += _class_lines(dyn)
     if "match" in r:
         for name, a in r["match"]["algorithms"].items():
             ks = a["k_star"]
@@ -322,20 +378,46 @@ def summary(r: dict) -> str:
     if "exit" in r:
         ex = r["exit"]
         o = ex["oracle_held_out"]
-        lines.append(f"exit: best fixed depth {o['best_fixed_loop']} ({o['best_fixed_error']:.4f}),"
+        lines.append(f"exit: best fixed depth (chosen on calibration) {o['best_fixed_loop']} "
+                     f"({o['best_fixed_error']:.4f} held out),"
                      f" oracle {o['oracle_error']:.4f}, headroom {o['headroom']:.4f}")
         for name, rule in ex["rules"].items():
             c = rule["chosen"]
             lines.append(f"exit {name}: " + ("no threshold matched the trained depth on the "
                                              "calibration split" if c is None else
                                              f"tol={rule['chosen_tol']:g}: error {c['error']:.4f}"
-                                             f" in {c['mean_loops']:.1f} loops (held out)"))
+                                             f" in {c['mean_loops']:.1f} loops (held out): "
+                                             f"{rule['verdict']}"))
     if "probe" in r:
         for name, t in r["probe"]["targets"].items():
             rel = t["relative"]
             lines.append(f"probe {name}: relative error {rel[0]:.3f} -> {rel[-1]:.3f} "
                          f"(control {t['control_relative'][-1]:.3f})")
     return "\n".join(lines)
+
+
+def _class_lines(dyn: dict) -> list[str]:
+    """The printed per-prompt classes and state-change spread at the analysed loops."""
+    c, sc = dyn["classes"], dyn["state_change"]
+    lines = [f"dynamics per prompt (tol {c['tol']:g} over {c['window']} loops, periods <= "
+             f"{c['max_period']}):"]
+    for t, sh in c["at"].items():
+        i = int(t) - 2  # the state-change curves start at loop 2
+        spread = ("" if i < 0 else f"; state change median {sc['median'][i]:.2e}, 90% "
+                  f"{sc['p90'][i]:.2e}, max {sc['max'][i]:.2e}")
+        periods_ = ", ".join(f"p={p}: {v:.1%}" for p, v in sh["cycle_periods"].items())
+        lines.append(f"  loop {t}: fixed point {sh['fixed']:.1%}, cycle {sh['cycle']:.1%}"
+                     + (f" ({periods_})" if periods_ else "") + f", moving {sh['moving']:.1%}"
+                     + spread)
+    fix = {t: s["at_fixed_points"] for t, s in dyn["jacobian"]["sigma"].items()}
+    lines.append("  Jacobian sigma at fixed points / elsewhere: " + "; ".join(
+        f"t={t}: {_fmt(f['mean'])} (n={f['n']}) / "
+        f"{_fmt(dyn['jacobian']['sigma'][t]['elsewhere']['mean'])}" for t, f in fix.items()))
+    return lines
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def analyze_run(opts: Options) -> dict:
