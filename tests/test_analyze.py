@@ -6,8 +6,13 @@ import torch
 from loopformer.analyze import algorithms as alg
 from loopformer.analyze.__main__ import main
 from loopformer.analyze.dynamics import PowerIteration, top_singular_value
-from loopformer.analyze.exits import (BEATS_ALL, NO_THRESHOLD, evaluate_rule, exit_loops,
-                                      oracle_headroom)
+from loopformer.analyze.exits import (
+    BEATS_ALL,
+    NO_THRESHOLD,
+    evaluate_rule,
+    exit_loops,
+    oracle_headroom,
+)
 from loopformer.analyze.probes import ridge_probes
 from loopformer.errors import ConfigError
 from loopformer.models import STOP_RULES, build_model
