@@ -23,7 +23,7 @@ from loopformer.analyze.dynamics import (
     trajectory,
 )
 from loopformer.analyze.exits import evaluate_rule, oracle_headroom
-from loopformer.analyze.probes import LAMBDAS, ridge_probes
+from loopformer.analyze.probes import LAMBDAS, YangProbe, ridge_probes, yang_probes
 from loopformer.cli import option
 from loopformer.config import Settings, check_device
 from loopformer.data import generator
@@ -37,6 +37,7 @@ from loopformer.stats import bootstrap_band
 log = logging.getLogger(__name__)
 
 PARTS = ("dynamics", "match", "probe", "exit")
+PROBES = ("linear", "yang")
 LINEAR_TASKS = ("linear_regression", "noisy_linear_regression", "sparse_linear_regression")
 GD_STEPS = (0.1, 0.5, 1.0)  # gradient-descent step sizes, in units of 1/L
 GD_LAST = 5000  # the largest gradient-descent iteration count matched
@@ -68,6 +69,10 @@ class Options:
                                     f"change stays below this for {CLASS_WINDOW} loops; in a "
                                     f"cycle of period p <= {MAX_PERIOD} where its distance to "
                                     f"the state p loops back does")
+    probe: str = option("linear", "linear (ridge on the x token of position k) | yang "
+                                  "(Yang et al.: weighting over positions + MLP)")
+    probe_epochs: int = option(YangProbe.epochs, "probe=yang: full-batch Adam steps per probe "
+                                                 "(Yang et al.: 10,000)")
     settle_tol: float | None = option(None, "the trajectory stops computing a prompt whose "
                                             "relative state change stayed below this "
                                             "(null: every prompt, every loop)")
@@ -89,6 +94,10 @@ class Options:
             value = getattr(self, key)
             if value is not None and not 0 < value < 1:
                 raise ConfigError(f"{key}={value} must be in (0, 1): a relative state change")
+        if self.probe not in PROBES:
+            raise ConfigError(f"probe={self.probe} must be one of {', '.join(PROBES)}")
+        if self.probe_epochs < 1:
+            raise ConfigError(f"probe_epochs={self.probe_epochs} must be >= 1")
         if self.max_loops is not None and self.max_loops < 1:
             raise ConfigError(f"max_loops={self.max_loops} must be >= 1")
         if self.device is not None:
@@ -242,6 +251,28 @@ def exit_part(err_last: torch.Tensor, traj, b: int, seed: int) -> dict:
             "rules": rules}
 
 
+def _probe_targets(x, y, d: int) -> dict[str, torch.Tensor]:
+    """Per position k ``(P, n, d)``: the min-norm least-squares weights of the k examples
+    before it, and their ``X_k^T y_k``."""
+    pre = alg.prefixes(x.cpu(), y.cpu())
+    keep = alg._rank_mask(pre.eigvals)
+    inv = torch.where(keep, 1 / pre.eigvals.clamp_min(1e-300), 0.0)
+    coef = torch.einsum("pnij,pni->pnj", pre.eigvecs, pre.xty)
+    w_ls = torch.einsum("pnij,pnj->pni", pre.eigvecs, inv * coef)  # (P, n, d)
+    return {"least_squares_w": w_ls[..., :d], "xty": pre.xty[..., :d]}
+
+
+def _control_ys(xs, d: int) -> torch.Tensor:
+    """``(P, n)``: the fixed function w = 1 on the active dims, at the prompts' x."""
+    ones = torch.zeros(xs.shape[-1], device=xs.device)
+    ones[:d] = 1
+    return xs @ ones
+
+
+PROBE_CONTROL = ("probes fitted on prompts of the fixed function w = 1, tested on the held-out "
+                 "prompts")
+
+
 @torch.no_grad()
 def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch: int) -> dict:
     """Ridge probes per unit of depth ``1..depth`` on the state at the x token of position k
@@ -253,18 +284,12 @@ def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch:
     n_train = int(PROBE_TRAIN * P)
     ks = {"least_squares_w": list(range(1, min(d, n - 1) + 1)),
           "xty_over_k": list(range(1, n))}
-    ones = torch.zeros(xs.shape[-1], device=xs.device)
-    ones[:d] = 1
-    ys_control = xs @ ones  # (P, n): the fixed function w = 1 on the active dims
+    ys_control = _control_ys(xs, d)
 
     def targets(x, y):
-        pre = alg.prefixes(x.cpu(), y.cpu())
-        keep = alg._rank_mask(pre.eigvals)
-        inv = torch.where(keep, 1 / pre.eigvals.clamp_min(1e-300), 0.0)
-        coef = torch.einsum("pnij,pni->pnj", pre.eigvecs, pre.xty)
-        w_ls = torch.einsum("pnij,pnj->pni", pre.eigvecs, inv * coef)  # (P, n, d)
-        xty = pre.xty / pre.counts.clamp_min(1).view(1, -1, 1)
-        return {"least_squares_w": w_ls[..., :d], "xty_over_k": xty[..., :d]}
+        t = _probe_targets(x, y, d)
+        counts = torch.arange(n).clamp_min(1).view(1, -1, 1)
+        return {"least_squares_w": t["least_squares_w"], "xty_over_k": t["xty"] / counts}
 
     def states(y):
         """Features per unit: (depth, P, n, C) at the x tokens, one unit at a time."""
@@ -276,13 +301,12 @@ def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch:
 
     tgt, tgt_ctl = targets(xs, ys), targets(xs, ys_control)
     real, control = states(ys), states(ys_control)
-    out = {"split": {"train": n_train, "test": P - n_train},
+    out = {"kind": "linear", "split": {"train": n_train, "test": P - n_train},
            "budget": f"closed-form ridge, one probe per {spec.model.family} unit and k; "
                      f"penalty from {list(LAMBDAS)} x the mean feature variance, chosen on "
                      f"the last 20% of the training prompts",
            "feature": "state after the final LayerNorm at the x token of position k",
-           "control": "probes fitted on prompts of the fixed function w = 1, tested on the "
-                      "held-out prompts", "targets": {}}
+           "control": PROBE_CONTROL, "targets": {}}
     for name, k_list in ks.items():
         k_idx = torch.tensor(k_list)
         rows = {"mse": [], "relative": [], "control_mse": [], "control_relative": [],
@@ -296,11 +320,67 @@ def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch:
             ctl_y = tgt_ctl[name][:, k_idx].transpose(0, 1)
             ctl = ridge_probes(ctl_feats[:, :n_train], ctl_y[:, :n_train],
                                feats[:, n_train:], y_t[:, n_train:])
-            rows["mse"].append(float(fit["mse"].mean()))
-            rows["relative"].append(float(fit["relative"].mean()))
-            rows["chance_mse"].append(float(fit["chance_mse"].mean()))
-            rows["control_mse"].append(float(ctl["mse"].mean()))
-            rows["control_relative"].append(float(ctl["relative"].mean()))
+            _append(rows, fit, ctl)
+        out["targets"][name] = {"k": k_list, **rows}
+    return out
+
+
+def _append(rows: dict[str, list], fit: dict, ctl: dict) -> None:
+    """One unit's probe figures, each the mean over its probes (targets k)."""
+    rows["mse"].append(float(fit["mse"].mean()))
+    rows["relative"].append(float(fit["relative"].mean()))
+    rows["chance_mse"].append(float(fit["chance_mse"].mean()))
+    rows["control_mse"].append(float(ctl["mse"].mean()))
+    rows["control_relative"].append(float(ctl["relative"].mean()))
+
+
+@torch.no_grad()
+def yang_probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch: int,
+                    cfg: YangProbe) -> dict:
+    """Yang et al.'s probes (:class:`YangProbe`) per unit ``0..depth`` (0: the read-in
+    embedding, the loop's input at z = 0) on the state at every token, for their targets: the
+    least-squares weights of the first k = 1..d examples (``w_OLS``, min-norm below d) and
+    ``X_k^T y_k / n`` for k = 1..n-1 (their ``grad``, divided by the prompt length n). The
+    figure per unit is the mean over its targets of the held-out squared error per
+    coordinate, as their curve; the control trains on prompts of w = 1."""
+    P, n = ys.shape
+    d = spec.curriculum.final.n_dims
+    n_train = int(PROBE_TRAIN * P)
+    ks = {"least_squares_w": list(range(1, min(d, n - 1) + 1)), "xty_over_n": list(range(1, n))}
+
+    def targets(y):
+        t = _probe_targets(xs, y, d)
+        return {"least_squares_w": t["least_squares_w"], "xty_over_n": t["xty"] / n}
+
+    def states(y):
+        """(depth + 1, P, 2n, C): every token's state per unit."""
+        out = torch.empty(depth + 1, P, 2 * n, model.cfg.n_embd)
+        for i in range(0, P, batch):
+            x_b, y_b = xs[i:i + batch], y[i:i + batch]
+            out[0, i:i + len(x_b)] = model.embed(x_b, y_b).float().cpu()
+            for t, z, _ in model.iterate(x_b, y_b, depth):
+                out[t, i:i + len(x_b)] = z.float().cpu()
+        return out
+
+    y_ctl = _control_ys(xs, d)
+    tgt, tgt_ctl = targets(ys), targets(y_ctl)
+    real, control = states(ys), states(y_ctl)
+    out = {"kind": "yang", "split": {"train": n_train, "test": P - n_train},
+           "units": list(range(depth + 1)), "budget": cfg.to_dict(),
+           "feature": "state after the final LayerNorm at every token (unit 0: the read-in "
+                      "embedding), pooled by a learned softmax weighting over positions",
+           "control": PROBE_CONTROL, "targets": {}}
+    for name, k_list in ks.items():
+        k_idx = torch.tensor(k_list)
+        y_t = tgt[name][:, k_idx].transpose(0, 1)  # (K, P, d)
+        ctl_y = tgt_ctl[name][:, k_idx].transpose(0, 1)
+        rows = {"mse": [], "relative": [], "control_mse": [], "control_relative": [],
+                "chance_mse": []}
+        for u in range(depth + 1):  # one unit at a time bounds the pooled states' memory
+            test = (real[u:u + 1, n_train:], y_t[:, n_train:])
+            fit = yang_probes(real[u:u + 1, :n_train], y_t[:, :n_train], *test, cfg)
+            ctl = yang_probes(control[u:u + 1, :n_train], ctl_y[:, :n_train], *test, cfg)
+            _append(rows, fit, ctl)
         out["targets"][name] = {"k": k_list, **rows}
     return out
 
@@ -350,7 +430,10 @@ def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[s
         result["seconds"]["exit"] = time.perf_counter() - start
     if "probe" in parts:
         start = time.perf_counter()
-        result["probe"] = probe_part(model, spec, xs, ys, b, batch)
+        result["probe"] = (
+            yang_probe_part(model, spec, xs, ys, b, batch,
+                            YangProbe(epochs=opts.probe_epochs, seed=opts.seed))
+            if opts.probe == "yang" else probe_part(model, spec, xs, ys, b, batch))
         result["seconds"]["probe"] = time.perf_counter() - start
     return result
 
