@@ -14,6 +14,7 @@ from loopformer.analyze.exits import (
     oracle_headroom,
 )
 from loopformer.analyze.probes import YangProbe, ridge_probes, yang_probes
+from loopformer.analyze.run import summary
 from loopformer.errors import ConfigError
 from loopformer.models import STOP_RULES, build_model
 
@@ -249,10 +250,25 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
     assert two_d["clipped"] == (2 * r["n_dims"] > r["n_points"] - 1)
     assert two_d["k"] == min(2 * r["n_dims"], r["n_points"] - 1)
     assert sorted(r["dynamics"]["jacobian"]["sigma"]) == ["1", "12", "3"]
+    b = r["trained_depth"]
+    classes = r["dynamics"]["classes"]["at"]
+    assert list(classes) == [str(t) for t in sorted({b, 5 * b, 20 * b, 12}) if t <= 12]
+    printed = summary(r)  # what python -m loopformer.analyze logs
+    assert f"loop {b}: fixed point {classes[str(b)]['fixed']:.1%}, cycle" in printed
+    for shares in classes.values():  # every prompt in exactly one class
+        assert shares["fixed"] + shares["cycle"] + shares["moving"] == pytest.approx(1)
+    sc = r["dynamics"]["state_change"]
+    assert all(m <= q <= x for m, q, x in zip(sc["median"], sc["p90"], sc["max"], strict=True))
+    for s in r["dynamics"]["jacobian"]["sigma"].values():
+        assert s["at_fixed_points"]["n"] + s["elsewhere"]["n"] == 16
     assert {"newton", "gd_step=1/L"} <= set(r["match"]["algorithms"])
     for png in ("dynamics", "match_heatmaps", "match_k_star", "exit", "probe"):
         assert (looped / "analysis" / f"{png}.png").stat().st_size > 1000
     assert main([f"run={tf}", "n_prompts=64", "parts=[dynamics]"]) == 2  # not defined
+    assert main([f"run={looped}", "n_prompts=64", "parts=[probe]", "probe=yang",
+                 "probe_epochs=5"]) == 0
+    yang = json.loads((looped / "analysis" / "analysis.json").read_text())["probe"]
+    assert yang["kind"] == "yang" and len(yang["targets"]["xty_over_n"]["mse"]) == b + 1
     assert main([f"study={study}", "n_prompts=64", "max_loops=12"]) == 0
     rep = json.loads((study / "analysis.json").read_text())
     assert set(rep["variants"]) == {"looped", "transformer"}
@@ -265,7 +281,6 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
     from loopformer.results.study_plots import plot_analysis_by_variant
 
     rec, rec_tf = record(r), record(tr)
-    b = r["trained_depth"]
     assert rec["dynamics"]["loops"] == depth_grid(12, b)
     assert rec["dynamics"]["loops"][: 2 * b] == list(range(1, 2 * b + 1))
     assert rec["dynamics"]["loops"][-1] == 12
@@ -278,6 +293,10 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
                       "analysis": rec_tf}]}
     rows = table_analysis(data, {"part": "dynamics"})
     assert rows[3].startswith("| transformer | 1 | not defined: its layers are distinct maps")
+    shares = table_analysis(data, {"part": "classes"})[2]
+    assert shares.startswith(f"| looped | 1 | {b}: ") and " / " in shares
+    per_seed = table_analysis(data, {"part": "exit_seeds"})
+    assert len(per_seed) == 3 and per_seed[2].startswith("| looped | 1 | yes |")
     pngs = plot_analysis_by_variant(data, study / "plots")
     assert [p.name for p in pngs] == [f"analysis_tiny_{part}.png"
                                       for part in ("dynamics", "k_star", "probe")]
