@@ -6,12 +6,12 @@ it changes.
 ``cli`` (default) times ``python -m loopformer.evaluate run=RUN_DIR extra_loops=[LOOPS]
 ood=default`` without and with ``settle_tol=SETTLE_TOL`` (default 1e-5, 2 repeats, 20 x the
 trained loops), interleaved so both see the same machine load, on a copy of the run
-directory. ``model`` times the same evaluation in this process without its baselines (the
-part the option acts on: the model at every loop count, on the standard prompts and every
-shift), wall and CPU seconds. Both report the largest change to any normalised error the
-evaluation reports (every curve's mean and band at every position, the loop curve, every
-shift's curves) and the share of the evaluation's prompts settled by each loop (computed
-once, without skipping).
+directory. ``model`` times the same evaluation in this process, on one thread, without its
+baselines (the part the option acts on: the model at every loop count, on the standard
+prompts and every shift), wall and CPU seconds. Both report the largest change to any
+normalised error the evaluation reports (every curve's mean and band at every position, the
+loop curve, every shift's curves) and the share of the evaluation's prompts settled by each
+loop (computed once, without skipping).
 """
 
 from __future__ import annotations
@@ -106,6 +106,8 @@ def main() -> None:
     loops = int(sys.argv[4]) if len(sys.argv) > 4 else 20 * load_settings(
         run).curriculum.final.n_loops
     how = sys.argv[5] if len(sys.argv) > 5 else "cli"
+    if how == "model":  # one thread: on a shared machine two threads mostly wait for each other
+        torch.set_num_threads(1)
     times: dict[str, list] = {"full": [], "settle": []}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
