@@ -56,7 +56,7 @@ def model_errors(model: InContextModel, xs, ys, norm: float, spec: ScoredSetting
     for i in range(0, xs.shape[0], batch_size):
         x, y = xs[i:i + batch_size], ys[i:i + batch_size]
         side = {} if queries is None else {"queries": queries[i:i + batch_size]}
-        if settle_tol is not None:
+        if settle_tol is not None and spec.looped:  # a fixed depth has nothing to skip
             side["settle_tol"] = settle_tol
         target = y if queries is None else query_ys[i:i + batch_size]
         if spec.looped:

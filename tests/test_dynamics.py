@@ -120,3 +120,17 @@ def test_evaluation_with_settle_tol_changes_errors_by_less_than_its_tolerance():
         last = [z for _, z, _ in model.iterate(xs, ys, 40, settle_tol=1e-6)][-2:]
     carried = (last[0] == last[1]).flatten(1).all(dim=1)  # (P,): not computed at loop 40
     assert 0.2 < carried.float().mean() < 1 or carried.all()
+
+
+def test_a_fixed_depth_model_is_scored_alike_with_settle_tol():
+    model = build_model(dict(family="transformer", n_dims=4, n_positions=12, n_embd=16,
+                             n_layer=2, n_head=2)).eval()
+    xs = torch.randn(8, 9, 4, generator=torch.Generator().manual_seed(0))
+    ys = xs.sum(-1)
+
+    class Spec:
+        looped = False
+
+    full = model_errors(model, xs, ys, 4.0, Spec, [2], 8)["model"]
+    assert torch.equal(full, model_errors(model, xs, ys, 4.0, Spec, [2], 8,
+                                          settle_tol=1e-5)["model"])
