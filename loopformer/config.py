@@ -184,6 +184,9 @@ class EvalConfig:
     # a list of shift names, as written; ``shifts`` holds the names it selects
     ood: Any = "none"
     ood_suite: Any = None  # the shifts that apply to the task (conf/task/*.yaml); none: none
+    # long-loop scoring stops computing a prompt whose relative state change stayed below this
+    # for SETTLE_PATIENCE loops, carrying its last prediction forward; null: every prompt
+    settle_tol: float | None = None
 
     def __post_init__(self):
         self.extra_loops = tuple(self.extra_loops or ())  # null: none
@@ -194,6 +197,9 @@ class EvalConfig:
         check_seed("eval.seed", self.seed)
         if self.device is not None:
             check_device("eval.device", self.device)
+        if self.settle_tol is not None and not 0 < self.settle_tol < 1:
+            raise ConfigError(f"eval.settle_tol={self.settle_tol} must be in (0, 1) (a "
+                              f"relative state change) or null")
 
     def check(self) -> None:
         """Build the baselines and resolve the shifts: a bad one is refused before training."""

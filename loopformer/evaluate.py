@@ -55,7 +55,8 @@ def evaluate(model: InContextModel, spec: Settings, ev: EvalConfig | None = None
     loops = [shape.n_loops]
     if spec.looped:
         loops += [n for n in ev.extra_loops if n != shape.n_loops]
-    errors = model_errors(model, xs, ys, norm, spec, loops, ev.batch_size)
+    errors = model_errors(model, xs, ys, norm, spec, loops, ev.batch_size,
+                          settle_tol=ev.settle_tol)
     kinds = dict.fromkeys(errors, "model")
 
     xs_cpu, ys_cpu = xs.cpu(), ys.cpu()
@@ -74,6 +75,7 @@ def evaluate(model: InContextModel, spec: Settings, ev: EvalConfig | None = None
         "n_prompts": ev.n_prompts, "seed": ev.seed, "torch": torch.__version__,
         "trained_loops": shape.n_loops if spec.looped else None,
         "extra_loops": loops[1:],
+        "settle_tol": ev.settle_tol,
         "curves": {name: {"kind": kinds[name], **band(e), **notes.get(name, {})}
                    for name, e in errors.items()},
     }
@@ -160,6 +162,8 @@ class EvaluateOptions:
     n_resamples: int | None = option(None, "eval.n_resamples: bootstrap resamples")
     device: str | None = option(None, "eval.device: cpu | cuda")
     ood: Any = option(None, "eval.ood: none | default | a list of shifts")
+    settle_tol: float | None = option(None, "eval.settle_tol: stop computing a prompt whose "
+                                            "relative state change stayed below it")
 
     def overrides(self) -> dict[str, Any]:
         """The ``eval`` keys given on the command line."""

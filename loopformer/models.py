@@ -208,6 +208,42 @@ class StateChange(StopRule):
 
 STOP_RULES: dict[str, StopRule] = {r.name: r for r in (PredictionChange(), StateChange())}
 
+# ----------------------------------------------------------------------------- settled prompts
+
+SETTLE_PATIENCE = 3  # consecutive loops below settle_tol before a prompt stops being computed
+
+
+def relative_change(z_prev: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``||z - z_prev|| / ||z||`` per prompt ``(B,)`` (the ``state`` rule's change)."""
+    return STOP_RULES["state"].change(z_prev, z, None, None)
+
+
+def settled_loop(step, z: torch.Tensor, s: torch.Tensor | None, n_loops: int,
+                 settle_tol: float | None = None, patience: int = SETTLE_PATIENCE):
+    """Yield ``(t, z_t, s_t)`` for ``t = 1..n_loops`` of the map ``step(idx, z, s) -> z'``
+    (``idx``: the prompts whose states ``z`` (A, ...) and ``s`` are given; None: all), with
+    ``s_t = z_{t-1}`` where ``s`` is not None.
+
+    With ``settle_tol``, a prompt whose relative state change stayed below it for
+    ``patience`` consecutive loops is settled: it is no longer computed and its last state
+    is carried forward, exact where the map has reached its fixed point; the others, in a
+    cycle or still moving, keep computing. Yielded tensors are new at every loop."""
+    active = torch.arange(z.shape[0], device=z.device) if settle_tol is not None else None
+    calm = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+    for t in range(n_loops):
+        if active is None:
+            z, s = step(None, z, s), (z if s is not None else None)
+        elif len(active):
+            z_a = step(active, z[active], None if s is None else s[active])  # (A, ...)
+            change = relative_change(z[active], z_a)  # (A,)
+            calm_a = torch.where(change < settle_tol, calm[active] + 1, 0)
+            calm = calm.index_copy(0, active, calm_a)
+            if s is not None:
+                s = s.index_copy(0, active, z[active])
+            z = z.index_copy(0, active, z_a)
+            active = active[calm_a < patience]
+        yield t + 1, z, s
+
 
 def stop_rule(rule: str | StopRule) -> StopRule:
     if isinstance(rule, StopRule):
@@ -317,11 +353,12 @@ class InContextModel(nn.Module):
         (early exit per prompt, see :class:`StopRule`)."""
         return self(xs, ys, n_loops=n_loops, window=1, **kw)[-1]
 
-    def iterate(self, xs, ys, n_loops: int | None = None):
+    def iterate(self, xs, ys, n_loops: int | None = None, settle_tol: float | None = None):
         """Yield ``(t, z_t, s_t)`` after each unit of depth ``t = 1, 2, ...``: ``z_t`` is the
         state in the read-out's space (after the final LayerNorm, ``read(z_t)`` are the
         predictions) and ``(z_t, s_t)`` all that the next unit reads (``s_t`` is None unless
-        a skip connection carries a second state). Only the current state is held."""
+        a skip connection carries a second state). Only the current state is held. With
+        ``settle_tol``, units of one map skip settled prompts (:func:`settled_loop`)."""
         raise NotImplementedError
 
     def unit_map(self, xs, ys):
@@ -349,9 +386,10 @@ class Transformer(InContextModel):
         h = self.backbone(p.e, pos=self.wpe(p.slots), mask=p.mask)
         return self.read(h, p.read_at).unsqueeze(0)  # (1, B, n)
 
-    def iterate(self, xs, ys, n_loops=None):
+    def iterate(self, xs, ys, n_loops=None, settle_tol=None):
         """Per layer ``l = 1..n_layer``: ``ln_f`` of the residual stream after block ``l`` (the
-        last one is the model's output state; earlier ones have no trained read-out)."""
+        last one is the model's output state; earlier ones have no trained read-out). Its
+        layers are distinct maps: ``settle_tol`` skips nothing."""
         h = self.embed(xs, ys)  # (B, 2n, C)
         h = self.drop(h + self.position(h.shape[1], h.device))
         for i, block in enumerate(self.blocks):
@@ -380,14 +418,13 @@ class TiedTransformer(InContextModel):
             h = self.backbone(h, pos=pos, mask=p.mask)
         return self.read(h, p.read_at).unsqueeze(0)  # (1, B, n)
 
-    def iterate(self, xs, ys, n_loops=None):
+    def iterate(self, xs, ys, n_loops=None, settle_tol=None):
         """Per application ``t = 1..n_loops`` (default ``n_layer``; beyond it the model runs
         past its trained depth)."""
         h = self.embed(xs, ys)  # (B, 2n, C)
         pos = self.position(h.shape[1], h.device)
-        for t in range(n_loops or self.cfg.n_layer):
-            h = self.backbone(h, pos=pos)
-            yield t + 1, h, None
+        yield from settled_loop(lambda idx, z, s: self.backbone(z, pos=pos), h, None,
+                                n_loops or self.cfg.n_layer, settle_tol)
 
     def unit_map(self, xs, ys):
         pos = self.position(2 * xs.shape[1], xs.device)
@@ -442,12 +479,14 @@ class LoopedTransformer(InContextModel):
 
     def forward(self, xs, ys, n_loops: int | None = None, window: int | None = None,
                 tol: float | None = None, rule: str | StopRule = "prediction",
-                queries: torch.Tensor | None = None):
+                queries: torch.Tensor | None = None, settle_tol: float | None = None):
         """Run ``n_loops`` iterations; return the predictions of the last ``window`` ones,
         ``(window, B, n)``. Iterations before them run without gradient and store nothing.
         With ``tol`` (inference, ``window=1``), each prompt stops at the first iteration whose
         ``rule`` change (default: the largest change of its predictions) is below ``tol``.
-        With ``queries``, the predictions at the side queries (:meth:`InContextModel.layout`)."""
+        With ``queries``, the predictions at the side queries (:meth:`InContextModel.layout`).
+        With ``settle_tol`` (inference), settled prompts are not computed further and keep
+        their last predictions (:func:`settled_loop`)."""
         b = n_loops if n_loops is not None else 1
         window = b if window is None else min(window, b)
         if b < 1 or window < 1:
@@ -465,6 +504,13 @@ class LoopedTransformer(InContextModel):
             masked = p.slots < keep_mask_len(self.cfg.keep_tokens, 2 * xs.shape[1],
                                              strict=False)
         z, s, pos = self.start(p)
+        if settle_tol is not None:
+            if torch.is_grad_enabled():
+                raise ConfigError("settle_tol skips settled prompts at inference; run the "
+                                  "model under torch.no_grad()")
+            steps = settled_loop(self._step_of(p.e, pos, mask, masked), z, s, b, settle_tol)
+            return torch.stack([self.read(z, p.read_at) for t, z, _ in steps
+                                if t > b - window])  # (window, B, n)
         preds = []
         for t in range(b):
             grad = t >= b - window and torch.is_grad_enabled()
@@ -486,13 +532,16 @@ class LoopedTransformer(InContextModel):
         s = torch.full_like(p.e, self.neutral) if self.cfg.skip_connection else None
         return z, s, self.wpe(p.slots)
 
-    def iterate(self, xs, ys, n_loops=None):
+    def iterate(self, xs, ys, n_loops=None, settle_tol=None):
         """Per loop ``t = 1..n_loops`` (default 1), with ``forward``'s set-up and step."""
         p = self.layout(xs, ys)
         z, s, pos = self.start(p)
-        for t in range(n_loops or 1):
-            z, s = self.step(z, p.e, s, pos), (z if s is not None else None)
-            yield t + 1, z, s
+        yield from settled_loop(self._step_of(p.e, pos), z, s, n_loops or 1, settle_tol)
+
+    def _step_of(self, e, pos, mask=None, masked=None):
+        """``step(idx, z, s)`` of :func:`settled_loop` for the prompts embedded as ``e``."""
+        return lambda idx, z, s: self.step(z, e if idx is None else e[idx], s, pos, mask,
+                                           masked)
 
     def unit_map(self, xs, ys):
         e = self.embed(xs, ys)

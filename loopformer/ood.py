@@ -235,17 +235,20 @@ def summary_position(n_scored: int, d: int) -> int:
 
 @torch.no_grad()
 def model_errors_on(model, p: Prompts, norm: float, spec, loops: list[int],
-                    batch_size: int) -> dict[str, torch.Tensor]:
-    """The model's normalised errors ``(P, m)`` per loop count on shifted prompts ``p``."""
+                    batch_size: int, settle_tol: float | None = None) -> dict[str, torch.Tensor]:
+    """The model's normalised errors ``(P, m)`` per loop count on shifted prompts ``p``
+    (``settle_tol``: :func:`~loopformer.scoring.model_errors`)."""
     if p.queries is None:
-        errors = model_errors(model, p.xs, p.ys, norm, spec, loops, batch_size)
+        errors = model_errors(model, p.xs, p.ys, norm, spec, loops, batch_size,
+                              settle_tol=settle_tol)
     elif model.cfg.mixer == "attention":  # all query positions as side tokens, one pass
         errors = model_errors(model, p.xs, p.ys, norm, spec, loops, batch_size,
-                              queries=p.queries, query_ys=p.query_ys)
+                              queries=p.queries, query_ys=p.query_ys, settle_tol=settle_tol)
     else:  # no mask for a recurrent mixer: one plain prompt per query position, one batch
         P, m = p.query_ys.shape
         xs, ys = per_position_prompts(p)
-        errors = model_errors(model, xs, ys, norm, spec, loops, batch_size)
+        errors = model_errors(model, xs, ys, norm, spec, loops, batch_size,
+                              settle_tol=settle_tol)
         errors = {k: e.view(P, m, -1).diagonal(dim1=1, dim2=2) for k, e in errors.items()
                   if k != "loop_curve"}
     errors.pop("loop_curve", None)
@@ -289,7 +292,7 @@ def evaluate_ood(model, spec, ev, device, loops: list[int]) -> dict:
                       round(shift.scale * 1000))
         p = shift.sample(spec.function, ev.n_prompts, n, d, g)
         norm = shift.normalizer(spec.function.normalizer(d))
-        errors = model_errors_on(model, p, norm, spec, loops, ev.batch_size)
+        errors = model_errors_on(model, p, norm, spec, loops, ev.batch_size, ev.settle_tol)
         kinds = dict.fromkeys(errors, "model")
         cpu = Prompts(*(t.cpu() if t is not None else None for t in p))
         for b in shift_baselines(shift, ev.predictors):

@@ -43,17 +43,21 @@ def load_model(run_dir: Path, spec: ScoredSettings, ckpt: str | None = "last") -
 @torch.no_grad()
 def model_errors(model: InContextModel, xs, ys, norm: float, spec: ScoredSettings,
                  loops: list[int], batch_size: int, queries=None,
-                 query_ys=None) -> dict[str, torch.Tensor]:
+                 query_ys=None, settle_tol: float | None = None) -> dict[str, torch.Tensor]:
     """Normalised squared errors ``(P, n)`` of the model at each loop count in ``loops`` (the
     first is the trained count), and ``loop_curve``: last-position error ``(P, L_max)``.
     With ``queries`` (P, m, d), the errors ``(P, m)`` at those side queries against
-    ``query_ys`` (:meth:`~loopformer.models.InContextModel.layout`)."""
+    ``query_ys`` (:meth:`~loopformer.models.InContextModel.layout`). With ``settle_tol``, a
+    looped model stops computing the prompts whose state has settled
+    (:func:`~loopformer.models.settled_loop`)."""
     out: dict[str, list] = {}
     trained = loops[0]
     L = max(loops)
     for i in range(0, xs.shape[0], batch_size):
         x, y = xs[i:i + batch_size], ys[i:i + batch_size]
         side = {} if queries is None else {"queries": queries[i:i + batch_size]}
+        if settle_tol is not None and spec.looped:  # a fixed depth has nothing to skip
+            side["settle_tol"] = settle_tol
         target = y if queries is None else query_ys[i:i + batch_size]
         if spec.looped:
             # one pass: the predictions after every iteration, nothing else kept

@@ -6,8 +6,15 @@ import torch
 from loopformer.analyze import algorithms as alg
 from loopformer.analyze.__main__ import main
 from loopformer.analyze.dynamics import PowerIteration, top_singular_value
-from loopformer.analyze.exits import exit_loops, oracle_headroom
-from loopformer.analyze.probes import ridge_probes
+from loopformer.analyze.exits import (
+    BEATS_ALL,
+    NO_THRESHOLD,
+    evaluate_rule,
+    exit_loops,
+    oracle_headroom,
+)
+from loopformer.analyze.probes import YangProbe, ridge_probes, yang_probes
+from loopformer.analyze.run import summary
 from loopformer.errors import ConfigError
 from loopformer.models import STOP_RULES, build_model
 
@@ -114,16 +121,48 @@ def test_jacobian_of_a_linear_map_matches_its_svd():
     torch.testing.assert_close(sigma, torch.linalg.svdvals(M)[:, 0], rtol=1e-6, atol=1e-8)
 
 
-def test_oracle_headroom_of_a_hand_made_table():
-    err = torch.tensor([[0.5, 0.1, 0.9],  # rows: depths 1..3, columns: prompts
-                        [0.2, 0.4, 0.3],
-                        [0.6, 0.3, 0.1]])
-    out = oracle_headroom(err)
-    # mean per depth: 0.5, 0.3, 0.3333 -> depth 2; oracle: (0.2 + 0.1 + 0.1) / 3
-    assert out["best_fixed_loop"] == 2
-    assert out["best_fixed_error"] == pytest.approx(0.3)
-    assert out["oracle_error"] == pytest.approx(0.4 / 3)
-    assert out["headroom"] == pytest.approx(0.3 - 0.4 / 3)
+def test_oracle_headroom_chooses_the_fixed_depth_on_the_calibration_prompts():
+    err = torch.tensor([[0.5, 0.1, 0.9, 0.2],  # rows: depths 1..3, columns: prompts
+                        [0.2, 0.4, 0.3, 0.6],
+                        [0.6, 0.3, 0.1, 0.1]])
+    calibration = torch.tensor([True, True, False, False])
+    out = oracle_headroom(err, calibration)
+    # calibration means per depth: 0.3, 0.3, 0.45 -> depth 1 (the first lowest), although
+    # the held-out prompts (2, 3) are best at depth 3 (0.1): scored there, 0.55
+    assert out["best_fixed_loop"] == 1
+    assert out["best_fixed_error"] == pytest.approx(0.55)
+    assert out["oracle_error"] == pytest.approx((0.1 + 0.1) / 2)  # held out, own best depth
+    assert out["headroom"] == pytest.approx(0.55 - 0.1)
+
+
+def test_exit_bookkeeping_by_hand():
+    """Two calibration and two held-out prompts, three loops; the threshold is chosen on the
+    calibration prompts and its verdict read on the held-out ones."""
+    nan = float("nan")
+    err = torch.tensor([[0.9, 0.9, 0.9, 0.9],
+                        [0.2, 0.2, 0.1, 0.1],
+                        [0.4, 0.4, 0.3, 0.3]])  # (L=3, P=4)
+    change = torch.tensor([[nan] * 4, [0.01, 0.5, 0.01, 0.01], [0.5, 0.5, 0.5, 0.5]])
+    calibration = torch.tensor([True, True, False, False])
+    out = evaluate_rule(err, change, [0.1], calibration, reference_loop=3)
+    # tol 0.1: exits 2, 3 (calibration: error (0.2 + 0.4) / 2 = 0.3 <= 0.4 at b = 3, 2.5
+    # loops) and 2, 2 held out: error 0.1 in 2 loops, below every held-out fixed depth
+    assert out["chosen_tol"] == 0.1
+    assert out["chosen"]["error"] == pytest.approx(0.1)
+    assert out["chosen"]["mean_loops"] == 2
+    assert out["chosen"]["fixed_loops_at_equal_error"] == 2  # fixed depth 2 is 0.1 too
+    assert out["verdict"] == "saves 0.0 loops"
+    err[1, 2:] = torch.tensor([0.05, 0.15])
+    change[1, 2:] = torch.tensor([0.01, 0.5])  # prompt 3 runs to loop 3: (0.05 + 0.3) / 2
+    beats = evaluate_rule(err, change, [0.1], calibration, 3)
+    assert beats["chosen"]["error"] == pytest.approx(0.175)
+    # held-out fixed depths: 0.9, 0.1, 0.3 -> depth 2 reaches 0.175: saves 2 - 2.5 < 0
+    assert beats["verdict"] == "costs 0.5 loops"
+    err[1, 2:] = torch.tensor([0.05, 0.5])  # fixed depth 2: 0.275 > 0.175; depth 3: 0.3
+    assert evaluate_rule(err, change, [0.1], calibration, 3)["verdict"] == BEATS_ALL
+    # a reference error no threshold reaches on the calibration prompts
+    none = evaluate_rule(err, change, [0.1], calibration, reference_loop=2)
+    assert none["chosen"] is None and none["verdict"] == NO_THRESHOLD
 
 
 def test_exit_loops_follow_the_first_change_below_tol():
@@ -211,10 +250,25 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
     assert two_d["clipped"] == (2 * r["n_dims"] > r["n_points"] - 1)
     assert two_d["k"] == min(2 * r["n_dims"], r["n_points"] - 1)
     assert sorted(r["dynamics"]["jacobian"]["sigma"]) == ["1", "12", "3"]
+    b = r["trained_depth"]
+    classes = r["dynamics"]["classes"]["at"]
+    assert list(classes) == [str(t) for t in sorted({b, 5 * b, 20 * b, 12}) if t <= 12]
+    printed = summary(r)  # what python -m loopformer.analyze logs
+    assert f"loop {b}: fixed point {classes[str(b)]['fixed']:.1%}, cycle" in printed
+    for shares in classes.values():  # every prompt in exactly one class
+        assert shares["fixed"] + shares["cycle"] + shares["moving"] == pytest.approx(1)
+    sc = r["dynamics"]["state_change"]
+    assert all(m <= q <= x for m, q, x in zip(sc["median"], sc["p90"], sc["max"], strict=True))
+    for s in r["dynamics"]["jacobian"]["sigma"].values():
+        assert s["at_fixed_points"]["n"] + s["elsewhere"]["n"] == 16
     assert {"newton", "gd_step=1/L"} <= set(r["match"]["algorithms"])
     for png in ("dynamics", "match_heatmaps", "match_k_star", "exit", "probe"):
         assert (looped / "analysis" / f"{png}.png").stat().st_size > 1000
     assert main([f"run={tf}", "n_prompts=64", "parts=[dynamics]"]) == 2  # not defined
+    assert main([f"run={looped}", "n_prompts=64", "parts=[probe]", "probe=yang",
+                 "probe_epochs=5"]) == 0
+    yang = json.loads((looped / "analysis" / "analysis.json").read_text())["probe"]
+    assert yang["kind"] == "yang" and len(yang["targets"]["xty_over_n"]["mse"]) == b + 1
     assert main([f"study={study}", "n_prompts=64", "max_loops=12"]) == 0
     rep = json.loads((study / "analysis.json").read_text())
     assert set(rep["variants"]) == {"looped", "transformer"}
@@ -227,7 +281,6 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
     from loopformer.results.study_plots import plot_analysis_by_variant
 
     rec, rec_tf = record(r), record(tr)
-    b = r["trained_depth"]
     assert rec["dynamics"]["loops"] == depth_grid(12, b)
     assert rec["dynamics"]["loops"][: 2 * b] == list(range(1, 2 * b + 1))
     assert rec["dynamics"]["loops"][-1] == 12
@@ -240,6 +293,10 @@ def test_end_to_end_looped_and_transformer_and_study(tiny_runs):
                       "analysis": rec_tf}]}
     rows = table_analysis(data, {"part": "dynamics"})
     assert rows[3].startswith("| transformer | 1 | not defined: its layers are distinct maps")
+    shares = table_analysis(data, {"part": "classes"})[2]
+    assert shares.startswith(f"| looped | 1 | {b}: ") and " / " in shares
+    per_seed = table_analysis(data, {"part": "exit_seeds"})
+    assert len(per_seed) == 3 and per_seed[2].startswith("| looped | 1 | yes |")
     pngs = plot_analysis_by_variant(data, study / "plots")
     assert [p.name for p in pngs] == [f"analysis_tiny_{part}.png"
                                       for part in ("dynamics", "k_star", "probe")]
@@ -307,3 +364,24 @@ def test_analysis_tables_by_hand():
     assert cost == "| v | 3 | 64 | 1 | - | - | - | - | 2 |"  # every analysed run
     with pytest.raises(ConfigError, match=r"part=nope must be one of"):
         table_analysis(data, {"part": "nope"})
+
+
+def known_states(N, constant=False, seed=0):
+    """States (U=2, N, T=6, C=8): unit 0 holds the target (N, 3) linearly at position 3
+    (mixed by a fixed matrix), unit 1 only noise."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.ones(N, 3) if constant else torch.randn(N, 3, generator=g)
+    mix = torch.randn(3, 8, generator=torch.Generator().manual_seed(99))
+    states = torch.randn(2, N, 6, 8, generator=g)
+    states[0, :, 3] = target @ mix
+    return states, target.unsqueeze(0)  # (U, N, T, C), (K=1, N, D)
+
+
+def test_yang_probe_finds_a_target_held_at_one_position():
+    train, test, cfg = known_states(256), known_states(256, seed=1), YangProbe(epochs=200, lr=3e-2)
+    out = yang_probes(*train, *test, cfg)
+    assert out["relative"][0, 0] < 0.05  # the target is there: read almost exactly
+    assert out["relative"][1, 0] > 0.9  # noise: no better than the mean
+    # the control: probes trained where the target never varies, tested on the real prompts
+    control = yang_probes(*known_states(256, constant=True), *test, cfg)
+    assert control["relative"][0, 0] > 0.9

@@ -62,36 +62,82 @@ def top_singular_value(fn, primals: tuple[torch.Tensor, ...],
     return sigma, n_iter
 
 
+MAX_PERIOD = 8  # the longest cycle told apart from a moving state
+CLASS_WINDOW = 3  # loops, ending at the analysed one, over which a class must hold
+MOVING = 0  # the period of a prompt neither at a fixed point (period 1) nor in a cycle
+
+
 @dataclass
 class Trajectory:
-    """Per unit of depth ``t = 1..L`` (row ``t-1``) for ``P`` prompts: the predictions, and
-    each stopping rule's change from ``t-1`` to ``t`` (row 0 is NaN). Hidden states are not
-    kept: each is dropped once the next one is computed."""
+    """Per unit of depth ``t = 1..L`` (row ``t-1``) for ``P`` prompts: the predictions, each
+    stopping rule's change from ``t-1`` to ``t`` (row 0 is NaN), and the relative distance
+    ``||z_t - z_{t-p}|| / ||z_t||`` to the state ``p = 1..MAX_PERIOD`` units back (NaN before
+    unit ``p + 1``; ``p = 1`` is the state rule's change). Hidden states are not kept: each
+    is dropped once ``MAX_PERIOD`` later ones are computed."""
 
     preds: torch.Tensor  # (L, P, n)
     changes: dict[str, torch.Tensor]  # rule name -> (L, P)
+    returns: torch.Tensor  # (L, P, MAX_PERIOD)
     sigma: dict[int, torch.Tensor] = field(default_factory=dict)  # loop -> (P_jac,)
     sigma_iters: dict[int, int] = field(default_factory=dict)
+
+
+def return_distances(history: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """``(B, MAX_PERIOD)``: ``||z - history[-p]|| / ||z||`` for ``p = 1..MAX_PERIOD`` (NaN
+    where ``history`` is shorter)."""
+    scale = z.flatten(1).norm(dim=1).clamp_min(torch.finfo(z.dtype).tiny)  # (B,)
+    out = torch.full((z.shape[0], MAX_PERIOD), float("nan"), device=z.device)
+    for p, past in enumerate(reversed(history[-MAX_PERIOD:]), start=1):
+        out[:, p - 1] = (z - past).flatten(1).norm(dim=1) / scale
+    return out
+
+
+def periods(returns: torch.Tensor, t: int, tol: float,
+            window: int = CLASS_WINDOW) -> torch.Tensor:
+    """Per prompt ``(P,)`` at unit ``t`` (1-based) of ``returns`` (L, P, MAX_PERIOD): 1 at a
+    fixed point (relative change below ``tol`` at each of the ``window`` units ending at
+    ``t``), ``p`` in a cycle (the smallest ``p <= MAX_PERIOD`` whose distance to the state
+    ``p`` units back stays below ``tol`` over the window while the one-step change does
+    not), :data:`MOVING` (0) otherwise."""
+    rows = returns[max(0, t - window):t]  # (w, P, MAX_PERIOD)
+    holds = (rows < tol).all(dim=0) & (len(rows) == window)  # (P, MAX_PERIOD); NaN: False
+    first = holds.to(torch.int8).argmax(dim=1) + 1  # (P,)
+    return torch.where(holds.any(dim=1), first, MOVING)
+
+
+def class_shares(period: torch.Tensor) -> dict:
+    """The share of prompts at a fixed point, in a cycle (and per period) and moving."""
+    P = period.numel()
+    cycles = {str(p): float((period == p).sum()) / P for p in range(2, MAX_PERIOD + 1)
+              if (period == p).any()}
+    return {"fixed": float((period == 1).sum()) / P, "cycle": float((period > 1).sum()) / P,
+            "moving": float((period == MOVING).sum()) / P, "cycle_periods": cycles}
 
 
 @torch.no_grad()
 def trajectory(model: InContextModel, xs, ys, n_loops: int, batch_size: int,
                jacobian_loops: tuple[int, ...] = (), jacobian_prompts: int = 32,
-               power: PowerIteration | None = None) -> Trajectory:
+               power: PowerIteration | None = None,
+               settle_tol: float | None = None) -> Trajectory:
     """Run ``model.iterate`` for ``n_loops`` units on all prompts, in batches. At each loop
     in ``jacobian_loops``, the top singular value of the Jacobian of the next unit's map at
-    the state reached (the first ``jacobian_prompts`` prompts)."""
+    the state reached (the first ``jacobian_prompts`` prompts). With ``settle_tol``, settled
+    prompts are carried forward (:func:`~loopformer.models.settled_loop`): their changes
+    read 0 from then on."""
     P, n = ys.shape
     power = power or PowerIteration()
     preds = torch.empty(n_loops, P, n)
     changes = {name: torch.full((n_loops, P), float("nan")) for name in STOP_RULES}
-    out = Trajectory(preds, changes)
+    out = Trajectory(preds, changes, torch.empty(n_loops, P, MAX_PERIOD))
     for i in range(0, P, batch_size):
         x, y = xs[i:i + batch_size], ys[i:i + batch_size]
         prev_z = prev_pred = None
-        for t, z, s in model.iterate(x, y, n_loops):
+        history: list[torch.Tensor] = []  # the last MAX_PERIOD states
+        for t, z, s in model.iterate(x, y, n_loops, settle_tol=settle_tol):
             pred = model.read(z)  # (b, n)
             preds[t - 1, i:i + len(x)] = pred.float().cpu()
+            out.returns[t - 1, i:i + len(x)] = return_distances(history, z).float().cpu()
+            history = [*history[-MAX_PERIOD + 1:], z]
             if prev_z is not None:
                 for name, rule in STOP_RULES.items():
                     changes[name][t - 1, i:i + len(x)] = rule.change(

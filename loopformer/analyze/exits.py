@@ -16,15 +16,17 @@ def exit_loops(change: torch.Tensor, tol: float) -> torch.Tensor:
     return torch.where(below.any(dim=0), first, change.shape[0])
 
 
-def oracle_headroom(err: torch.Tensor) -> dict:
-    """For per-prompt errors ``err`` (L, P) at each depth: the best single fixed depth (lowest
-    mean error), the oracle's mean error (each prompt at its own best depth) and the headroom
+def oracle_headroom(err: torch.Tensor, calibration: torch.Tensor) -> dict:
+    """For per-prompt errors ``err`` (L, P) at each depth: the best single fixed depth (the
+    lowest mean error on the ``calibration`` prompts (P,)), its error on the held-out
+    prompts, the oracle's held-out error (each prompt at its own best depth) and the headroom
     between them (what a perfect per-prompt exit could gain)."""
-    mean = err.mean(dim=1)  # (L,)
-    best = int(mean.argmin())
-    oracle = float(err.min(dim=0).values.mean())
-    return {"best_fixed_loop": best + 1, "best_fixed_error": float(mean[best]),
-            "oracle_error": oracle, "headroom": float(mean[best]) - oracle}
+    held = err[:, ~calibration]  # (L, P_held)
+    best = int(err[:, calibration].mean(dim=1).argmin())
+    oracle = float(held.min(dim=0).values.mean())
+    fixed = float(held[best].mean())
+    return {"best_fixed_loop": best + 1, "chosen_on": "calibration", "best_fixed_error": fixed,
+            "oracle_error": oracle, "headroom": fixed - oracle}
 
 
 def _at_exit(err: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
@@ -39,6 +41,20 @@ def _summary(err: torch.Tensor, exits: torch.Tensor) -> dict:
             "exit_quantiles": {q: float(depth.quantile(float(q))) for q in
                                ("0.1", "0.5", "0.9")},
             "exit_histogram": {str(t + 1): int(c) for t, c in enumerate(counts.tolist()) if c}}
+
+
+NO_THRESHOLD = "no threshold reached the error at b on the calibration split"
+BEATS_ALL = "beats every fixed depth"
+
+
+def verdict(chosen: dict | None) -> str:
+    """What the chosen threshold's held-out figures say against the fixed depths."""
+    if chosen is None:
+        return NO_THRESHOLD
+    if chosen["fixed_loops_at_equal_error"] is None:
+        return BEATS_ALL
+    saved = chosen["loops_saved_at_equal_error"]
+    return f"saves {saved:.1f} loops" if saved >= 0 else f"costs {-saved:.1f} loops"
 
 
 def evaluate_rule(err: torch.Tensor, change: torch.Tensor, thresholds: list[float],
@@ -73,4 +89,6 @@ def evaluate_rule(err: torch.Tensor, change: torch.Tensor, thresholds: list[floa
     return {"thresholds": rows, "reference_loop": reference_loop,
             "calibration_reference_error": reference,
             "chosen_tol": None if chosen is None else chosen["tol"],
-            "chosen": None if chosen is None else chosen["held_out"]}
+            "chosen": None if chosen is None else chosen["held_out"],
+            "verdict": verdict(None if chosen is None else chosen["held_out"]),
+            "best_fixed_held_out": float(fixed_held.min())}

@@ -13,9 +13,17 @@ from typing import Any
 import torch
 
 from loopformer.analyze import algorithms as alg
-from loopformer.analyze.dynamics import PowerIteration, first_below, trajectory
+from loopformer.analyze.dynamics import (
+    CLASS_WINDOW,
+    MAX_PERIOD,
+    PowerIteration,
+    class_shares,
+    first_below,
+    periods,
+    trajectory,
+)
 from loopformer.analyze.exits import evaluate_rule, oracle_headroom
-from loopformer.analyze.probes import LAMBDAS, ridge_probes
+from loopformer.analyze.probes import LAMBDAS, YangProbe, ridge_probes, yang_probes
 from loopformer.cli import option
 from loopformer.config import Settings, check_device
 from loopformer.data import generator
@@ -29,6 +37,7 @@ from loopformer.stats import bootstrap_band
 log = logging.getLogger(__name__)
 
 PARTS = ("dynamics", "match", "probe", "exit")
+PROBES = ("linear", "yang")
 LINEAR_TASKS = ("linear_regression", "noisy_linear_regression", "sparse_linear_regression")
 GD_STEPS = (0.1, 0.5, 1.0)  # gradient-descent step sizes, in units of 1/L
 GD_LAST = 5000  # the largest gradient-descent iteration count matched
@@ -56,6 +65,17 @@ class Options:
     seed: int = option(0, "the prompts' seed")
     device: str | None = option(None, "cpu | cuda (null: the GPU if there is one)")
     ckpt: str = option("last", "the checkpoint: last | step=N | a path")
+    class_tol: float = option(1e-4, "a prompt is at a fixed point where its relative state "
+                                    f"change stays below this for {CLASS_WINDOW} loops; in a "
+                                    f"cycle of period p <= {MAX_PERIOD} where its distance to "
+                                    f"the state p loops back does")
+    probe: str = option("linear", "linear (ridge on the x token of position k) | yang "
+                                  "(Yang et al.: weighting over positions + MLP)")
+    probe_epochs: int = option(YangProbe.epochs, "probe=yang: full-batch Adam steps per probe "
+                                                 "(Yang et al.: 10,000)")
+    settle_tol: float | None = option(None, "the trajectory stops computing a prompt whose "
+                                            "relative state change stayed below this "
+                                            "(null: every prompt, every loop)")
 
     def __post_init__(self):
         if (self.run is None) == (self.study is None):
@@ -70,6 +90,14 @@ class Options:
         if self.n_prompts < 16:
             raise ConfigError(f"n_prompts={self.n_prompts} must be >= 16 (calibration, "
                               f"held-out and probe splits)")
+        for key in ("class_tol", "settle_tol"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value < 1:
+                raise ConfigError(f"{key}={value} must be in (0, 1): a relative state change")
+        if self.probe not in PROBES:
+            raise ConfigError(f"probe={self.probe} must be one of {', '.join(PROBES)}")
+        if self.probe_epochs < 1:
+            raise ConfigError(f"probe_epochs={self.probe_epochs} must be >= 1")
         if self.max_loops is not None and self.max_loops < 1:
             raise ConfigError(f"max_loops={self.max_loops} must be >= 1")
         if self.device is not None:
@@ -125,24 +153,59 @@ def _positions(n: int, d: int) -> dict[str, dict]:
     return out
 
 
+def analysed_loops(b: int, last: int) -> list[int]:
+    """The loops the per-prompt classes are read at: b, 5b, 20b and the last."""
+    return sorted({t for t in (b, 5 * b, 20 * b) if t <= last} | {last})
+
+
+def _mean_of(values: torch.Tensor) -> dict:
+    return {"n": values.numel(), "mean": float(values.mean()) if values.numel() else None}
+
+
+def _sigma(traj, tol: float) -> dict:
+    """Per Jacobian loop: sigma over the prompts, and apart at fixed points and elsewhere."""
+    out = {}
+    for t, s in sorted(traj.sigma.items()):
+        fixed = periods(traj.returns[:, :len(s)], t, tol) == 1  # (P_jac,)
+        out[str(t)] = {"mean": float(s.mean()), "median": float(s.median()),
+                       "max": float(s.max()), "iterations": traj.sigma_iters[t],
+                       "at_fixed_points": _mean_of(s[fixed]), "elsewhere": _mean_of(s[~fixed])}
+    return out
+
+
+def state_change_spread(change: torch.Tensor) -> dict:
+    """Per loop, over prompts, of ``change`` (L, P): mean, median, 90th percentile, max."""
+    q = change.nanquantile(torch.tensor([0.5, 0.9], dtype=change.dtype), dim=1)  # (2, L)
+    return {"mean": change.nanmean(dim=1).tolist(), "median": q[0].tolist(),
+            "p90": q[1].tolist(), "max": change.nan_to_num(0).amax(dim=1).tolist()}
+
+
 def dynamics_part(traj, err, spec, opts, jac) -> dict:
     n, d = spec.curriculum.final.n_points, spec.curriculum.final.n_dims
     curves = {}
     for name, pos in _positions(n, d).items():
         curves[name] = {**pos, **_band(err[:, :, pos["k"]].T, spec, opts.seed)}
-    change = traj.changes["state"][1:].nanmean(dim=1).tolist()  # loops 2..L
-    sigma = {str(t): {"mean": float(s.mean()), "median": float(s.median()),
-                      "max": float(s.max()), "iterations": traj.sigma_iters[t]}
-             for t, s in sorted(traj.sigma.items())}
-    below = first_below(change, CONVERGED)
+    spread = state_change_spread(traj.changes["state"][1:])  # loops 2..L
+    below = first_below(spread["mean"], CONVERGED)
     if below["loop"] != "never":
         below["loop"] += 1  # the curve starts at loop 2
+    L = traj.returns.shape[0]
+    classes = {str(t): class_shares(periods(traj.returns, t, opts.class_tol))
+               for t in analysed_loops(trained_depth(spec), L)}
     return {"error": curves,
-            "state_change": {"loops": list(range(2, len(change) + 2)), "mean": change,
+            "state_change": {"loops": list(range(2, L + 1)), **spread,
                              "space": "after the final LayerNorm (what the read-out sees)"},
             "converged_below": {"level": CONVERGED, **below},
+            "classes": {"tol": opts.class_tol, "window": CLASS_WINDOW,
+                        "max_period": MAX_PERIOD, "settle_tol": opts.settle_tol,
+                        "rule": f"per prompt at loop t: fixed point where ||z_s - z_(s-1)|| / "
+                                f"||z_s|| < tol for the {CLASS_WINDOW} loops s ending at t; "
+                                f"else a cycle of the smallest period p <= {MAX_PERIOD} where "
+                                f"||z_s - z_(s-p)|| / ||z_s|| < tol over them; else moving",
+                        "at": classes},
             "jacobian": {"at": "the state after loop t (the map to loop t+1)",
-                         "prompts": jac["prompts"], **jac["power"], "sigma": sigma}}
+                         "prompts": jac["prompts"], **jac["power"],
+                         "sigma": _sigma(traj, opts.class_tol)}}
 
 
 def match_part(model_preds: torch.Tensor, xs, ys) -> dict:
@@ -183,9 +246,31 @@ def exit_part(err_last: torch.Tensor, traj, b: int, seed: int) -> dict:
     return {"error": "normalised squared error at the last position",
             "split": {"calibration": int(calibration.sum()), "held_out": int(held.sum())},
             "fixed_depth_held_out": err_last[:, held].mean(dim=1).tolist(),
-            "oracle_held_out": oracle_headroom(err_last[:, held]),
+            "oracle_held_out": oracle_headroom(err_last, calibration),
             "default_tol": {name: r.default_tol for name, r in STOP_RULES.items()},
             "rules": rules}
+
+
+def _probe_targets(x, y, d: int) -> dict[str, torch.Tensor]:
+    """Per position k ``(P, n, d)``: the min-norm least-squares weights of the k examples
+    before it, and their ``X_k^T y_k``."""
+    pre = alg.prefixes(x.cpu(), y.cpu())
+    keep = alg._rank_mask(pre.eigvals)
+    inv = torch.where(keep, 1 / pre.eigvals.clamp_min(1e-300), 0.0)
+    coef = torch.einsum("pnij,pni->pnj", pre.eigvecs, pre.xty)
+    w_ls = torch.einsum("pnij,pnj->pni", pre.eigvecs, inv * coef)  # (P, n, d)
+    return {"least_squares_w": w_ls[..., :d], "xty": pre.xty[..., :d]}
+
+
+def _control_ys(xs, d: int) -> torch.Tensor:
+    """``(P, n)``: the fixed function w = 1 on the active dims, at the prompts' x."""
+    ones = torch.zeros(xs.shape[-1], device=xs.device)
+    ones[:d] = 1
+    return xs @ ones
+
+
+PROBE_CONTROL = ("probes fitted on prompts of the fixed function w = 1, tested on the held-out "
+                 "prompts")
 
 
 @torch.no_grad()
@@ -199,18 +284,12 @@ def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch:
     n_train = int(PROBE_TRAIN * P)
     ks = {"least_squares_w": list(range(1, min(d, n - 1) + 1)),
           "xty_over_k": list(range(1, n))}
-    ones = torch.zeros(xs.shape[-1], device=xs.device)
-    ones[:d] = 1
-    ys_control = xs @ ones  # (P, n): the fixed function w = 1 on the active dims
+    ys_control = _control_ys(xs, d)
 
     def targets(x, y):
-        pre = alg.prefixes(x.cpu(), y.cpu())
-        keep = alg._rank_mask(pre.eigvals)
-        inv = torch.where(keep, 1 / pre.eigvals.clamp_min(1e-300), 0.0)
-        coef = torch.einsum("pnij,pni->pnj", pre.eigvecs, pre.xty)
-        w_ls = torch.einsum("pnij,pnj->pni", pre.eigvecs, inv * coef)  # (P, n, d)
-        xty = pre.xty / pre.counts.clamp_min(1).view(1, -1, 1)
-        return {"least_squares_w": w_ls[..., :d], "xty_over_k": xty[..., :d]}
+        t = _probe_targets(x, y, d)
+        counts = torch.arange(n).clamp_min(1).view(1, -1, 1)
+        return {"least_squares_w": t["least_squares_w"], "xty_over_k": t["xty"] / counts}
 
     def states(y):
         """Features per unit: (depth, P, n, C) at the x tokens, one unit at a time."""
@@ -222,13 +301,12 @@ def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch:
 
     tgt, tgt_ctl = targets(xs, ys), targets(xs, ys_control)
     real, control = states(ys), states(ys_control)
-    out = {"split": {"train": n_train, "test": P - n_train},
+    out = {"kind": "linear", "split": {"train": n_train, "test": P - n_train},
            "budget": f"closed-form ridge, one probe per {spec.model.family} unit and k; "
                      f"penalty from {list(LAMBDAS)} x the mean feature variance, chosen on "
                      f"the last 20% of the training prompts",
            "feature": "state after the final LayerNorm at the x token of position k",
-           "control": "probes fitted on prompts of the fixed function w = 1, tested on the "
-                      "held-out prompts", "targets": {}}
+           "control": PROBE_CONTROL, "targets": {}}
     for name, k_list in ks.items():
         k_idx = torch.tensor(k_list)
         rows = {"mse": [], "relative": [], "control_mse": [], "control_relative": [],
@@ -242,11 +320,67 @@ def probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch:
             ctl_y = tgt_ctl[name][:, k_idx].transpose(0, 1)
             ctl = ridge_probes(ctl_feats[:, :n_train], ctl_y[:, :n_train],
                                feats[:, n_train:], y_t[:, n_train:])
-            rows["mse"].append(float(fit["mse"].mean()))
-            rows["relative"].append(float(fit["relative"].mean()))
-            rows["chance_mse"].append(float(fit["chance_mse"].mean()))
-            rows["control_mse"].append(float(ctl["mse"].mean()))
-            rows["control_relative"].append(float(ctl["relative"].mean()))
+            _append(rows, fit, ctl)
+        out["targets"][name] = {"k": k_list, **rows}
+    return out
+
+
+def _append(rows: dict[str, list], fit: dict, ctl: dict) -> None:
+    """One unit's probe figures, each the mean over its probes (targets k)."""
+    rows["mse"].append(float(fit["mse"].mean()))
+    rows["relative"].append(float(fit["relative"].mean()))
+    rows["chance_mse"].append(float(fit["chance_mse"].mean()))
+    rows["control_mse"].append(float(ctl["mse"].mean()))
+    rows["control_relative"].append(float(ctl["relative"].mean()))
+
+
+@torch.no_grad()
+def yang_probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, batch: int,
+                    cfg: YangProbe) -> dict:
+    """Yang et al.'s probes (:class:`YangProbe`) per unit ``0..depth`` (0: the read-in
+    embedding, the loop's input at z = 0) on the state at every token, for their targets: the
+    least-squares weights of the first k = 1..d examples (``w_OLS``, min-norm below d) and
+    ``X_k^T y_k / n`` for k = 1..n-1 (their ``grad``, divided by the prompt length n). The
+    figure per unit is the mean over its targets of the held-out squared error per
+    coordinate, as their curve; the control trains on prompts of w = 1."""
+    P, n = ys.shape
+    d = spec.curriculum.final.n_dims
+    n_train = int(PROBE_TRAIN * P)
+    ks = {"least_squares_w": list(range(1, min(d, n - 1) + 1)), "xty_over_n": list(range(1, n))}
+
+    def targets(y):
+        t = _probe_targets(xs, y, d)
+        return {"least_squares_w": t["least_squares_w"], "xty_over_n": t["xty"] / n}
+
+    def states(y):
+        """(depth + 1, P, 2n, C): every token's state per unit."""
+        out = torch.empty(depth + 1, P, 2 * n, model.cfg.n_embd)
+        for i in range(0, P, batch):
+            x_b, y_b = xs[i:i + batch], y[i:i + batch]
+            out[0, i:i + len(x_b)] = model.embed(x_b, y_b).float().cpu()
+            for t, z, _ in model.iterate(x_b, y_b, depth):
+                out[t, i:i + len(x_b)] = z.float().cpu()
+        return out
+
+    y_ctl = _control_ys(xs, d)
+    tgt, tgt_ctl = targets(ys), targets(y_ctl)
+    real, control = states(ys), states(y_ctl)
+    out = {"kind": "yang", "split": {"train": n_train, "test": P - n_train},
+           "units": list(range(depth + 1)), "budget": cfg.to_dict(),
+           "feature": "state after the final LayerNorm at every token (unit 0: the read-in "
+                      "embedding), pooled by a learned softmax weighting over positions",
+           "control": PROBE_CONTROL, "targets": {}}
+    for name, k_list in ks.items():
+        k_idx = torch.tensor(k_list)
+        y_t = tgt[name][:, k_idx].transpose(0, 1)  # (K, P, d)
+        ctl_y = tgt_ctl[name][:, k_idx].transpose(0, 1)
+        rows = {"mse": [], "relative": [], "control_mse": [], "control_relative": [],
+                "chance_mse": []}
+        for u in range(depth + 1):  # one unit at a time bounds the pooled states' memory
+            test = (real[u:u + 1, n_train:], y_t[:, n_train:])
+            fit = yang_probes(real[u:u + 1, :n_train], y_t[:, :n_train], *test, cfg)
+            ctl = yang_probes(control[u:u + 1, :n_train], ctl_y[:, :n_train], *test, cfg)
+            _append(rows, fit, ctl)
         out["targets"][name] = {"k": k_list, **rows}
     return out
 
@@ -275,7 +409,8 @@ def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[s
         jac_loops = tuple(sorted({t for t in (1, b, 5 * b, max_loops) if t <= max_loops}))
         power = PowerIteration(seed=opts.seed)
         traj = trajectory(model, xs, ys, max_loops, batch,
-                          jac_loops if "dynamics" in parts else (), JACOBIAN_PROMPTS, power)
+                          jac_loops if "dynamics" in parts else (), JACOBIAN_PROMPTS, power,
+                          opts.settle_tol)
         err = (traj.preds - ys.cpu()).square() / norm  # (L, P, n)
         result["max_loops"] = max_loops
         result["kept"] = (f"per {unit} and prompt: the predictions and each stopping rule's "
@@ -295,7 +430,10 @@ def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[s
         result["seconds"]["exit"] = time.perf_counter() - start
     if "probe" in parts:
         start = time.perf_counter()
-        result["probe"] = probe_part(model, spec, xs, ys, b, batch)
+        result["probe"] = (
+            yang_probe_part(model, spec, xs, ys, b, batch,
+                            YangProbe(epochs=opts.probe_epochs, seed=opts.seed))
+            if opts.probe == "yang" else probe_part(model, spec, xs, ys, b, batch))
         result["seconds"]["probe"] = time.perf_counter() - start
     return result
 
@@ -311,8 +449,9 @@ def summary(r: dict) -> str:
         loop = dyn["converged_below"]["loop"]
         below = "never" if loop == "never" else f"from loop {loop}"
         lines.append(f"dynamics: error at the last position {last[b - 1]:.4f} at {b}, "
-                     f"{last[-1]:.4f} at {len(last)}; state change < {CONVERGED:g}: {below}; "
-                     f"Jacobian sigma {sig}")
+                     f"{last[-1]:.4f} at {len(last)}; mean state change < {CONVERGED:g}: "
+                     f"{below}; Jacobian sigma {sig}")
+        lines += _class_lines(dyn)
     if "match" in r:
         for name, a in r["match"]["algorithms"].items():
             ks = a["k_star"]
@@ -322,20 +461,46 @@ def summary(r: dict) -> str:
     if "exit" in r:
         ex = r["exit"]
         o = ex["oracle_held_out"]
-        lines.append(f"exit: best fixed depth {o['best_fixed_loop']} ({o['best_fixed_error']:.4f}),"
+        lines.append(f"exit: best fixed depth (chosen on calibration) {o['best_fixed_loop']} "
+                     f"({o['best_fixed_error']:.4f} held out),"
                      f" oracle {o['oracle_error']:.4f}, headroom {o['headroom']:.4f}")
         for name, rule in ex["rules"].items():
             c = rule["chosen"]
             lines.append(f"exit {name}: " + ("no threshold matched the trained depth on the "
                                              "calibration split" if c is None else
                                              f"tol={rule['chosen_tol']:g}: error {c['error']:.4f}"
-                                             f" in {c['mean_loops']:.1f} loops (held out)"))
+                                             f" in {c['mean_loops']:.1f} loops (held out): "
+                                             f"{rule['verdict']}"))
     if "probe" in r:
         for name, t in r["probe"]["targets"].items():
             rel = t["relative"]
             lines.append(f"probe {name}: relative error {rel[0]:.3f} -> {rel[-1]:.3f} "
                          f"(control {t['control_relative'][-1]:.3f})")
     return "\n".join(lines)
+
+
+def _class_lines(dyn: dict) -> list[str]:
+    """The printed per-prompt classes and state-change spread at the analysed loops."""
+    c, sc = dyn["classes"], dyn["state_change"]
+    lines = [f"dynamics per prompt (tol {c['tol']:g} over {c['window']} loops, periods <= "
+             f"{c['max_period']}):"]
+    for t, sh in c["at"].items():
+        i = int(t) - 2  # the state-change curves start at loop 2
+        spread = ("" if i < 0 else f"; state change median {sc['median'][i]:.2e}, 90% "
+                  f"{sc['p90'][i]:.2e}, max {sc['max'][i]:.2e}")
+        periods_ = ", ".join(f"p={p}: {v:.1%}" for p, v in sh["cycle_periods"].items())
+        lines.append(f"  loop {t}: fixed point {sh['fixed']:.1%}, cycle {sh['cycle']:.1%}"
+                     + (f" ({periods_})" if periods_ else "") + f", moving {sh['moving']:.1%}"
+                     + spread)
+    fix = {t: s["at_fixed_points"] for t, s in dyn["jacobian"]["sigma"].items()}
+    lines.append("  Jacobian sigma at fixed points / elsewhere: " + "; ".join(
+        f"t={t}: {_fmt(f['mean'])} (n={f['n']}) / "
+        f"{_fmt(dyn['jacobian']['sigma'][t]['elsewhere']['mean'])}" for t, f in fix.items()))
+    return lines
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def analyze_run(opts: Options) -> dict:

@@ -153,6 +153,9 @@ def headline(r: dict) -> dict[str, float]:
         out["state change < 1e-3 from"] = float("nan") if loop == "never" else float(loop)
         for t, s in dyn["jacobian"]["sigma"].items():
             out[f"sigma at {t}"] = s["mean"]
+        for t, shares in dyn.get("classes", {}).get("at", {}).items():
+            for k in ("fixed", "cycle", "moving"):
+                out[f"share {k} at {r['unit']} {t}"] = shares[k]
     if "match" in r:
         for name, a in r["match"]["algorithms"].items():
             t = min(b, len(a["k_star"])) - 1

@@ -43,15 +43,28 @@ def record(r: dict) -> dict:
 def _dynamics(dyn: dict, b: int) -> dict:
     n = len(dyn["error"]["last"]["mean"])
     grid = depth_grid(n, b)
-    return {
+    out = {
         "loops": grid,
         "error": {name: {"k": c["k"], "mean": _on(c["mean"], grid)}
                   for name, c in dyn["error"].items()},
         "state_change": _on(dyn["state_change"]["mean"], grid, offset=2),
         "converged_below": dyn["converged_below"],
-        "sigma": {t: {"mean": _r(s["mean"]), "max": _r(s["max"])}
+        "sigma": {t: {"mean": _r(s["mean"]), "max": _r(s["max"]),
+                      **{k: {"n": s[k]["n"], "mean": _r(s[k]["mean"])}
+                         for k in ("at_fixed_points", "elsewhere") if k in s}}
                   for t, s in dyn["jacobian"]["sigma"].items()},
         "jacobian": {k: v for k, v in dyn["jacobian"].items() if k != "sigma"}}
+    if "classes" in dyn:  # per prompt (analyses from issue 32 on)
+        sc = dyn["state_change"]
+        out["state_change_spread"] = {q: _on(sc[q], grid, offset=2)
+                                      for q in ("median", "p90", "max")}
+        c = dyn["classes"]
+        out["classes"] = {**{k: c[k] for k in ("tol", "window", "max_period", "settle_tol")},
+                          "at": {t: {k: _r(v) if isinstance(v, float) else
+                                     {p: _r(x) for p, x in v.items()}
+                                     for k, v in sh.items()}
+                                 for t, sh in c["at"].items()}}
+    return out
 
 
 def _match(m: dict, b: int) -> dict:
@@ -72,6 +85,7 @@ def _exit(ex: dict, b: int) -> dict:
         c = rule["chosen"]
         rules[name] = {"chosen_tol": rule["chosen_tol"],
                        "reference_loop": rule["reference_loop"],
+                       **{k: rule[k] for k in ("verdict", "best_fixed_held_out") if k in rule},
                        "chosen": None if c is None else {
                            k: (_r(c[k]) if isinstance(c[k], float) else c[k])
                            for k in ("error", "mean_loops", "fixed_loops_at_equal_error",
@@ -84,5 +98,6 @@ def _exit(ex: dict, b: int) -> dict:
 
 def _probe(p: dict, b: int) -> dict:
     return {"split": p["split"], "budget": p["budget"],
+            **{k: p[k] for k in ("kind", "units") if k in p},
             "targets": {name: {k: [_r(v) for v in t[k]] for k in ("relative", "control_relative")}
                         for name, t in p["targets"].items()}}

@@ -1,16 +1,19 @@
-"""``<!-- table:analysis data=NAME part=dynamics|match|probe|exit|cost [variants=a,b] -->``:
-the analysis in a study's data (:mod:`loopformer.results.analysis_record`) per variant over
-the seeds that left the plateau (the cost over every analysed run)."""
+"""``<!-- table:analysis data=NAME part=dynamics|classes|match|probe|exit|exit_seeds|cost
+[variants=a,b] -->``: the analysis in a study's data (:mod:`loopformer.results.analysis_record`)
+per variant over the seeds that left the plateau (``classes``: the dynamics per prompt;
+``exit_seeds``: one row per analysed run; the cost over every analysed run)."""
 
 from __future__ import annotations
 
 import statistics
 
+from loopformer.analyze.exits import BEATS_ALL, NO_THRESHOLD
 from loopformer.errors import ConfigError
 from loopformer.formatting import band_of
 
 PARTS = ("dynamics", "match", "probe", "exit")
-TABLE_PARTS = (*PARTS, "cost")
+TABLE_PARTS = (*PARTS, "classes", "exit_seeds", "cost")
+
 
 
 def _band(values: list[float | None], digits: str = ".4f") -> str:
@@ -125,8 +128,41 @@ def _row_exit(runs: list[dict], rules: list[str]) -> list[str]:
         cells.append(f"tol {', '.join(f'{t:g}' for t in tols)}: "
                      f"{_band([c['chosen']['error'] for c in made])} in "
                      f"{_band([c['chosen']['mean_loops'] for c in made], '.1f')}; saves "
-                     f"{_band(saved, '.1f')}"
-                     + (f" ({len(chosen) - len(made)} none)" if len(made) < len(chosen) else ""))
+                     f"{_band(saved, '.1f')}" + _exit_counts(chosen, made))
+    return cells
+
+
+def _exit_counts(chosen: list[dict], made: list[dict]) -> str:
+    """The runs without a threshold, and (where the data has verdicts) those whose rule beat
+    every fixed depth, which have no loops saved at equal error."""
+    none = len(chosen) - len(made)
+    beats = sum(c.get("verdict") == BEATS_ALL for c in made)
+    notes = ([f"{none} none"] if none else []) + (
+        [f"{beats} beat every fixed depth"] if beats else [])
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def _row_classes(runs: list[dict]) -> list[str] | None:
+    """Shares of prompts at a fixed point, in a cycle and moving at each analysed loop, the
+    state change's spread at b and at the last loop, sigma at fixed points and elsewhere."""
+    an = [r["analysis"] for r in runs if "classes" in r["analysis"].get("dynamics", {})]
+    if not an:
+        return None
+    at = an[0]["dynamics"]["classes"]["at"]
+    cells = ["; ".join(
+        f"{t}: " + " / ".join(_band([a["dynamics"]["classes"]["at"].get(t, {}).get(k)
+                                     for a in an], ".2f")
+                              for k in ("fixed", "cycle", "moving")) for t in at)]
+    b, last = _depths(an[0], "dynamics")
+    for depth in (b, last):
+        cells.append(" / ".join(
+            _band([_at(a, "dynamics", ("state_change_spread", q), depth) for a in an], ".1e")
+            for q in ("median", "p90", "max")))
+    sig = [a["dynamics"]["sigma"] for a in an]
+    cells.append("; ".join(
+        f"{t}: {_band([s[t]['at_fixed_points']['mean'] for s in sig], '.3f')} / "
+        f"{_band([s[t]['elsewhere']['mean'] for s in sig], '.3f')}"
+        for t in sorted(sig[0], key=int)))
     return cells
 
 
@@ -152,12 +188,16 @@ def table_analysis(data: dict, opts: dict) -> list[str]:
                           f"loopformer.analyze study=STUDY_DIR, then export")
     if part == "cost":
         return _table_cost(data, variants)
-    with_part = [a for a in every if part in a]
+    if part == "exit_seeds":
+        return _table_exit_seeds(data, variants)
+    with_part = [a for a in every if (part if part != "classes" else "dynamics") in a]
     if not with_part:
         raise ConfigError(f"no run in the data of {data['study']} has the {part} part")
     head = {
         "dynamics": ["b", "error at b", "at 5b", "at the last", "state change at b",
                      "at the last", "state change < 1e-3 from", "Jacobian sigma (loop: mean)"],
+        "classes": ["share fixed / cycle / moving at loop", "state change median / 90% / "
+                    "max at b", "at the last", "Jacobian sigma at fixed points / elsewhere"],
         "match": ["b"] + [f"{n}: k*(1) -> k*(b) (similarity at b)"
                           for n in with_part[0]["match"]["algorithms"]]
                  + ["least squares: similarity at b"],
@@ -172,6 +212,8 @@ def table_analysis(data: dict, opts: dict) -> list[str]:
         good, stuck, missing = analysed_runs(data, v)
         if part == "dynamics":
             cells = _row_dynamics(good)
+        elif part == "classes":
+            cells = _row_classes(good)
         elif part == "match":
             cells = _row_match(good, list(with_part[0]["match"]["algorithms"]))
         elif part == "probe":
@@ -197,4 +239,31 @@ def _table_cost(data: dict, variants: list[str]) -> list[str]:
         runs = [r for r in data["runs"] if r["variant"] == v and r.get("analysis")]
         cells = _row_cost(runs) or ["-"] * len(head)
         lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _table_exit_seeds(data: dict, variants: list[str]) -> list[str]:
+    """One row per analysed run with the exit part, escaped or not: the rule's held-out
+    figures and its verdict against the fixed depths."""
+    rules = next(list(r["analysis"]["exit"]["rules"]) for r in data["runs"]
+                 if r.get("analysis") and "exit" in r["analysis"])
+    head = ["escaped", "fixed depth b", "best fixed depth (chosen on calibration)", "oracle"] + [
+        f"rule {n}: tol, held-out error in mean loops, verdict" for n in rules]
+    lines = ["| variant | seed | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for v in variants:
+        for r in (r for r in data["runs"] if r["variant"] == v and r.get("analysis")
+                  and "exit" in r["analysis"]):
+            ex, b = r["analysis"]["exit"], r["analysis"]["trained_depth"]
+            o = ex["oracle_held_out"]
+            cells = ["no" if r["escape_step"] is None else "yes",
+                     _band([_at(r["analysis"], "exit", ("fixed_held_out",), b)]),
+                     f"{o['best_fixed_error']:.4f} at {o['best_fixed_loop']}",
+                     f"{o['oracle_error']:.4f}"]
+            for name in rules:
+                rule = ex["rules"][name]
+                c = rule["chosen"]
+                cells.append(rule.get("verdict", NO_THRESHOLD) if c is None else
+                             f"{rule['chosen_tol']:g}: {c['error']:.4f} in "
+                             f"{c['mean_loops']:.1f}; {rule.get('verdict', '-')}")
+            lines.append(f"| {v} | {r['seed']} | " + " | ".join(cells) + " |")
     return lines

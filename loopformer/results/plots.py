@@ -244,10 +244,20 @@ def _plot_dynamics(r: dict, out: Path) -> None:
     ax.set(xlabel=unit, ylabel="normalised error", yscale="log", title="error per " + unit)
     ax.legend(fontsize=8)
     sc = dyn["state_change"]
-    ax2.plot(sc["loops"], np.maximum(sc["mean"], 1e-12))
+    ax2.plot(sc["loops"], np.maximum(sc["mean"], 1e-12), label="mean over prompts")
+    if "median" in sc:  # per prompt: the median, the band to the 90th percentile, the max
+        floor = lambda v: np.maximum(np.nan_to_num(v, nan=1e-12), 1e-12)  # noqa: E731
+        line, = ax2.plot(sc["loops"], floor(sc["median"]), label="median")
+        ax2.fill_between(sc["loops"], floor(sc["median"]), floor(sc["p90"]), alpha=0.25,
+                         color=line.get_color(), label="median to 90th percentile")
+        ax2.plot(sc["loops"], floor(sc["max"]), color=line.get_color(), ls="--", lw=0.8,
+                 label="max")
+        ax2.axhline(dyn["classes"]["tol"], color="gray", ls="-.", lw=0.8,
+                    label=f"fixed-point tol {dyn['classes']['tol']:g}")
     ax2.axhline(dyn["converged_below"]["level"], color="gray", ls=":")
     ax2.set(xlabel=unit, ylabel="||h_t - h_{t-1}|| / ||h_t||", yscale="log",
-            title="relative state change")
+            title="relative state change per prompt")
+    ax2.legend(fontsize=7)
     save(fig, out / "dynamics.png", dpi=130)
 
 
