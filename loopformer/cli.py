@@ -39,7 +39,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", positional: bool 
 
 def refuse(e: ConfigError) -> int:
     """The one printer for a refused command: one line on stderr; returns the exit status."""
-    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    sys.stderr.write("error: " + " ".join(str(e).split()) + "\n")
     return REFUSED
 
 
@@ -122,7 +122,7 @@ def run(schema: type[T], work: Callable[[T], Any], argv: Sequence[str] | None, c
     is refused (a :class:`ConfigError` anywhere in it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
-        print(help_text(schema, command, summary))
+        sys.stdout.write(help_text(schema, command, summary) + "\n")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -138,9 +138,9 @@ def run_commands(commands: dict[str, tuple[type, Callable[[Any], Any], str]],
     argv = list(sys.argv[1:] if argv is None else argv)
     names = ", ".join(commands)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: {command} {{{names}}} [option=value ...]\n\n{summary.strip()}\n\n"
-              + "\n".join(f"  {k:<14} {v[2]}" for k, v in commands.items())
-              + f"\n\n{command} SUB --help lists SUB's options")
+        sys.stdout.write(f"usage: {command} {{{names}}} [option=value ...]\n\n{summary.strip()}\n\n"
+                         + "\n".join(f"  {k:<14} {v[2]}" for k, v in commands.items())
+                         + f"\n\n{command} SUB --help lists SUB's options\n")
         return 0 if argv else REFUSED
     if argv[0] not in commands:
         return refuse(ConfigError(f"{command}: unknown command {argv[0]!r}; choose one of "
