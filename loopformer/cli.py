@@ -160,7 +160,9 @@ def check_group_choices(argv: Sequence[str], config_dir: Path, config_name: str)
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    args = [a for a in argv if not a.startswith("-")]
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return  # Hydra's own flags (--cfg job, --help, -cn NAME, ...): Hydra reads the line
+    args = [a for a in argv if a not in ("-m", "--multirun")]
     try:
         overrides = OverridesParser.create().parse_overrides(args)
     except OverrideParseException as e:
