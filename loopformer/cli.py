@@ -155,8 +155,8 @@ def run_commands(commands: dict[str, tuple[type, Callable[[Any], Any], str]],
 def check_group_choices(argv: Sequence[str], config_dir: Path, config_name: str) -> None:
     """Refuse, as one line, an override that picks an option a config group does not have
     (``task=nonexistent``) or that Hydra's grammar cannot read, before Hydra composes."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -168,18 +168,22 @@ def check_group_choices(argv: Sequence[str], config_dir: Path, config_name: str)
     except OverrideParseException as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"an override cannot be read: {first}") from e
-    with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
-        loader = GlobalHydra.instance().config_loader()
-        for o in overrides:
-            group = o.key_or_group
-            if o.is_delete() or o.package or not loader.repository.group_exists(group):
-                continue
-            allowed = loader.get_group_options(group)
-            for choice in (o.sweep_string_iterator() if o.is_sweep_override()
-                           else [o.get_value_element_as_str()]):
-                if choice not in allowed and choice != "null":
-                    raise ConfigError(f"{group}={choice} is not an option of the {group} group; "
-                                      f"choose one of {', '.join(allowed)}")
+    search_path = create_config_search_path(str(config_dir.resolve()))
+    for o in overrides:  # hydra.searchpath=[...] on the command line adds config sources
+        if o.key_or_group == "hydra.searchpath" and isinstance(o.value(), list):
+            for source in o.value():
+                search_path.append("command-line", str(source))
+    loader = ConfigLoaderImpl(config_search_path=search_path)
+    for o in overrides:
+        group = o.key_or_group
+        if o.is_delete() or o.package or not loader.repository.group_exists(group):
+            continue
+        allowed = loader.get_group_options(group)
+        for choice in (o.sweep_string_iterator() if o.is_sweep_override()
+                       else [o.get_value_element_as_str()]):
+            if choice not in allowed and choice != "null":
+                raise ConfigError(f"{group}={choice} is not an option of the {group} group; "
+                                  f"choose one of {', '.join(allowed)}")
 
 
 def hydra_command(main: Callable[[], Any], config_dir: Path, config_name: str) -> None:

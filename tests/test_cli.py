@@ -63,3 +63,16 @@ def test_every_tool_refuses_in_one_line_with_exit_2(main, argv, fragment, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+def test_group_choices_are_checked_against_every_config_source(tmp_path):
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "mine.yaml").write_text("name: mine\n")
+    extra = f"hydra.searchpath=[file://{tmp_path}]"
+    cli.check_group_choices([extra, "study=mine"], conf, "sweep")  # found through the path
+    with pytest.raises(ConfigError, match="study=mine is not an option of the study group"):
+        cli.check_group_choices(["study=mine"], conf, "sweep")
+    with pytest.raises(ConfigError, match="task=nope is not an option of the task group"):
+        cli.check_group_choices(["-m", "task=linear_regression,nope"], conf, "config")
+    cli.check_group_choices(["--cfg", "job", "task=nope"], conf, "config")  # Hydra's own flags
