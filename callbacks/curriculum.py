@@ -26,6 +26,8 @@ class CurriculumCallback(L.Callback):
         pl_module.train_loops = self.curriculum.train_loops(step, self.seed)
         if is_log_step(trainer):
             values = {"curriculum/n_dims": state.n_dims, "curriculum/n_points": state.n_points}
+            if state.n_hops is not None:
+                values["curriculum/n_hops"] = state.n_hops
             if self.looped:
                 values["curriculum/n_loops"] = state.n_loops
                 if self.curriculum.loops_jitter:

@@ -10,6 +10,7 @@ from torchmetrics import Metric
 
 from loopformer.curriculum import Curriculum
 from loopformer.data import generator
+from loopformer.readout import asked, correct, cross_entropy
 from loopformer.tasks import Batch, Task
 
 
@@ -29,6 +30,28 @@ class PositionwiseSquaredError(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.sum_sq / self.count  # (n,) mean squared error per position
+
+
+class PositionwiseClassification(Metric):
+    """Per position: summed cross-entropy, correct answers and asked tokens over the prompts
+    (targets at IGNORE ask nothing); reduces by sum across ranks."""
+
+    full_state_update = False
+
+    def __init__(self, n_points: int):
+        super().__init__()
+        for name in ("sum_ce", "n_correct", "n_asked"):
+            self.add_state(name, torch.zeros(n_points, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        self.sum_ce += cross_entropy(logits, target).double().sum(0)  # (n,)
+        self.n_correct += correct(logits, target).double().sum(0)
+        self.n_asked += asked(target).double().sum(0)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        n = self.n_asked.sum().clamp_min(1)
+        return {"loss": self.sum_ce.sum() / n, "accuracy": self.n_correct.sum() / n,
+                "accuracy_pos": self.n_correct / self.n_asked}  # nan where nothing is asked
 
 
 class FixedTestSet:
@@ -55,13 +78,18 @@ class FixedTestSet:
     def chunk(self, i: int, device) -> Batch:
         n = min(self.batch_size, self.size - i * self.batch_size)
         g = generator(torch.device(device), self.seed, i)
-        return self.task.sample(n, self.shape.n_points, self.shape.n_dims, g)
+        return self.task.sample_at(n, self.shape, g)
 
 
 @torch.no_grad()
 def evaluate_test_set(model, test_set: FixedTestSet, n_loops, rank: int, world_size: int,
                       device, context=None) -> dict[str, float]:
-    """Test loss of ``model`` (at ``n_loops``) over the whole test set, reduced over ranks."""
+    """Test loss of ``model`` (at ``n_loops``) over the whole test set, reduced over ranks:
+    squared error for a regression task, cross-entropy and accuracy for a classification task
+    (:func:`evaluate_test_set_classes`)."""
+    if test_set.task.n_classes:
+        return evaluate_test_set_classes(model, test_set, n_loops, rank, world_size, device,
+                                         context)
     metric = PositionwiseSquaredError(test_set.shape.n_points).to(device)
     was_training = model.training
     model.eval()
@@ -77,10 +105,31 @@ def evaluate_test_set(model, test_set: FixedTestSet, n_loops, rank: int, world_s
     return out
 
 
+@torch.no_grad()
+def evaluate_test_set_classes(model, test_set: FixedTestSet, n_loops, rank: int,
+                              world_size: int, device, context=None) -> dict[str, float]:
+    """``test/loss`` (mean cross-entropy over the asked tokens), ``test/accuracy`` and the
+    accuracy per position ``test/accuracy_pos/NNN`` (positions that ask something)."""
+    metric = PositionwiseClassification(test_set.shape.n_points).to(device)
+    was_training = model.training
+    model.eval()
+    for batch in test_set.shard(rank, world_size, device):
+        with (context or contextlib.nullcontext)():
+            logits = model.predict(batch.xs, batch.ys, n_loops=n_loops)  # (b, n, C)
+        metric.update(logits, batch.ys)
+    model.train(was_training)
+    out = {k: v.cpu() for k, v in metric.compute().items()}
+    metrics = {"test/loss": float(out["loss"]), "test/accuracy": float(out["accuracy"])}
+    metrics.update({f"test/accuracy_pos/{k:03d}": float(v)
+                    for k, v in enumerate(out["accuracy_pos"]) if not torch.isnan(v)})
+    return metrics
+
+
 class FixedTestSetEvaluation(L.Callback):
     """Every ``every_n_steps`` global steps, evaluates the model on the fixed test set at the
     current loop count and logs ``test/loss``, ``test/error`` (normalised) and the normalised
-    error per position.
+    error per position; for a classification task ``test/loss`` (cross-entropy),
+    ``test/accuracy`` and the accuracy per position.
 
     The values go through ``pl_module.log_dict``, so they are in ``trainer.callback_metrics``
     for any callback (``ModelCheckpoint(monitor="test/loss")``, ``EarlyStopping``) and for the

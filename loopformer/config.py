@@ -379,7 +379,7 @@ class Settings:
                               f"{model.n_positions}; use curriculum.points.end <= "
                               f"{model.n_positions} or raise model.n_positions")
         if self.looped:
-            seq_len = 2 * cur.points.end  # tokens of the longest prompt
+            seq_len = model.seq_len(cur.points.end)  # tokens of the longest prompt
             keep_mask_len(model.keep_tokens, seq_len, cur.points.end)
             if model.keep_tokens > seq_len:  # would silently keep everything
                 raise ConfigError(f"model.keep_tokens={model.keep_tokens:g} exceeds the "
@@ -393,9 +393,38 @@ class Settings:
     def check(self) -> Settings:
         """Build what the settings name (the task, the baselines, the shifts): a bad value is a
         ConfigError, a bug in their code its own exception. Returns ``self``."""
-        self.function.check_active_dims(self.curriculum.dims.start)
+        self.function.check_curriculum(self.curriculum)
+        self.check_read_out()
         self.eval.check()
+        if self.function.n_classes:
+            self.refuse_regression_features()
         return self
+
+    def check_read_out(self) -> None:
+        """The model's read-in and read-out must be the task's (its YAML sets them)."""
+        task, m = self.function, self.model
+        kind = (f"a token task of {task.vocab} symbols" if task.vocab
+                else "a task of vector prompts")
+        if m.vocab != task.vocab:
+            raise ConfigError(f"model.vocab={m.vocab} does not fit task.name={task.name}, "
+                              f"{kind}; use model.vocab={task.vocab}")
+        if m.n_classes != task.n_classes:
+            out = (f"{task.n_classes} classes" if task.n_classes
+                   else "one number per token (regression)")
+            raise ConfigError(f"model.n_classes={m.n_classes} does not fit task.name="
+                              f"{task.name}, whose read-out is {out}; use model.n_classes="
+                              f"{task.n_classes}")
+
+    def refuse_regression_features(self) -> None:
+        """A classification task has no regression baselines and no shifted vector prompts."""
+        name = self.function.name
+        if self.eval.predictors:
+            raise ConfigError(f"eval.baselines={self.eval.baselines} runs regression baselines "
+                              f"({', '.join(p.name for p in self.eval.predictors)}), which do "
+                              f"not apply to task.name={name} (classes); use eval.baselines=[]")
+        if self.eval.shifts:
+            raise ConfigError(f"eval.ood={self.eval.ood} shifts vector prompts, which do not "
+                              f"apply to task.name={name} (classes); use eval.ood=none")
 
     @cached_property
     def function(self) -> Task:

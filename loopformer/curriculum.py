@@ -38,13 +38,15 @@ class Schedule:
 @dataclass(frozen=True)
 class CurriculumState:
     n_dims: int
-    n_points: int
+    n_points: int  # points per prompt; tokens per prompt for a token task
     n_loops: int
+    n_hops: int | None = None  # a p-hop task's hop count; None without a hops schedule
 
 
 @dataclass
 class Curriculum:
-    """Active dims, points per prompt and loop count as schedules of the global step."""
+    """Active dims, points per prompt (a token task's length), loop count and, for a task
+    with a hop count (p_hop), hops as schedules of the global step."""
 
     dims: Schedule
     points: Schedule
@@ -54,9 +56,12 @@ class Curriculum:
     # scheduled b (at least 1); the test set and the evaluation keep b. 0: every step runs b.
     # Like the loop schedule, it does nothing for the transformer and the weight-tied model
     loops_jitter: int = 0
+    # the hop count of a task that has one (conf/task/p_hop.yaml); null: none
+    hops: Schedule | None = None
 
     def at(self, step: int) -> CurriculumState:
-        return CurriculumState(self.dims.at(step), self.points.at(step), self.loops.at(step))
+        return CurriculumState(self.dims.at(step), self.points.at(step), self.loops.at(step),
+                               None if self.hops is None else self.hops.at(step))
 
     def train_loops(self, step: int, seed: int) -> int:
         """The loop count training step ``step`` runs: the scheduled b, moved by
@@ -70,11 +75,13 @@ class Curriculum:
 
     @property
     def final(self) -> CurriculumState:
-        return CurriculumState(self.dims.end, self.points.end, self.loops.end)
+        return CurriculumState(self.dims.end, self.points.end, self.loops.end,
+                               None if self.hops is None else self.hops.end)
 
     def validate(self) -> None:
-        for name in ("dims", "points", "loops"):
-            getattr(self, name).validate(f"curriculum.{name}")
+        for name in ("dims", "points", "loops", "hops"):
+            if getattr(self, name) is not None:
+                getattr(self, name).validate(f"curriculum.{name}")
         if self.window < 1:
             raise ConfigError(f"curriculum.window={self.window} must be >= 1")
         if self.loops_jitter < 0:

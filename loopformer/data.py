@@ -52,9 +52,8 @@ class PromptDataModule(L.LightningDataModule):
         return DataLoader(BatchIndexStream(start), batch_size=None)
 
     def sample(self, index: int, step: int, rank: int, device) -> Batch:
-        shape = self.curriculum.at(step)
         g = generator(torch.device(device), self.seed, index, rank)
-        return self.task.sample(self.batch_size, shape.n_points, shape.n_dims, g)
+        return self.task.sample_at(self.batch_size, self.curriculum.at(step), g)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         if isinstance(batch, Batch):

@@ -3,7 +3,9 @@
 ``python -m loopformer.evaluate run=RUN_DIR [option=value ...]``: each option replaces that key
 of the run's ``eval`` block (its ``config.yaml``); ``--help`` lists them. Writes
 ``RUN_DIR/eval/results.json``, ``error_vs_examples.png``, ``error_vs_loops.png`` (looped
-models) and logs a table of normalised error per number of in-context examples.
+models) and logs a table of normalised error per number of in-context examples; for a
+classification task, accuracy (and cross-entropy) instead: ``accuracy_vs_position.png``,
+``accuracy_vs_loops.png`` and a table of accuracy per position.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, count_parameters
 from loopformer.ood import evaluate_ood, format_ood_table
 from loopformer.results.plots import (
+    plot_accuracy_vs_loops,
+    plot_accuracy_vs_position,
     plot_error_vs_examples,
     plot_error_vs_loops,
     plot_ood_of_run,
+    plot_training_accuracy,
     plot_training_curve,
 )
 from loopformer.rundir import RunDir
-from loopformer.scoring import load_model, model_errors
+from loopformer.scoring import load_model, model_answers, model_errors
 from loopformer.stats import bootstrap_band
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,8 @@ def evaluate(model: InContextModel, spec: Settings, ev: EvalConfig | None = None
     ev = ev or spec.eval
     device = torch.device(device or next(model.parameters()).device)
     model = model.to(device).eval()
+    if spec.function.n_classes:
+        return evaluate_classes(model, spec, ev, device)
     shape = spec.curriculum.final
     xs, ys = spec.function.sample(ev.n_prompts, shape.n_points, shape.n_dims,
                               generator(device, ev.seed, 0))
@@ -87,8 +94,52 @@ def evaluate(model: InContextModel, spec: Settings, ev: EvalConfig | None = None
     return results
 
 
+def evaluate_classes(model: InContextModel, spec: Settings, ev: EvalConfig, device) -> dict:
+    """A classification task's evaluation: accuracy per position (the mean over the prompts
+    whose target there asks something) with its bootstrap band, at the trained loop count and
+    at ``eval.extra_loops``; the mean cross-entropy; a looped model's accuracy at the last
+    position after each loop."""
+    from loopformer.data import generator  # imports lightning: after the checks
+
+    shape = spec.curriculum.final
+    xs, ys = spec.function.sample_at(ev.n_prompts, shape, generator(device, ev.seed, 0))
+    loops = [shape.n_loops]
+    if spec.looped:
+        loops += [n for n in ev.extra_loops if n != shape.n_loops]
+    scores = model_answers(model, xs, ys, spec, loops, ev.batch_size, settle_tol=ev.settle_tol)
+    mask, loss, loop_curve = scores.pop("asked"), scores.pop("loss"), scores.pop("loop_curve",
+                                                                                 None)
+
+    def band(e, m=None):
+        return bootstrap_band(e.cpu(), n_resamples=ev.n_resamples, seed=ev.seed,
+                              mask=None if m is None else m.cpu()).to_dict()
+
+    n_asked = mask.sum().clamp_min(1)
+    results = {
+        "task": spec.function.name, "task_params": spec.task_params, "family": spec.model.family,
+        "parameters": count_parameters(model), "metric": "accuracy",
+        "n_classes": spec.function.n_classes, "chance": 1 / spec.function.n_classes,
+        "n_points": shape.n_points, "n_hops": shape.n_hops,
+        "n_prompts": ev.n_prompts, "seed": ev.seed, "torch": torch.__version__,
+        "trained_loops": shape.n_loops if spec.looped else None, "extra_loops": loops[1:],
+        "settle_tol": ev.settle_tol,
+        "accuracy": {name: float((right * mask).sum() / n_asked) for name, right in
+                     scores.items()},
+        "loss": float((loss * mask).sum() / n_asked),
+        "curves": {name: {"kind": "model", **band(right, mask)} for name, right in
+                   scores.items()},
+    }
+    if loop_curve is not None:  # the last position asks something in every prompt
+        results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
+                                 **band(loop_curve)}
+    return results
+
+
 def format_table(results: dict, columns: list[int] | None = None) -> str:
-    """Normalised error (mean) per curve at chosen numbers of in-context examples."""
+    """Normalised error (mean) per curve at chosen numbers of in-context examples (accuracy
+    per position for a classification task)."""
+    if results.get("metric") == "accuracy":
+        return format_accuracy_table(results, columns)
     n = results["n_points"]
     if columns is None:
         d = results["active_dims"]
@@ -105,10 +156,37 @@ def format_table(results: dict, columns: list[int] | None = None) -> str:
     return "\n".join(lines)
 
 
+def format_accuracy_table(results: dict, columns: list[int] | None = None) -> str:
+    """Accuracy per curve over all asked positions and at chosen positions (nan: the
+    position asks nothing)."""
+    n = results["n_points"]
+    if columns is None:
+        columns = list(range(n)) if n <= 12 else sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})
+    names = list(results["curves"])
+    width = max(12, *(len(s) for s in names))
+    lines = [f"accuracy by position ({results['task']}, {n} tokens, {results['n_prompts']} "
+             f"prompts, chance {results['chance']:.3g}, cross-entropy {results['loss']:.4f})",
+             f"{'':<{width}}{'all':>10}" + "".join(f"{k:>10d}" for k in columns)]
+    for name in names:
+        mean = results["curves"][name]["mean"]
+        lines.append(f"{name:<{width}}{results['accuracy'][name]:>10.4f}"
+                     + "".join(f"{mean[k]:>10.4f}" for k in columns))
+    return "\n".join(lines)
+
+
 def write_results(results: dict, run: RunDir) -> None:
     out_dir = run.eval
     out_dir.mkdir(parents=True, exist_ok=True)
     run.results.write_text(json.dumps(results, indent=1))
+    if results.get("metric") == "accuracy":
+        title = f"{results['task']} ({results['n_points']} tokens)"
+        plot_accuracy_vs_position(results["curves"], out_dir / "accuracy_vs_position.png",
+                                  results["chance"], title=title)
+        if "loop_curve" in results:
+            plot_accuracy_vs_loops(results["loop_curve"], results["trained_loops"],
+                                   results["chance"], out_dir / "accuracy_vs_loops.png",
+                                   title=title)
+        return
     title = f"{results['task']} (d={results['active_dims']})"
     plot_error_vs_examples(results["curves"], out_dir / "error_vs_examples.png", title=title)
     if "loop_curve" in results:
@@ -213,9 +291,13 @@ def evaluate_run(run_dir: str | Path, settings: Settings | None = None,
     if run.metrics.is_file():
         from loopformer.csvlog import read_metrics  # imports lightning
 
-        plot_training_curve(read_metrics(run.metrics), spec.function.normalizer,
-                            run.eval / "training_curve.png",
-                            title=f"{spec.name}: {spec.function.name}")
+        rows, title = read_metrics(run.metrics), f"{spec.name}: {spec.function.name}"
+        if spec.function.n_classes:
+            plot_training_accuracy(rows, 1 / spec.function.n_classes,
+                                   run.eval / "training_curve.png", title=title)
+        else:
+            plot_training_curve(rows, spec.function.normalizer, run.eval / "training_curve.png",
+                                title=title)
     table = format_table(results)
     if results.get("ood"):
         table += "\n" + format_ood_table(results)

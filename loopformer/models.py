@@ -1,8 +1,17 @@
-"""Transformer, weight-tied and looped transformer models for in-context regression.
+"""Transformer, weight-tied and looped transformer models for in-context learning.
 
-All families share the prompt encoding (``x1, (y1,0..0), x2, ...`` -> read-in -> position
-embedding), the pre-LayerNorm GPT-2 block, the final LayerNorm and the read-out; predictions
-are read at the ``x`` tokens, so the prediction at index ``k`` has seen ``k`` examples.
+All families share the prompt encoding, the pre-LayerNorm GPT-2 block, the final LayerNorm
+and the read-out. The task chooses the read-in and the read-out (``model.vocab``,
+``model.n_classes``, set by its YAML):
+
+- vectors (``vocab=0``): ``x1, (y1,0..0), x2, ...`` -> a linear read-in; predictions are read
+  at the ``x`` tokens, so the prediction at index ``k`` has seen ``k`` examples. ``ys`` may be
+  class ids: the y token carries the label as its first coordinate, as a float.
+- tokens (``vocab=V``): a sequence of token ids ``(B, T)`` -> an embedding table of ``V``
+  symbols; predictions are read at every token (``ys`` are targets, never read in).
+
+The read-out gives one number per token (``n_classes=0``: ``forward`` returns ``(K, B, n)``) or
+``C`` class logits (``forward`` returns ``(K, B, n, C)``).
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ class ModelConfig:
     inject_every_layer: bool = False  # inject the prompt before every layer of the block
     skip_connection: bool = False  # also inject the state of two iterations back
     dropout: float = 0.0  # GPT-2 dropout (0 in all reference runs)
+    vocab: int = 0  # read-in: 0 vectors (x, y pairs), V >= 2 tokens of a V-symbol vocabulary
+    n_classes: int = 0  # read-out: 0 one number per token (regression), C >= 2 class logits
     ssm_d_state: int = 16  # state size of the SSM mixer
     ssm_d_conv: int = 4  # causal convolution width of the SSM mixer
 
@@ -63,7 +74,17 @@ class ModelConfig:
                               f"{self.n_embd}; use model.n_head in {divisors[:12]}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
-        keep_mask_len(self.keep_tokens, 2 * self.n_positions, self.n_positions)
+        if self.vocab == 1 or self.vocab < 0:
+            raise ConfigError(f"model.vocab={self.vocab} must be 0 (vector prompts) or >= 2 "
+                              f"(tokens of that many symbols)")
+        if self.n_classes == 1 or self.n_classes < 0:
+            raise ConfigError(f"model.n_classes={self.n_classes} must be 0 (regression) or "
+                              f">= 2 (classes)")
+        keep_mask_len(self.keep_tokens, self.seq_len(self.n_positions), self.n_positions)
+
+    def seq_len(self, n_points: int) -> int:
+        """Tokens of an ``n_points`` prompt: ``2n`` (x, y pairs) or ``n`` (token prompts)."""
+        return n_points if self.vocab else 2 * n_points
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,7 +201,8 @@ class StopRule:
 
     def change(self, z_prev, z, pred_prev, pred) -> torch.Tensor:
         """Per-prompt change ``(B,)`` from loop t-1 (state ``z_prev``, predictions
-        ``pred_prev``) to loop t; states are (B, T, C), predictions (B, n)."""
+        ``pred_prev``) to loop t; states are (B, T, C), predictions (B, n) or logits
+        (B, n, C)."""
         raise NotImplementedError
 
 
@@ -191,7 +213,8 @@ class PredictionChange(StopRule):
     default_tol = 1e-3
 
     def change(self, z_prev, z, pred_prev, pred):
-        return (pred - pred_prev).abs().amax(dim=-1)  # (B,)
+        # (B, n) numbers or (B, n, C) logits -> (B,)
+        return (pred - pred_prev).abs().flatten(1).amax(dim=1)
 
 
 class StateChange(StopRule):
@@ -267,24 +290,30 @@ class Layout(NamedTuple):
 
 class InContextModel(nn.Module):
     """Shared prompt encoding, blocks, final LayerNorm and read-out. Subclasses define how
-    the blocks are applied; ``forward`` returns stacked predictions ``(K, B, n)``."""
+    the blocks are applied; ``forward`` returns stacked predictions ``(K, B, n)`` (or logits
+    ``(K, B, n, C)`` with ``n_classes=C``)."""
 
     def __init__(self, cfg: ModelConfig, n_blocks: int):
         super().__init__()
         self.cfg = cfg
-        self.read_in = nn.Linear(cfg.n_dims, cfg.n_embd)
-        self.wpe = nn.Embedding(2 * cfg.n_positions + 1, cfg.n_embd)
+        # token prompts: an embedding table; vector prompts: a linear map of x and y tokens
+        self.read_in = (nn.Embedding(cfg.vocab, cfg.n_embd) if cfg.vocab
+                        else nn.Linear(cfg.n_dims, cfg.n_embd))
+        self.wpe = nn.Embedding(cfg.seq_len(cfg.n_positions) + (0 if cfg.vocab else 1),
+                                cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(n_blocks))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.read_out = nn.Linear(cfg.n_embd, 1)
+        self.read_out = nn.Linear(cfg.n_embd, cfg.n_classes or 1)
+        # where predictions are read: the x tokens of a pair prompt, every token of a sequence
+        self.read_at = slice(None) if cfg.vocab else slice(None, None, 2)
         self._init_weights(n_blocks)
 
     def _init_weights(self, n_blocks: int) -> None:
-        # GPT-2 init inside the backbone; read-in/read-out keep PyTorch's default, as the
-        # reference's linear heads do
+        # GPT-2 init inside the backbone and for a token embedding (GPT-2's wte); the linear
+        # read-in/read-out keep PyTorch's default, as the reference's linear heads do
         for name, m in self.named_modules():
-            if name in ("read_in", "read_out"):
+            if name in ("read_in", "read_out") and isinstance(m, nn.Linear):
                 continue
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.02)
@@ -300,14 +329,24 @@ class InContextModel(nn.Module):
                 m.reset_ssm_parameters()
 
     def embed(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-        """Interleave ``x1, (y1,0,..), x2, ...`` and read in: (B,n,d), (B,n) -> (B, 2n, C)."""
+        """Interleave ``x1, (y1,0,..), x2, ...`` and read in: (B,n,d), (B,n) -> (B, 2n, C);
+        token prompts: (B, n) ids -> (B, n, C) (``ys``, the targets, are not read)."""
+        if self.cfg.vocab:
+            if xs.dim() != 2 or xs.dtype != torch.long:
+                raise ValueError(f"a token prompt is (B, n) int64 ids; got {tuple(xs.shape)} "
+                                 f"{xs.dtype}")
+            if xs.shape[1] > self.cfg.n_positions:
+                raise ConfigError(f"a prompt of {xs.shape[1]} tokens exceeds model.n_positions="
+                                  f"{self.cfg.n_positions}")
+            return self.read_in(xs)  # (B, n, C)
         B, n, d = xs.shape
         if n > self.cfg.n_positions:
             raise ConfigError(f"a prompt of {n} points exceeds model.n_positions="
                               f"{self.cfg.n_positions}")
         if d != self.cfg.n_dims:
             raise ConfigError(f"inputs have {d} dims but model.n_dims={self.cfg.n_dims}")
-        ys_wide = F.pad(ys.unsqueeze(-1), (0, d - 1))  # (B, n, d)
+        # class ids travel as floats in the first coordinate, as a regression target does
+        ys_wide = F.pad(ys.to(xs.dtype).unsqueeze(-1), (0, d - 1))  # (B, n, d)
         tokens = torch.stack((xs, ys_wide), dim=2).view(B, 2 * n, d)  # (B, 2n, d)
         return self.read_in(tokens)  # (B, 2n, C)
 
@@ -317,11 +356,13 @@ class InContextModel(nn.Module):
         ``i`` and itself, and no token sees it. The prediction read at query ``i`` is then the
         one the plain prompt with ``queries_i`` as its point ``i`` gives at ``i``, for all
         ``i`` in one pass (``m`` per-position prompts for one prompt up to 1.5x longer)."""
-        e = self.embed(xs, ys)  # (B, 2n, C)
+        e = self.embed(xs, ys)  # (B, 2n, C) or (B, n, C)
         n = xs.shape[1]
-        slots = torch.arange(2 * n, device=e.device)
+        slots = torch.arange(e.shape[1], device=e.device)
         if queries is None:
-            return Layout(e, slots, None, slice(0, 2 * n, 2))
+            return Layout(e, slots, None, slice(0, e.shape[1], 1 if self.cfg.vocab else 2))
+        if self.cfg.vocab:
+            raise ValueError("side queries are points of a pair prompt; a token prompt has none")
         if self.cfg.mixer != "attention":
             raise ValueError("side queries need an attention mixer (a mask); use "
                              "per-position prompts for model.mixer=" + self.cfg.mixer)
@@ -336,9 +377,11 @@ class InContextModel(nn.Module):
     def position(self, T: int, device) -> torch.Tensor:
         return self.wpe(torch.arange(T, device=device))  # (T, C)
 
-    def read(self, h: torch.Tensor, at: slice = slice(None, None, 2)) -> torch.Tensor:
-        """Predictions at the x tokens (or ``at``): (B, 2n, C) -> (B, n)."""
-        return self.read_out(h[:, at]).squeeze(-1)
+    def read(self, h: torch.Tensor, at: slice | None = None) -> torch.Tensor:
+        """Predictions at the x tokens of a pair prompt, at every token of a token prompt (or
+        at ``at``): (B, T, C) -> (B, n) numbers, or (B, n, n_classes) logits."""
+        out = self.read_out(h[:, self.read_at if at is None else at])
+        return out if self.cfg.n_classes else out.squeeze(-1)
 
     def backbone(self, h: torch.Tensor, blocks=None, pos=None, mask=None) -> torch.Tensor:
         pos = self.position(h.shape[1], h.device) if pos is None else pos
@@ -427,7 +470,7 @@ class TiedTransformer(InContextModel):
                                 n_loops or self.cfg.n_layer, settle_tol)
 
     def unit_map(self, xs, ys):
-        pos = self.position(2 * xs.shape[1], xs.device)
+        pos = self.position(self.cfg.seq_len(xs.shape[1]), xs.device)
         return lambda z, s: (self.backbone(z, pos=pos), None)
 
 
@@ -552,7 +595,8 @@ class LoopedTransformer(InContextModel):
 
     @torch.no_grad()
     def predict_until(self, xs, ys, n_loops: int, tol: float, rule: str | StopRule = "prediction"):
-        """Early exit per prompt: predictions ``(B, n)`` at each prompt's exit and the exit
+        """Early exit per prompt: predictions ``(B, n)`` (logits ``(B, n, C)``) at each
+        prompt's exit and the exit
         loops ``(B,)``. A prompt exits at the first loop ``t >= 2`` whose ``rule`` change from
         loop ``t-1`` is below ``tol``, else at ``n_loops``; the batch stops once all exited."""
         rule = stop_rule(rule)

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from loopformer.config import OptimConfig, Settings
 from loopformer.graphs import StepGraph
 from loopformer.models import InContextModel, build_model
+from loopformer.readout import class_loss, stats_accuracy
 from loopformer.tasks import Batch
 
 # per-position loss and per-parameter grad norms are logged this many times less often
@@ -89,8 +90,13 @@ class LoopformerModule(L.LightningModule):
         return is_log_step(self.trainer, every)
 
     def _loss(self, xs, ys, n_loops: int, window: int, per_pos: bool = True):
-        """Mean squared error over the window's predictions, and per position ``(n,)``."""
-        preds = self.model(xs, ys, n_loops=n_loops, window=window)  # (K, B, n)
+        """Mean squared error over the window's predictions, and per position ``(n,)``. A
+        classification task: the mean cross-entropy over the window's logits and the
+        statistics of :func:`~loopformer.readout.class_loss` ``(3, n)`` (always: they give the
+        step's accuracy)."""
+        preds = self.model(xs, ys, n_loops=n_loops, window=window)  # (K, B, n[, C])
+        if self.spec.model.n_classes:
+            return class_loss(preds, ys)
         sq = (preds - ys).square()  # (K, B, n), ys broadcast over the K iterations
         return sq.mean(), (sq.detach().mean(dim=(0, 1)) if per_pos else None)
 
@@ -102,12 +108,23 @@ class LoopformerModule(L.LightningModule):
         else:
             loss, per_pos = self.step_graph(batch.xs, batch.ys, self.train_loops, window)
             # the graph's output buffers are overwritten by the next replay
-            loss, per_pos = loss.clone(), (per_pos.clone() if detail else None)
+            keep = detail or self.spec.model.n_classes
+            loss, per_pos = loss.clone(), (per_pos.clone() if keep else None)
             self.optimizers().step()
             self.lr_schedulers().step()
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self.spec.model.n_classes:
+            stats = per_pos  # (3, n): cross-entropy, correct answers, asked tokens
+            # accuracy of the last iteration's answers (the model's output at this step)
+            self.log("train/accuracy", stats_accuracy(stats), on_step=True, on_epoch=False,
+                     prog_bar=True)
         if detail:
-            self.log_dict({f"train/loss_pos/{k:03d}": v for k, v in enumerate(per_pos)},
+            if self.spec.model.n_classes:  # the positions that ask something (one host sync)
+                shown = (stats[2] > 0).tolist()
+                per_pos = {k: v for k, v in enumerate(stats[0] / stats[2]) if shown[k]}
+            else:
+                per_pos = dict(enumerate(per_pos))
+            self.log_dict({f"train/loss_pos/{k:03d}": v for k, v in per_pos.items()},
                           on_step=True, on_epoch=False)
         return loss
 

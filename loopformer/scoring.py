@@ -1,6 +1,6 @@
-"""Scoring a trained model: its normalised errors on prompts, at each loop count, and the
-checkpoint it is loaded from. Below the shifted prompts (:mod:`loopformer.ood`), the analysis
-and the evaluation, which all score through it."""
+"""Scoring a trained model: its normalised errors on prompts (a classification task: its
+answers), at each loop count, and the checkpoint it is loaded from. Below the shifted prompts
+(:mod:`loopformer.ood`), the analysis and the evaluation, which all score through it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Protocol
 import torch
 
 from loopformer.models import InContextModel, ModelConfig, build_model
+from loopformer.readout import asked, correct, cross_entropy
 from loopformer.rundir import RunDir
 
 
@@ -70,4 +71,32 @@ def model_errors(model: InContextModel, xs, ys, norm: float, spec: ScoredSetting
         else:
             preds = model(x, y, **side)[-1]  # (b, n)
             out.setdefault("model", []).append((preds - target).square() / norm)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+@torch.no_grad()
+def model_answers(model: InContextModel, xs, ys, spec: ScoredSettings, loops: list[int],
+                  batch_size: int, settle_tol: float | None = None) -> dict[str, torch.Tensor]:
+    """A classification task's scores: per prompt and position, whether the model's answer
+    is right ``(P, n)`` (float 0/1) at each loop count in ``loops`` (``model``: the first, the
+    trained count; ``model@L``: the others), the cross-entropy ``loss`` ``(P, n)`` at the
+    trained count, ``asked`` ``(P, n)``: the positions whose target asks something (the
+    others score 0 and are left out of every mean), and for a looped model ``loop_curve``:
+    right or wrong at the last position after each loop ``(P, L_max)``."""
+    out: dict[str, list] = {}
+    trained, L = loops[0], max(loops)
+    for i in range(0, xs.shape[0], batch_size):
+        x, y = xs[i:i + batch_size], ys[i:i + batch_size]
+        side = {"settle_tol": settle_tol} if settle_tol is not None and spec.looped else {}
+        logits = (model(x, y, n_loops=L, window=L, **side) if spec.looped
+                  else model(x, y))  # (L or 1, b, n, C)
+        right = correct(logits, y).float()  # (L, b, n)
+        first = trained - 1 if spec.looped else 0
+        out.setdefault("model", []).append(right[first])
+        out.setdefault("loss", []).append(cross_entropy(logits[first], y))
+        out.setdefault("asked", []).append(asked(y))
+        if spec.looped:
+            for extra in loops[1:]:
+                out.setdefault(f"model@{extra}", []).append(right[extra - 1])
+            out.setdefault("loop_curve", []).append(right[:, :, -1].T)  # (b, L)
     return {k: torch.cat(v) for k, v in out.items()}

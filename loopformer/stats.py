@@ -26,12 +26,13 @@ class Curve(NamedTuple):
 
 
 def bootstrap_band(errors: torch.Tensor, n_resamples: int = 1000, low: float = 5,
-                   high: float = 95, seed: int = 0) -> Curve:
+                   high: float = 95, seed: int = 0, mask: torch.Tensor | None = None) -> Curve:
     """Mean over prompts of ``errors`` (P, n) with a percentile bootstrap band.
 
     Prompts are resampled with replacement ``n_resamples`` times from an explicit generator
     (same seed, same band). Each resample is a row of counts, so all resampled means are
-    one (R, P) @ (P, n) product instead of an (R, P, n) gather.
+    one (R, P) @ (P, n) product instead of an (R, P, n) gather. With ``mask`` (P, n) bool,
+    each position's mean is over the prompts where it is True (nan where none is).
     """
     if errors.dim() != 2 or errors.shape[0] < 1:
         raise ValueError(f"expected errors of shape (P, n) with P >= 1; got {tuple(errors.shape)}")
@@ -43,10 +44,17 @@ def bootstrap_band(errors: torch.Tensor, n_resamples: int = 1000, low: float = 5
     idx = torch.randint(0, n_prompts, (n_resamples, n_prompts), generator=gen, device=e.device)
     counts = torch.zeros(n_resamples, n_prompts, dtype=e.dtype, device=e.device)
     counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=e.dtype))  # (R, P)
-    means = counts @ e / n_prompts  # (R, n)
+    if mask is None:
+        means = counts @ e / n_prompts  # (R, n)
+        mean = e.mean(0)
+    else:
+        m = mask.to(e.device, e.dtype)
+        e = torch.where(m.bool(), e, 0)  # masked entries count for nothing
+        means = counts @ e / (counts @ m)  # (R, n)
+        mean = e.sum(0) / m.sum(0)
     q = torch.tensor([low / 100, high / 100], dtype=e.dtype, device=e.device)
     band = torch.quantile(means, q, dim=0)  # (2, n)
-    return Curve(e.mean(0).tolist(), band[0].tolist(), band[1].tolist())
+    return Curve(mean.tolist(), band[0].tolist(), band[1].tolist())
 
 
 # --- comparisons over seeds -----------------------------------------------------------------

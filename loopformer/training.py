@@ -24,6 +24,7 @@ from loopformer.csvlog import CSVMetricsLogger
 from loopformer.data import PromptDataModule
 from loopformer.errors import ConfigError
 from loopformer.evaluate import evaluate_run
+from loopformer.models import ModelConfig
 from loopformer.module import LoopformerModule
 from loopformer.rundir import RunDir
 
@@ -41,7 +42,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertis
 
 # the model fields a checkpoint must agree on to be resumed
 SHAPE_FIELDS = ("family", "n_dims", "n_positions", "n_embd", "n_layer", "n_head", "mixer",
-                "ssm_d_state", "ssm_d_conv")
+                "ssm_d_state", "ssm_d_conv", "vocab", "n_classes")
 
 
 @dataclass
@@ -57,7 +58,10 @@ class RunResult:
 
 def check_compatible(saved: dict, s: Settings, path: Path) -> None:
     """Refuse to resume ``path`` with a model of a different shape."""
-    old, new = saved.get("model", {}), s.model.to_dict()
+    old = saved.get("model", {})
+    if old:  # saved before the read-in and read-out were fields: vectors and regression
+        old = {"vocab": ModelConfig.vocab, "n_classes": ModelConfig.n_classes, **old}
+    new = s.model.to_dict()
     diff = [f"model.{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}"
             for k in SHAPE_FIELDS if old.get(k) != new.get(k)]
     if diff:

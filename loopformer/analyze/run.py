@@ -123,6 +123,10 @@ def defined_parts(spec: Settings) -> dict[str, str | None]:
         reason = ("its layers are distinct maps with no trained read-out before the last, so "
                   "there is no loop map to follow or to stop early")
         why["dynamics"] = why["exit"] = reason
+    if spec.function.n_classes:
+        reason = (f"the analysis reads regression predictions; task.name={spec.function.name} "
+                  f"is a classification task, whose analysis is not built")
+        return dict.fromkeys(PARTS, reason)
     if spec.function.name not in LINEAR_TASKS:
         reason = (f"defined for the linear-regression tasks ({', '.join(LINEAR_TASKS)}), "
                   f"not task {spec.function.name}")
@@ -133,6 +137,9 @@ def defined_parts(spec: Settings) -> dict[str, str | None]:
 def check_parts(opts: Options, spec: Settings) -> tuple[str, ...]:
     why = defined_parts(spec)
     if opts.parts is None:
+        if all(why.values()):
+            raise ConfigError(f"run={opts.run}: no part of the analysis is defined for it: "
+                              f"{why[PARTS[0]]}")
         return tuple(p for p in PARTS if why[p] is None)
     for p in opts.parts:
         if why[p] is not None:

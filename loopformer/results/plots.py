@@ -136,6 +136,62 @@ def plot_error_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, path:
     return finish(fig, ax, path)
 
 
+def plot_accuracy_vs_position(curves: Mapping[str, Any], path: str | Path, chance: float,
+                              title: str = "") -> Path:
+    """A classification task's accuracy per position (token, or number of in-context
+    examples), models with bootstrap bands, chance as a dashed line; linear y in [0, 1].
+    Positions that ask nothing are gaps."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (key, c) in enumerate(curves.items()):
+        c = as_dict(c)
+        draw_band(ax, xs_of(c), c, 0.0, key, _MODEL_COLORS[i % 10], linewidth=2.2, zorder=3)
+    ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label=f"chance ({chance:.2g})")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("position")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    return finish(fig, ax, path)
+
+
+def plot_accuracy_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, chance: float,
+                           path: str | Path, title: str = "") -> Path:
+    """Accuracy at the last position vs the loop count at test time, the trained count
+    marked, chance as a dashed line."""
+    loops, curve = _loop_arrays(loop_curve)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw_band(ax, loops, curve, 0.0, "looped transformer", _MODEL_COLORS[0], linewidth=2.2,
+              marker="o", markersize=3)
+    ax.axvline(trained_loops, color="C3", linestyle="--", linewidth=1.2,
+               label=f"trained loops b = {trained_loops}")
+    ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label=f"chance ({chance:.2g})")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("loop iterations at test time")
+    ax.set_ylabel("accuracy at the last position")
+    ax.set_title(title)
+    return finish(fig, ax, path)
+
+
+def plot_training_accuracy(rows: Sequence[Mapping[str, float]], chance: float,
+                           path: str | Path, title: str = "") -> Path:
+    """A classification run's learning curve from its ``metrics.csv`` rows: training
+    accuracy (current curriculum shape) and the fixed test set's (final shape)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (key, label, kw) in enumerate((
+            ("train/accuracy", "train accuracy (current shape)", {"linewidth": 1.2}),
+            ("test/accuracy", "test accuracy (final shape)", {"linewidth": 2, "marker": "o",
+                                                             "markersize": 4}))):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            x, y = np.array(points).T
+            ax.plot(x, y, color=_MODEL_COLORS[i], label=label, **kw)
+    ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label=f"chance ({chance:.2g})")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    return finish(fig, ax, path)
+
+
 def plot_training_curve(rows: Sequence[Mapping[str, float]], normalizer, path: str | Path,
                         title: str = "", floor: float = 1e-4) -> Path:
     """A run's learning curve from its ``metrics.csv`` rows: the training loss divided by
