@@ -68,8 +68,12 @@ def test_fixed_curriculum_is_constant_at_the_final_shape():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_trains_two_steps(experiment, tiny, tmp_path):
-    # TINY trains at b = 3 loops, so a jitter (the quickstart's 4) must stay below 3
-    cfg = compose_cfg(f"experiment={experiment}", *tiny, "trainer.max_steps=2",
+    # TINY trains at b = 3 loops, so a jitter (the quickstart's 4) must stay below 3; a token
+    # task's length follows TINY's 9 points, and 2 hops fit in 9 tokens of 4 symbols
+    task = compose_cfg(f"experiment={experiment}").task
+    tokens = [o for key, o in (("length", "task.length=9"), ("hops", "task.hops=2"))
+              if key in task]
+    cfg = compose_cfg(f"experiment={experiment}", *tiny, *tokens, "trainer.max_steps=2",
                       "curriculum.loops_jitter=2", run_dir=tmp_path / "run")
     result = run(cfg)
     assert result.global_step == 2
