@@ -48,8 +48,8 @@ class ModelConfig:
     inject_every_layer: bool = False  # inject the prompt before every layer of the block
     skip_connection: bool = False  # also inject the state of two iterations back
     dropout: float = 0.0  # GPT-2 dropout (0 in all reference runs)
-    vocab: int = 0  # read-in: 0 vectors (x, y pairs), V >= 2 tokens of a V-symbol vocabulary
-    n_classes: int = 0  # read-out: 0 one number per token (regression), C >= 2 class logits
+    vocab: int = 0  # read-in: 0 vectors (x, y pairs), V tokens of a V-symbol vocabulary
+    n_classes: int = 0  # read-out: 0 one number per token (regression), C class logits
     ssm_d_state: int = 16  # state size of the SSM mixer
     ssm_d_conv: int = 4  # causal convolution width of the SSM mixer
 
@@ -74,12 +74,13 @@ class ModelConfig:
                               f"{self.n_embd}; use model.n_head in {divisors[:12]}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
-        if self.vocab == 1 or self.vocab < 0:
-            raise ConfigError(f"model.vocab={self.vocab} must be 0 (vector prompts) or >= 2 "
-                              f"(tokens of that many symbols)")
-        if self.n_classes == 1 or self.n_classes < 0:
+        # the task's own values are checked by the task (a p-hop vocabulary below 2, ...)
+        if self.vocab < 0:
+            raise ConfigError(f"model.vocab={self.vocab} must be 0 (vector prompts) or the "
+                              f"number of token symbols")
+        if self.n_classes < 0:
             raise ConfigError(f"model.n_classes={self.n_classes} must be 0 (regression) or "
-                              f">= 2 (classes)")
+                              f"the number of classes")
         keep_mask_len(self.keep_tokens, self.seq_len(self.n_positions), self.n_positions)
 
     def seq_len(self, n_points: int) -> int:
