@@ -10,6 +10,7 @@ import torch
 from conftest import compose_cfg, run_cmd, train_cmd
 
 from loopformer import build_model
+from loopformer.analyze.__main__ import main as analyze_main
 from loopformer.config import Settings
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Curriculum, Schedule
@@ -256,7 +257,7 @@ def test_resume_equals_uninterrupted_for_a_token_task(tiny, tmp_path):
     assert "test/accuracy_pos/008" in logged and "test/accuracy_pos/000" not in logged
 
 
-def test_evaluate_reports_accuracy_for_a_token_task(tiny, tmp_path):
+def test_evaluate_reports_accuracy_for_a_token_task(tiny, tmp_path, capsys):
     cfg = compose_cfg(*tiny, *TINY_P_HOP, "trainer.max_steps=2", "eval.at_end=true",
                       "eval.n_prompts=40", "eval.n_resamples=20", "eval.extra_loops=[5]",
                       run_dir=tmp_path / "run")
@@ -267,6 +268,11 @@ def test_evaluate_reports_accuracy_for_a_token_task(tiny, tmp_path):
     assert len(mean) == 9 and math.isnan(mean[0]) and 0 <= mean[-1] <= 1
     assert len(res["loop_curve"]["mean"]) == 5
     assert (tmp_path / "run" / "eval" / "accuracy_vs_position.png").is_file()
+    # the analysis reads regression predictions: refused in one line, nothing written
+    assert analyze_main([f"run={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classification task" in err[0], err
+    assert not (tmp_path / "run" / "analysis").exists()
 
 
 @pytest.mark.slow
