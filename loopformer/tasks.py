@@ -328,13 +328,13 @@ class PHop(TokenTask):
         hops = self.hops if hops is None else hops
         self.check_holds(hops, n_points, "hops", "length")
         xs = self._tokens(batch_size, n_points, generator)  # (B, T)
-        ys = hop_targets(xs, hops)  # (B, T)
+        ys = hop_targets(xs, hops, self.vocab)  # (B, T)
         for _ in range(self.MAX_DRAWS):
             redo = (ys[:, -1] == IGNORE).nonzero().squeeze(1)  # rows without a last answer
             if len(redo) == 0:
                 return Batch(xs, ys)
             xs[redo] = self._tokens(len(redo), n_points, generator)
-            ys[redo] = hop_targets(xs[redo], hops)
+            ys[redo] = hop_targets(xs[redo], hops, self.vocab)
         raise RuntimeError(f"{self.MAX_DRAWS} draws left a p-hop prompt without an answer")
 
     def _tokens(self, batch_size, length, g):
@@ -349,22 +349,23 @@ class PHop(TokenTask):
         return f"PHop(hops={self.hops}, vocab={self.vocab}, length={self.length})"
 
 
-def find_one(xs: torch.Tensor) -> torch.Tensor:
+def find_one(xs: torch.Tensor, n_symbols: int | None = None) -> torch.Tensor:
     """``find_1`` of Sanford et al., 0-based: for each position ``i`` of ``xs`` (B, T), one past
-    the most recent position ``q < i`` with ``xs[q] == xs[i]``; -1 where there is none."""
+    the most recent position ``q < i`` with ``xs[q] == xs[i]``; -1 where there is none.
+    ``n_symbols``: the alphabet's size (None: read from ``xs``, a host sync)."""
     B, T = xs.shape
     pos = torch.arange(1, T + 1, device=xs.device)  # 1-based, so 0 means "none"
-    onehot = F.one_hot(xs, int(xs.max()) + 1 if xs.numel() else 1)  # (B, T, V)
+    onehot = F.one_hot(xs, n_symbols or int(xs.max()) + 1)  # (B, T, V)
     last = (onehot * pos[None, :, None]).cummax(dim=1).values  # (B, T, V): last 1-based pos <= t
     before = F.pad(last, (0, 0, 1, 0))[:, :-1]  # (B, T, V): last position < t
     q = before.gather(2, xs.unsqueeze(-1)).squeeze(-1)  # (B, T) 1-based, 0 if none
     return torch.where(q > 0, q, -1)  # q - 1 + 1: one past the 0-based occurrence
 
 
-def hop_targets(xs: torch.Tensor, hops: int) -> torch.Tensor:
+def hop_targets(xs: torch.Tensor, hops: int, n_symbols: int | None = None) -> torch.Tensor:
     """``hop_p(X)_i`` for every position, (B, T) int64, IGNORE where undefined: ``hops``
     gathers of :func:`find_one`, -1 (undefined) absorbing."""
-    step = find_one(xs)  # (B, T)
+    step = find_one(xs, n_symbols)  # (B, T)
     at = torch.arange(xs.shape[1], device=xs.device).expand_as(xs)  # (B, T)
     for _ in range(hops):
         at = torch.where(at >= 0, step.gather(1, at.clamp_min(0)), -1)
