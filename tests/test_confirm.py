@@ -6,6 +6,7 @@ import re
 import pytest
 
 from loopformer.errors import ConfigError
+from loopformer.results.findings import HEADER, confirmatory_rows, findings_errors, supported
 from loopformer.results.pages import render
 from loopformer.study import Study, load_study
 
@@ -85,15 +86,9 @@ C6 = re.compile(r"\| C6 \| b escapes differently \| b vs c \| escape rate \| pai
 
 def _rows(table: str) -> list[str]:
     lines = table.splitlines()
-    return lines[lines.index("|---|---|---|---|---|---|---|---|---|---|---|") + 1:]
-
-
-def supported(row: str, alpha: float = 0.05) -> bool:
-    """A row's verdict agrees with its adjusted p: holds / comparable iff adjusted p <= alpha."""
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    adjusted, verdict = float(cells[9]), cells[10]
-    decided = verdict.startswith(("holds", "comparable"))
-    return decided == (adjusted <= alpha)
+    rows = lines[lines.index("|---|---|---|---|---|---|---|---|---|---|---|") + 1:]
+    assert lines[lines.index(HEADER) + 2:] == rows == confirmatory_rows(f"text\n{table}\ntext")
+    return rows
 
 
 def test_confirmatory_table_by_hand(data):
@@ -233,36 +228,6 @@ def test_shipped_families():
     assert [(c.a, c.b, c.k, c.side) for c in paper.comparisons] == [
         ("looped", "transformer", 10, "two-sided"), ("looped", "tied", 10, "two-sided"),
         ("tied", "looped", 8, "less"), ("tied", "transformer", 8, "less")]
-
-
-VERDICT_CLASSES = ("holds", "does not hold", "comparable", "not resolved", "cannot be resolved")
-FIGURE = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])|(?<![\w/])\d+/\d+(?![\w/])")
-
-
-def _verdict_class(text: str) -> str | None:
-    return next((v for v in VERDICT_CLASSES if text.startswith(v)), None)
-
-
-def findings_errors(findings: list[str], confirmatory: list[str]) -> list[str]:
-    """What a findings table gets wrong against the confirmatory table: each findings row
-    ``| ID[, ID...] | text ... | verdict |`` quotes only figures of its own confirmatory rows, and
-    its verdict is theirs, which their adjusted p must support."""
-    by_id = {r.split(" | ")[0].strip("| "): r for r in confirmatory}
-    errors = []
-    for row in findings:
-        cells = [c.strip() for c in row.strip().strip("|").split("|")]
-        ids = [i.strip() for i in cells[0].split(",")]
-        own = [by_id[i] for i in ids if i in by_id]
-        if len(own) != len(ids):
-            errors.append(f"{cells[0]}: no confirmatory row")
-            continue
-        quoted = " ".join(own)
-        errors += [f"{cells[0]}: {f} is not in its row" for c in cells[1:-1]
-                   for f in FIGURE.findall(c) if f not in quoted]
-        verdicts = sorted({_verdict_class(r.split(" | ")[10]) for r in own})
-        if [_verdict_class(cells[-1])] != verdicts or not all(supported(r) for r in own):
-            errors.append(f"{cells[0]}: verdict {cells[-1]!r} is not its rows' {verdicts}")
-    return errors
 
 
 def test_a_findings_table_is_checked_row_by_row(data):

@@ -14,6 +14,7 @@ from loopformer import exact
 from loopformer.errors import ConfigError
 from loopformer.formatting import band_of, duration
 from loopformer.results import confirm
+from loopformer.results.findings import HEADER
 from loopformer.stats import fisher_exact, permutation_test, trend_test
 
 
@@ -364,8 +365,7 @@ def table_confirmatory(data: dict, opts: dict) -> list[str]:
     (:func:`loopformer.results.confirm.evaluate`)."""
     rows = confirm.evaluate(data)
     lines = [_confirmatory_rule(data, rows), "",
-             "| id | claim | a vs b | measure | design | n | floor | effect [exact CI] | "
-             "raw p | adjusted p | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             HEADER, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r.comparison
         lines.append(f"| {c.id} | {c.claim or '-'} | {c.a} vs {c.b} | {_measure(c, data)} | "
