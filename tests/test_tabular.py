@@ -201,6 +201,23 @@ def test_bad_build_options_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "cache").exists()
 
 
+def test_parquet_without_pandas_is_refused_with_the_install_line(tmp_path, capsys):
+    import importlib.util
+
+    if all(importlib.util.find_spec(m) for m in ("pandas", "pyarrow")):
+        pytest.skip("pandas and pyarrow are installed: parquet is read")
+    folder = tiny_folder(tmp_path / "tables")
+    (folder / "more.parquet").write_bytes(b"PAR1")
+    assert build_dir(folder, tmp_path / "cache") == 2
+    assert "pip install pandas pyarrow" in capsys.readouterr().err
+
+
+def test_the_command_lists_its_options(capsys):
+    assert tabular_main(["build", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "source" in out and "min_instances" in out and "dir:PATH" in out
+
+
 def test_more_classes_are_allowed_when_max_classes_says_so(tmp_path):
     folder = tmp_path / "tables"
     folder.mkdir()

@@ -83,6 +83,11 @@ class TabularTask(Task):
     41 whatever their curriculum says, as ``conf/task/openml.yaml`` does. ``n_classes`` is
     1 + the largest class id in the cache. Sampling is vectorised and draws everything from
     the generator passed in.
+
+    Where it differs from train_openml.py: there, one dataset is drawn per step for the whole
+    batch (``task.dataset_per=batch`` here; the default draws one per prompt), rows are
+    distinct across the whole batch (here: within each prompt) and the batch shrinks to
+    ``rows // 41 - 1`` prompts for a small dataset (here the batch size is the config's).
     """
 
     name = "openml"
