@@ -1,6 +1,7 @@
 """In-context baselines (Garg et al. 2022), all with one predictor signature
 (:class:`~loopformer.baselines.base.Baseline`): closed-form ones in
-:mod:`~loopformer.baselines.closed_form`, fitted ones in :mod:`~loopformer.baselines.fitted`;
+:mod:`~loopformer.baselines.closed_form`, fitted ones in :mod:`~loopformer.baselines.fitted`,
+classifiers (class ids in, class ids out) in :mod:`~loopformer.baselines.classifiers`;
 here, building them from the config.
 
 A task's suite is a list in its YAML (``eval.suite`` in ``conf/task/*.yaml``), one entry per
@@ -22,14 +23,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loopformer.baselines.base import Baseline
+from loopformer.baselines.classifiers import (
+    KNNClassifier,
+    LogisticRegression,
+    MajorityClass,
+    XGBoostClassifier,
+)
 from loopformer.baselines.closed_form import Averaging, LeastSquares, NearestNeighbors, Ridge
 from loopformer.baselines.fitted import CpuFitBaseline, DecisionTree, GD2LayerNN, Lasso, XGBoost
 from loopformer.errors import ConfigError, check_type
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Averaging", "Baseline", "CpuFitBaseline", "DecisionTree", "GD2LayerNN", "Lasso",
-           "LeastSquares", "NearestNeighbors", "Ridge", "XGBoost", "allowed_names",
+__all__ = ["Averaging", "Baseline", "CpuFitBaseline", "DecisionTree", "GD2LayerNN",
+           "KNNClassifier", "Lasso", "LeastSquares", "LogisticRegression", "MajorityClass",
+           "NearestNeighbors", "Ridge", "XGBoost", "XGBoostClassifier", "allowed_names",
            "build_baselines"]
 
 CONFIG_KEY = "eval.baselines"
