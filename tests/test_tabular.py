@@ -1,7 +1,9 @@
 """Real tables as in-context classification (task.name=openml): Yang et al.'s dataset rule on a
 hand-made listing, the preprocessing and split by hand, the cache's atomicity and version, the
-folder source, prompts and held-out prompts, and the per-prompt classifiers against
-scikit-learn fitted directly."""
+folder source, prompts and held-out prompts, the per-prompt classifiers against
+scikit-learn fitted directly; training, the fixed test set and the evaluation on the held-out
+tables (accuracy by hand, the baselines as fitted directly), a bitwise resume, and the
+refusals on the command line."""
 
 from __future__ import annotations
 
@@ -11,14 +13,23 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, compose_cfg, run_cmd, train_cmd
 
 from loopformer import baselines as B
+from loopformer import build_model
+from loopformer.config import Settings
+from loopformer.csvlog import read_metrics
+from loopformer.curriculum import CurriculumState
+from loopformer.data import generator
 from loopformer.errors import ConfigError
+from loopformer.evaluate import evaluate, format_table
+from loopformer.evaluate import main as evaluate_main
 from loopformer.tabular import Rules, TabularTask, build, read_manifest, rejection, select_openml
 from loopformer.tabular import cache as cache_mod
 from loopformer.tabular.__main__ import main as tabular_main
 from loopformer.tabular.selection import FILTER_VERSION, Table, metadata, prepare
 from loopformer.tasks import TASKS, build_task
+from loopformer.training import run
 
 # ------------------------------------------------------------------ the rule, on a listing
 
@@ -502,3 +513,146 @@ def test_classifiers_are_named_by_their_shorthands():
                                "xgboost_classifier"])
     assert [b.name for b in built] == ["majority_class", "knn_5", "logistic_regression_C0.5",
                                        "xgboost_classifier_n100_depth6_lr0.3"]
+
+
+# ------------------------------------------------------------------ test set and evaluation
+
+
+def test_the_fixed_test_set_draws_distinct_rows_of_the_held_out_tables(tiny_task):
+    t = tiny_task(test_datasets=["a", "b"], test_rows="all")
+    data = rows_of(tiny_task.cache)
+    shape = CurriculumState(n_dims=8, n_points=7, n_loops=1)
+    xs, ys = t.sample_test(40, shape, torch.Generator().manual_seed(0))
+    seen = set()
+    for b in range(40):
+        f = int((xs[b].abs().sum(0) > 0).sum())
+        name = {3: "a", 5: "b"}[f]  # never "c", a training table
+        seen.add(name)
+        every = np.concatenate([data[name]["x_train"], data[name]["x_test"]])
+        labels = np.concatenate([data[name]["y_train"], data[name]["y_test"]])
+        idx = [int(np.argmin(np.abs(every - xs[b, i, 8 - f:].numpy()).sum(1))) for i in range(7)]
+        np.testing.assert_array_equal(every[idx], xs[b, :, 8 - f:].numpy())
+        np.testing.assert_array_equal(labels[idx], ys[b].numpy())
+        assert len(set(idx)) == 7
+    assert seen == {"a", "b"}
+
+
+@pytest.fixture(scope="module")
+def sk_cache(tmp_path_factory):
+    """scikit-learn's bundled tables, cached once (breast_cancer: 569 rows, 357 of class 1;
+    wine_class1: 178 rows, 71 of class 1)."""
+    path = tmp_path_factory.mktemp("sk_cache")
+    TabularTask(16, "sklearn", str(path))
+    return path
+
+
+def tiny_openml(cache, *more):
+    """TINY (9-point prompts, b = 3) on the bundled tables, breast_cancer held out."""
+    return [*TINY, "task=openml", "task.source=sklearn", f"task.data_dir={cache}",
+            "task.test_rows=all", "model.n_dims=16", *more]
+
+
+def test_evaluate_scores_each_held_out_table_accuracy_by_hand(sk_cache):
+    # a model whose logits favour class 1 whatever it reads: its accuracy is the share of class
+    # 1 among the answers; with a prompt per held-out row (n_prompts above the rows), that
+    # share at the last position is the table's own (357 / 569 and 71 / 178)
+    cfg = compose_cfg(*tiny_openml(sk_cache, "task.test_datasets=[breast_cancer,wine_class1]",
+                                   "eval.n_prompts=1000", "eval.n_resamples=20",
+                                   "eval.baselines=[majority_class]", "eval.extra_loops=[5]"))
+    spec = Settings.from_config(cfg)
+    model = build_model(spec.model)
+    with torch.no_grad():
+        model.read_out.weight.zero_()
+        model.read_out.bias.copy_(torch.tensor([0.0, 1.0]))
+    res = evaluate(model, spec, device="cpu")
+    blocks = res["datasets"]
+    assert list(blocks) == ["breast_cancer", "wine_class1"]
+    assert blocks["breast_cancer"]["n_prompts"] == 569 and blocks["wine_class1"]["n_prompts"] == 178
+    assert blocks["breast_cancer"]["curves"]["model"]["mean"][-1] == pytest.approx(357 / 569)
+    assert blocks["wine_class1"]["curves"]["model"]["mean"][-1] == pytest.approx(71 / 178)
+    assert res["curves"]["model"]["mean"][-1] == pytest.approx((357 + 71) / (569 + 178))
+    sets = spec.function.eval_sets(1000, spec.curriculum.final,
+                                   generator(torch.device("cpu"), spec.eval.seed, 0))
+    for name, (xs, ys) in sets.items():
+        block = blocks[name]
+        assert block["accuracy"]["model"] == pytest.approx(float((ys == 1).float().mean()))
+        np.testing.assert_allclose(block["curves"]["model"]["mean"],
+                                   (ys == 1).double().mean(0).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(block["curves"]["model@5"]["mean"],
+                                   block["curves"]["model"]["mean"])
+        assert block["curves"]["majority_class"]["kind"] == "baseline"
+    assert res["position"] == "in-context examples" and res["chance"] == 0.5
+    table = format_table(res)
+    assert "breast_cancer, 9 points, 569 prompts" in table and "all held-out datasets" in table
+
+
+def test_the_baselines_through_evaluate_are_the_classifiers_fitted_directly(sk_cache, tmp_path,
+                                                                           capsys):
+    xgb = "{name:xgboost_classifier,n_estimators:5,max_depth:2}"
+    cfg = compose_cfg(*tiny_openml(sk_cache, "trainer.max_steps=2", "eval.at_end=true",
+                                   "eval.n_prompts=24", "eval.n_resamples=20",
+                                   f"eval.baselines=[majority_class,knn_3,logistic_regression,"
+                                   f"{xgb}]"), run_dir=tmp_path / "run")
+    res = run(cfg).eval_results
+    spec = Settings.from_config(cfg)
+    (xs, ys), = spec.function.eval_sets(24, spec.curriculum.final,
+                                        generator(torch.device("cpu"), spec.eval.seed, 0)).values()
+    assert xs.shape == (24, 9, 16)  # 24 of the 569 rows as queries, each with 8 others before it
+    direct = [B.MajorityClass(), B.KNNClassifier(3), B.LogisticRegression(n_jobs=1),
+              B.XGBoostClassifier(n_estimators=5, max_depth=2, n_jobs=1)]
+    curves = res["datasets"]["breast_cancer"]["curves"]
+    for baseline in direct:
+        right = (baseline(xs, ys) == ys).double()
+        np.testing.assert_allclose(curves[baseline.name]["mean"], right.mean(0).numpy(),
+                                   err_msg=baseline.name)
+        assert res["accuracy"][baseline.name] == pytest.approx(float(right.mean()))
+    assert (tmp_path / "run" / "eval" / "accuracy_vs_position.png").is_file()
+    # a regression baseline asked of the run: one line naming the key and the allowed names
+    assert evaluate_main([f"run={tmp_path / 'run'}", "baselines=[knn_3,averaging]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "error: eval.baselines=['knn_3', 'averaging'] asks for averaging, but task.name=openml "
+        "takes classifiers; allowed: ['default', 'majority_class', 'knn[_<n_neighbors>]', "
+        "'logistic_regression[_<C>]', 'xgboost_classifier']"), err
+
+
+def test_resume_equals_uninterrupted_for_real_tables(sk_cache, tmp_path):
+    tiny = tiny_openml(sk_cache, "checkpoint.every_n_steps=4", "test.every_n_steps=4")
+    run(compose_cfg(*tiny, "trainer.max_steps=8", run_dir=tmp_path / "a"))
+    run(compose_cfg(*tiny, "trainer.max_steps=4", run_dir=tmp_path / "b"))
+    run(compose_cfg(*tiny, "trainer.max_steps=8", "ckpt_path=last", run_dir=tmp_path / "b"))
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=False)
+            for r in "ab")
+    assert a["global_step"] == b["global_step"] == 8
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    rows_a, rows_b = (read_metrics(tmp_path / r / "metrics.csv") for r in "ab")
+    assert rows_a == rows_b
+    logged = {k for r in rows_a for k in r}
+    assert {"train/accuracy", "test/accuracy", "test/accuracy_pos/000",
+            "test/accuracy_pos/008"} <= logged
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["eval.baselines=[least_squares]"], "error: eval.baselines=['least_squares'] asks for "
+                                         "least_squares, but task.name=openml takes "
+                                         "classifiers"),
+    (["task.test_datasets=[iris]"], "error: task.test_datasets=['iris']: ['iris'] not in the "
+                                    "cache; choose among breast_cancer, wine_class1"),
+    (["model.n_classes=3"], "error: model.n_classes=3 does not fit task.name=openml, whose "
+                            "read-out is 2 classes"),
+])
+def test_the_command_line_refuses_bad_input_in_one_line(sk_cache, tmp_path, overrides, message):
+    proc = run_cmd(train_cmd(*tiny_openml(sk_cache)[len(TINY):], *overrides,
+                             f"run_dir={tmp_path / 'run'}"), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_classifiers_are_refused_for_a_regression_task():
+    with pytest.raises(ConfigError, match=r"eval.baselines=\['knn_3'\] asks for knn_3, but "
+                                          r"task.name=linear_regression takes regressors; "
+                                          r"allowed: \['default', 'least_squares'"):
+        Settings.from_config(compose_cfg("eval.baselines=[knn_3]"))

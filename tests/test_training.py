@@ -78,6 +78,8 @@ def test_every_experiment_trains_two_steps(experiment, tiny, tmp_path):
     task = compose_cfg(f"experiment={experiment}").task
     tokens = [o for key, o in (("length", "task.length=9"), ("hops", "task.hops=2"))
               if key in task]
+    if task.name == "openml":  # its cache in the test's folder; the tables' 16 features
+        tokens += [f"task.data_dir={tmp_path / 'cache'}", "model.n_dims=16"]
     cfg = compose_cfg(f"experiment={experiment}", *tiny, *tokens, "trainer.max_steps=2",
                       "curriculum.loops_jitter=2", run_dir=tmp_path / "run")
     result = run(cfg)

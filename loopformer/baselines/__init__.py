@@ -49,10 +49,13 @@ def _params(cls: type) -> dict[str, inspect.Parameter]:
             if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def allowed_names() -> list[str]:
-    """The strings ``eval.baselines`` accepts, from the classes that set a shorthand."""
+def allowed_names(classifies: bool | None = None) -> list[str]:
+    """The strings ``eval.baselines`` accepts, from the classes that set a shorthand (with
+    ``classifies``: only the classifiers, or only the regressors)."""
     out = ["default"]
     for short, cls in Baseline.by_shorthand.items():
+        if classifies is not None and cls.classifies != classifies:
+            continue
         if cls.suffix is None:
             out.append(short)
         elif _params(cls)[cls.suffix].default is inspect.Parameter.empty:

@@ -35,7 +35,7 @@ def _check_classes(ys: torch.Tensor) -> int:
 class MajorityClass(Baseline):
     """The most frequent class among the examples so far."""
 
-    shorthand = "majority_class"
+    shorthand, classifies = "majority_class", True
 
     @property
     def name(self) -> str:
@@ -51,7 +51,7 @@ class KNNClassifier(Baseline):
     """Majority vote of the ``n_neighbors`` nearest previous examples (Euclidean; all of them
     while there are fewer), as scikit-learn's ``KNeighborsClassifier`` (uniform weights)."""
 
-    shorthand, suffix = "knn", "n_neighbors"
+    shorthand, suffix, classifies = "knn", "n_neighbors", True
 
     def __init__(self, n_neighbors: int = 3):
         if int(n_neighbors) < 1:
@@ -124,7 +124,7 @@ class LogisticRegression(CpuFitBaseline):
     """scikit-learn ``LogisticRegression(C, max_iter)`` (L2, lbfgs, with intercept) per prompt
     and prefix."""
 
-    shorthand, suffix = "logistic_regression", "C"
+    shorthand, suffix, classifies = "logistic_regression", "C", True
 
     def __init__(self, C: float = 1.0, max_iter: int = 1000, n_jobs: int | None = -1,
                  seed: int = 0):
@@ -150,7 +150,7 @@ class XGBoostClassifier(CpuFitBaseline):
     """xgboost's ``XGBClassifier`` per prompt and prefix (logistic loss; softmax for more
     than two classes). Defaults are xgboost's own: 100 trees of depth 6, learning rate 0.3."""
 
-    shorthand, requires = "xgboost_classifier", ("xgboost",)
+    shorthand, requires, classifies = "xgboost_classifier", ("xgboost",), True
 
     def __init__(self, n_estimators: int = 100, max_depth: int = 6, learning_rate: float = 0.3,
                  n_jobs: int | None = -1, seed: int = 0):

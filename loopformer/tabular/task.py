@@ -126,8 +126,10 @@ class TabularTask(Task):
         self.train = RowPool.stack([e.name for e in train],
                                    [(arrays[e.name]["x_train"], arrays[e.name]["y_train"])
                                     for e in train], n_dims)
-        self.held = {name: RowPool.stack([name], [self._held_rows(arrays[name])], n_dims)
-                     for name in self.test_datasets}
+        held_rows = {name: self._held_rows(arrays[name]) for name in self.test_datasets}
+        self.held = {name: RowPool.stack([name], [rows], n_dims)
+                     for name, rows in held_rows.items()}
+        self.held_all = RowPool.stack(self.test_datasets, list(held_rows.values()), n_dims)
         self._on: dict[tuple[int, torch.device], RowPool] = {}  # pools moved to a device
 
     # ------------------------------------------------------------------ set-up
@@ -182,8 +184,8 @@ class TabularTask(Task):
     # ---------------------------------------------------------------- prompts
 
     def normalizer(self, active_dims=None):
-        raise NotImplementedError("task.name=openml is classification: it is scored by "
-                                  "accuracy and cross-entropy, not by normalised error")
+        raise ConfigError("task.name=openml is scored by accuracy; a normalised squared error "
+                          "applies to regression tasks only")
 
     def check_points(self, pool: RowPool, n_points: int, key: str, fix: str) -> None:
         small = int(pool.counts.argmin())
@@ -205,13 +207,33 @@ class TabularTask(Task):
         which = torch.randint(n_sets, shape, generator=generator, device=device)
         return pool.draw(which.expand(batch_size), n_points, generator, dtype)
 
+    def sample_test(self, batch_size, shape, generator=None) -> Batch:
+        """The fixed test set: prompts of distinct held-out rows, each prompt's dataset drawn
+        uniformly among the held-out ones (as training draws among the others)."""
+        self.check_points(self.held_all, shape.n_points, f"task.test_rows={self.test_rows}",
+                          "use task.test_rows=all" if self.test_rows == "test"
+                          else "hold out another dataset")
+        device = generator.device if generator is not None else torch.device("cpu")
+        pool = self._pool(self.held_all, device)
+        which = torch.randint(len(pool.names), (batch_size,), generator=generator, device=device)
+        return pool.draw(which, shape.n_points, generator, torch.float32)
+
+    def eval_sets(self, n_prompts, shape, generator=None) -> dict[str, Batch]:
+        """One set per held-out dataset: a prompt per held-out row (at most ``n_prompts`` of
+        them, a random subset), that row the query at the last position
+        (:meth:`held_out`)."""
+        return {name: self.held_out(shape.n_points, generator, dataset=name,
+                                    n_queries=n_prompts) for name in self.test_datasets}
+
     def held_out(self, n_points: int, generator: torch.Generator | None = None,
                  dataset: str | None = None, batch_size: int | None = None,
-                 dtype: torch.dtype = torch.float32) -> Batch:
+                 dtype: torch.dtype = torch.float32, n_queries: int | None = None) -> Batch:
         """Prompts from a held-out dataset's rows (``task.test_rows``: its test split, or all
         its rows). With ``batch_size``: that many prompts of ``n_points`` distinct rows.
         Without: one prompt per row, that row the query at the last position and
-        ``n_points - 1`` distinct other rows before it (Yang et al.'s evaluation notebook)."""
+        ``n_points - 1`` distinct other rows before it (Yang et al.'s evaluation notebook);
+        with ``n_queries`` fewer than the rows, one prompt for each of a random subset of that
+        many rows, in row order."""
         name = self.test_datasets[0] if dataset is None else dataset
         if name not in self.held:
             raise ConfigError(f"dataset={name!r} is not held out; held out: "
@@ -225,15 +247,20 @@ class TabularTask(Task):
             which = torch.zeros(batch_size, dtype=torch.long, device=device)
             return pool.draw(which, n_points, generator, dtype)
         n_rows = int(pool.counts[0])
+        queries = torch.arange(n_rows, device=device)  # (Q,)
+        if n_queries is not None and n_queries < n_rows:
+            pick = torch.randperm(n_rows, generator=generator, device=device)[:n_queries]
+            queries = pick.sort().values
         parts = []
-        for start in range(0, n_rows, 1024):  # (chunk, rows) scores stay small
-            query = torch.arange(start, min(n_rows, start + 1024), device=device)  # (c,)
+        for start in range(0, len(queries), 1024):  # (chunk, rows) scores stay small
+            query = queries[start:start + 1024]  # (c,)
             scores = torch.rand(len(query), n_rows, generator=generator, device=device)
             scores[torch.arange(len(query), device=device), query] = 2.0  # not its own context
             context = scores.topk(n_points - 1, dim=1, largest=False).indices  # (c, n-1)
             parts.append(torch.cat([context, query.unsqueeze(1)], dim=1))  # (c, n)
         local = torch.cat(parts)
-        return pool.gather(torch.zeros(n_rows, dtype=torch.long, device=device), local, dtype)
+        return pool.gather(torch.zeros(len(queries), dtype=torch.long, device=device), local,
+                           dtype)
 
     def __repr__(self) -> str:
         return (f"TabularTask(n_dims={self.n_dims}, data_dir={self.data_dir!r}, "
