@@ -377,6 +377,20 @@ def test_one_dataset_per_batch_draws_every_prompt_from_it(tiny_task):
         assert (width == width[0]).all()
 
 
+def test_permuted_labels_rename_the_classes_of_each_training_prompt(tiny_task):
+    t, plain = tiny_task(permute_labels=True), tiny_task()
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    xs, ys = t.sample(64, 11, generator=g())
+    xs_plain, ys_plain = plain.sample(64, 11, generator=g())
+    assert torch.equal(xs, xs_plain)  # the same rows; the renaming is drawn after them
+    flipped = (ys != ys_plain).all(1)  # two classes: a prompt keeps its labels or swaps them
+    assert torch.equal(flipped | (ys == ys_plain).all(1), torch.ones(64, dtype=torch.bool))
+    assert 16 < int(flipped.sum()) < 48  # each prompt flips with probability 1/2
+    h, h_plain = (task.held_out(3, torch.Generator().manual_seed(0), batch_size=8)
+                  for task in (t, plain))
+    assert torch.equal(h.ys, h_plain.ys)  # the held-out prompts keep their labels
+
+
 def test_held_out_prompts_come_from_the_held_out_test_rows(tiny_task):
     t = tiny_task(test_datasets=["b"], test_rows="all")
     data = rows_of(tiny_task.cache)["b"]

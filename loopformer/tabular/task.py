@@ -84,6 +84,11 @@ class TabularTask(Task):
     1 + the largest class id in the cache. Sampling is vectorised and draws everything from
     the generator passed in.
 
+    ``task.permute_labels=true`` renames the classes of every training prompt at random (a
+    permutation per prompt; not in train_openml.py): with few training tables a model can
+    otherwise learn each table's labels by heart instead of reading them in context, and
+    a held-out table's class ids are arbitrary. The held-out prompts keep their labels.
+
     Where it differs from train_openml.py: there, one dataset is drawn per step for the whole
     batch (``task.dataset_per=batch`` here; the default draws one per prompt), rows are
     distinct across the whole batch (here: within each prompt) and the batch shrinks to
@@ -95,7 +100,7 @@ class TabularTask(Task):
     def __init__(self, n_dims: int, source: str = "openml", data_dir: str = "data/openml",
                  label: str | None = None, test_datasets: list[str] | None = None,
                  test_idx: int | None = None, test_rows: str = "test",
-                 dataset_per: str = "prompt"):
+                 dataset_per: str = "prompt", permute_labels: bool = False):
         super().__init__(n_dims)
         parse_source(source, "task.source")  # an unknown source is refused before any work
         if test_rows not in ROW_SETS:
@@ -107,7 +112,7 @@ class TabularTask(Task):
             raise ConfigError("task.test_datasets and task.test_idx both name the held-out "
                               "datasets; give one of them")
         self.source, self.data_dir, self.test_rows = str(source), str(data_dir), test_rows
-        self.dataset_per = dataset_per
+        self.dataset_per, self.permute_labels = dataset_per, bool(permute_labels)
         manifest = self._manifest(label)
         self.manifest = manifest
         self.n_classes = manifest.n_classes
@@ -205,7 +210,12 @@ class TabularTask(Task):
         n_sets = len(pool.names)
         shape = (batch_size,) if self.dataset_per == "prompt" else (1,)
         which = torch.randint(n_sets, shape, generator=generator, device=device)
-        return pool.draw(which.expand(batch_size), n_points, generator, dtype)
+        xs, ys = pool.draw(which.expand(batch_size), n_points, generator, dtype)
+        if self.permute_labels:  # a fresh renaming of the classes per prompt
+            perm = torch.rand(batch_size, self.n_classes, generator=generator,
+                              device=device).argsort(-1)  # (B, C)
+            ys = perm.gather(1, ys)  # (B, n)
+        return Batch(xs, ys)
 
     def sample_test(self, batch_size, shape, generator=None) -> Batch:
         """The fixed test set: prompts of distinct held-out rows, each prompt's dataset drawn
