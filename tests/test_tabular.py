@@ -587,7 +587,7 @@ def test_evaluate_scores_each_held_out_table_accuracy_by_hand(sk_cache):
     assert res["curves"]["model"]["mean"][-1] == pytest.approx((357 + 71) / (569 + 178))
     sets = spec.function.eval_sets(1000, spec.curriculum.final,
                                    generator(torch.device("cpu"), spec.eval.seed, 0))
-    for name, (xs, ys) in sets.items():
+    for name, (_, ys) in sets.items():
         block = blocks[name]
         assert block["accuracy"]["model"] == pytest.approx(float((ys == 1).float().mean()))
         np.testing.assert_allclose(block["curves"]["model"]["mean"],
