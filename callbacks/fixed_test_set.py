@@ -78,7 +78,7 @@ class FixedTestSet:
     def chunk(self, i: int, device) -> Batch:
         n = min(self.batch_size, self.size - i * self.batch_size)
         g = generator(torch.device(device), self.seed, i)
-        return self.task.sample_at(n, self.shape, g)
+        return self.task.sample_test(n, self.shape, g)
 
 
 @torch.no_grad()

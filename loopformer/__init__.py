@@ -1,5 +1,6 @@
 """loopformer: looped transformers learning functions in-context."""
 
+from loopformer import tabular  # noqa: F401  (registers task.name=openml)
 from loopformer.curriculum import Curriculum, Schedule
 from loopformer.errors import ConfigError
 from loopformer.models import ModelConfig, build_model, count_parameters

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from loopformer.baselines import Baseline, build_baselines
+from loopformer.baselines import Baseline, allowed_names, build_baselines
 from loopformer.curriculum import Curriculum
 from loopformer.errors import ConfigError, typed
 from loopformer.models import ModelConfig, keep_mask_len
@@ -396,9 +396,25 @@ class Settings:
         self.function.check_curriculum(self.curriculum)
         self.check_read_out()
         self.eval.check()
+        self.check_baselines()
         if self.function.n_classes:
             self.refuse_regression_features()
         return self
+
+    def check_baselines(self) -> None:
+        """The baselines must answer what the task asks: numbers for regression, class ids
+        for classes over vector prompts; a token task has none."""
+        task = self.function
+        classifies = bool(task.n_classes)
+        wrong = [p.name for p in self.eval.predictors if p.classifies != classifies]
+        if task.vocab and self.eval.predictors:
+            raise ConfigError(f"eval.baselines={self.eval.baselines} fits baselines to vector "
+                              f"prompts; task.name={task.name} is tokens: use eval.baselines=[]")
+        if wrong:
+            kind = "classifiers" if classifies else "regressors"
+            raise ConfigError(f"eval.baselines={self.eval.baselines} asks for "
+                              f"{', '.join(wrong)}, but task.name={task.name} takes {kind}; "
+                              f"allowed: {allowed_names(classifies)}")
 
     def check_read_out(self) -> None:
         """The model's read-in and read-out must be the task's (its YAML sets them)."""
@@ -416,12 +432,8 @@ class Settings:
                               f"{task.n_classes}")
 
     def refuse_regression_features(self) -> None:
-        """A classification task has no regression baselines and no shifted vector prompts."""
+        """A classification task has no shifted vector prompts."""
         name = self.function.name
-        if self.eval.predictors:
-            raise ConfigError(f"eval.baselines={self.eval.baselines} runs regression baselines "
-                              f"({', '.join(p.name for p in self.eval.predictors)}), which do "
-                              f"not apply to task.name={name} (classes); use eval.baselines=[]")
         if self.eval.shifts:
             raise ConfigError(f"eval.ood={self.eval.ood} shifts vector prompts, which do not "
                               f"apply to task.name={name} (classes); use eval.ood=none")

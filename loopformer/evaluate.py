@@ -5,7 +5,9 @@ of the run's ``eval`` block (its ``config.yaml``); ``--help`` lists them. Writes
 ``RUN_DIR/eval/results.json``, ``error_vs_examples.png``, ``error_vs_loops.png`` (looped
 models) and logs a table of normalised error per number of in-context examples; for a
 classification task, accuracy (and cross-entropy) instead: ``accuracy_vs_position.png``,
-``accuracy_vs_loops.png`` and a table of accuracy per position.
+``accuracy_vs_loops.png`` and a table of accuracy per position; for real tables
+(``task.name=openml``) per number of in-context examples on each held-out dataset, against
+classifiers fitted per prompt on the same prompts.
 """
 
 from __future__ import annotations
@@ -96,43 +98,80 @@ def evaluate(model: InContextModel, spec: Settings, ev: EvalConfig | None = None
 
 def evaluate_classes(model: InContextModel, spec: Settings, ev: EvalConfig, device) -> dict:
     """A classification task's evaluation: accuracy per position (the mean over the prompts
-    whose target there asks something) with its bootstrap band, at the trained loop count and
-    at ``eval.extra_loops``; the mean cross-entropy; a looped model's accuracy at the last
-    position after each loop."""
+    whose target there asks something) with its bootstrap band, of the model at the trained
+    loop count and at ``eval.extra_loops`` and of the baselines (classifiers fitted per prompt
+    on the same prompts); the mean cross-entropy; a looped model's accuracy at the last
+    position after each loop. A task with several prompt sets (held-out datasets) is scored
+    on each, under ``datasets``; the top level pools them."""
     from loopformer.data import generator  # imports lightning: after the checks
 
     shape = spec.curriculum.final
-    xs, ys = spec.function.sample_at(ev.n_prompts, shape, generator(device, ev.seed, 0))
+    sets = spec.function.eval_sets(ev.n_prompts, shape, generator(device, ev.seed, 0))
     loops = [shape.n_loops]
     if spec.looped:
         loops += [n for n in ev.extra_loops if n != shape.n_loops]
-    scores = model_answers(model, xs, ys, spec, loops, ev.batch_size, settle_tol=ev.settle_tol)
-    mask, loss, loop_curve = scores.pop("asked"), scores.pop("loss"), scores.pop("loop_curve",
-                                                                                 None)
-
-    def band(e, m=None):
-        return bootstrap_band(e.cpu(), n_resamples=ev.n_resamples, seed=ev.seed,
-                              mask=None if m is None else m.cpu()).to_dict()
-
-    n_asked = mask.sum().clamp_min(1)
+    scored = {name: _class_scores(model, spec, ev, batch, loops) for name, batch in sets.items()}
+    pooled = {key: torch.cat([s[key] for s in scored.values()])
+              for key in next(iter(scored.values())) if key != "notes"}
+    notes = next(iter(scored.values()))["notes"]
     results = {
         "task": spec.function.name, "task_params": spec.task_params, "family": spec.model.family,
         "parameters": count_parameters(model), "metric": "accuracy",
         "n_classes": spec.function.n_classes, "chance": 1 / spec.function.n_classes,
         "n_points": shape.n_points, "n_hops": shape.n_hops,
-        "n_prompts": ev.n_prompts, "seed": ev.seed, "torch": torch.__version__,
+        "position": "token" if spec.function.vocab else "in-context examples",
+        "seed": ev.seed, "torch": torch.__version__,
         "trained_loops": shape.n_loops if spec.looped else None, "extra_loops": loops[1:],
         "settle_tol": ev.settle_tol,
-        "accuracy": {name: float((right * mask).sum() / n_asked) for name, right in
-                     scores.items()},
+        **_class_block(pooled, notes, ev),
+    }
+    if list(sets) != [spec.function.name]:  # held-out datasets: each its own block
+        results["datasets"] = {name: _class_block(s, s["notes"], ev)
+                               for name, s in scored.items()}
+    return results
+
+
+def _class_scores(model, spec: Settings, ev: EvalConfig, batch, loops) -> dict:
+    """Per prompt and position, right (1) or wrong (0) for the model at each loop count and
+    for each baseline, the model's cross-entropy, the asked positions, and the loop curve."""
+    xs, ys = batch
+    scores = model_answers(model, xs, ys, spec, loops, ev.batch_size, settle_tol=ev.settle_tol)
+    kinds = dict.fromkeys((k for k in scores if k.startswith("model")), "model")
+    xs_cpu, ys_cpu = xs.cpu(), ys.cpu()
+    notes: dict[str, dict[str, int]] = {}
+    for p in ev.predictors:  # classifiers (the settings refuse any other for classes)
+        log.info("baseline %s on %d prompts", p.name, len(ys_cpu))
+        scores[p.name] = (p(xs_cpu, ys_cpu) == ys_cpu).float()
+        kinds[p.name], notes[p.name] = "baseline", dict(p.diagnostics)
+    return {**scores, "notes": {"kinds": kinds, "diagnostics": notes}}
+
+
+def _class_block(scores: dict, notes: dict, ev: EvalConfig) -> dict:
+    """Accuracies, the cross-entropy and bootstrap bands of one prompt set's scores."""
+    scores = dict(scores)
+    mask, loss = scores.pop("asked"), scores.pop("loss")
+    loop_curve = scores.pop("loop_curve", None)
+    scores.pop("notes", None)
+    mask_cpu = mask.cpu()
+
+    def band(e, m=None):
+        return bootstrap_band(e.cpu(), n_resamples=ev.n_resamples, seed=ev.seed,
+                              mask=m).to_dict()
+
+    n_asked = mask.sum().clamp_min(1)
+    block = {
+        "n_prompts": len(mask),
+        "accuracy": {name: float((right.to(mask.device) * mask).sum() / n_asked)
+                     for name, right in scores.items()},
         "loss": float((loss * mask).sum() / n_asked),
-        "curves": {name: {"kind": "model", **band(right, mask)} for name, right in
-                   scores.items()},
+        "curves": {name: {"kind": notes["kinds"][name], **band(right, mask_cpu),
+                          **notes["diagnostics"].get(name, {})}
+                   for name, right in scores.items()},
     }
     if loop_curve is not None:  # the last position asks something in every prompt
-        results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
-                                 **band(loop_curve)}
-    return results
+        block["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
+                               **band(loop_curve)}
+    return block
 
 
 def format_table(results: dict, columns: list[int] | None = None) -> str:
@@ -158,18 +197,32 @@ def format_table(results: dict, columns: list[int] | None = None) -> str:
 
 def format_accuracy_table(results: dict, columns: list[int] | None = None) -> str:
     """Accuracy per curve over all asked positions and at chosen positions (nan: the
-    position asks nothing)."""
-    n = results["n_points"]
-    if columns is None:
-        columns = list(range(n)) if n <= 12 else sorted({0, n // 4, n // 2, 3 * n // 4, n - 1})
-    names = list(results["curves"])
+    position asks nothing); one table per held-out dataset, and the pooled one where there
+    are several."""
+    blocks = results.get("datasets") or {"": results}
+    if len(blocks) > 1:
+        blocks = {**blocks, "all held-out datasets": results}
+    return "\n".join(_accuracy_table(results, block, name, columns)
+                     for name, block in blocks.items())
+
+
+def _accuracy_table(results: dict, block: dict, dataset: str,
+                    columns: list[int] | None) -> str:
+    n, by = results["n_points"], results.get("position", "token")
+    if columns is None and n <= 12:
+        columns = list(range(n))
+    elif columns is None:  # tokens: spread over the sequence; examples: the first few too
+        columns = sorted({0, n // 4, n // 2, 3 * n // 4, n - 1} if by == "token"
+                         else {0, 1, 2, 4, 8, 16, n // 2, n - 1} & set(range(n)))
+    names = list(block["curves"])
     width = max(12, *(len(s) for s in names))
-    lines = [f"accuracy by position ({results['task']}, {n} tokens, {results['n_prompts']} "
-             f"prompts, chance {results['chance']:.3g}, cross-entropy {results['loss']:.4f})",
+    what = f"{n} tokens" if by == "token" else f"{dataset}, {n} points"
+    lines = [f"accuracy by {by} ({results['task']}, {what}, {block['n_prompts']} prompts, "
+             f"chance {results['chance']:.3g}, cross-entropy {block['loss']:.4f})",
              f"{'':<{width}}{'all':>10}" + "".join(f"{k:>10d}" for k in columns)]
     for name in names:
-        mean = results["curves"][name]["mean"]
-        lines.append(f"{name:<{width}}{results['accuracy'][name]:>10.4f}"
+        mean = block["curves"][name]["mean"]
+        lines.append(f"{name:<{width}}{block['accuracy'][name]:>10.4f}"
                      + "".join(f"{mean[k]:>10.4f}" for k in columns))
     return "\n".join(lines)
 
@@ -179,9 +232,18 @@ def write_results(results: dict, run: RunDir) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     run.results.write_text(json.dumps(results, indent=1))
     if results.get("metric") == "accuracy":
+        by = results.get("position", "token")
         title = f"{results['task']} ({results['n_points']} tokens)"
+        if results.get("datasets"):
+            title = f"{results['task']}: held out {', '.join(results['datasets'])}"
         plot_accuracy_vs_position(results["curves"], out_dir / "accuracy_vs_position.png",
-                                  results["chance"], title=title)
+                                  results["chance"], title=title, xlabel=by)
+        if len(results.get("datasets") or ()) > 1:
+            for name, block in results["datasets"].items():
+                plot_accuracy_vs_position(block["curves"],
+                                          out_dir / f"accuracy_vs_position_{name}.png",
+                                          results["chance"], xlabel=by,
+                                          title=f"{results['task']}: held out {name}")
         if "loop_curve" in results:
             plot_accuracy_vs_loops(results["loop_curve"], results["trained_loops"],
                                    results["chance"], out_dir / "accuracy_vs_loops.png",

@@ -73,6 +73,18 @@ class Task:
         """Prompts at a curriculum shape: what training, the test set and evaluation draw."""
         return self.sample(batch_size, shape.n_points, shape.n_dims, generator)
 
+    def sample_test(self, batch_size: int, shape: CurriculumState,
+                    generator: torch.Generator | None = None) -> Batch:
+        """The fixed test set's prompts: fresh ones at the shape, as training draws them (a
+        task with held-out data draws them from it)."""
+        return self.sample_at(batch_size, shape, generator)
+
+    def eval_sets(self, n_prompts: int, shape: CurriculumState,
+                  generator: torch.Generator | None = None) -> dict[str, Batch]:
+        """The evaluation's prompts, by name: one set of ``n_prompts`` fresh prompts at the
+        shape (a task with held-out datasets: one set per dataset)."""
+        return {self.name: self.sample_at(n_prompts, shape, generator)}
+
     def check_curriculum(self, curriculum: Curriculum) -> None:
         """Refuse a curriculum this task cannot follow, naming the key."""
         self.check_active_dims(curriculum.dims.start)

@@ -197,7 +197,8 @@ def test_the_regression_model_is_unchanged_by_the_new_fields():
     (["task.vocab=1"], "task.vocab=1 must be >= 2"),
     (["model.n_classes=0"], "model.n_classes=0 does not fit task.name=p_hop"),
     (["model.vocab=0"], "model.vocab=0 does not fit task.name=p_hop"),
-    (["eval.baselines=[least_squares]"], "eval.baselines=['least_squares'] runs regression"),
+    (["eval.baselines=[least_squares]"], "eval.baselines=['least_squares'] fits baselines to "
+                                         "vector prompts; task.name=p_hop is tokens"),
     (["eval.ood=default"], "eval.ood=default"),
     (["curriculum.points.end=24"], "curriculum.points.end=24 differs from task.length=32"),
     (["curriculum.hops.end=6"], "curriculum.hops.end=6 differs from task.hops=8"),

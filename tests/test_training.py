@@ -28,9 +28,14 @@ GROUPS = {g: sorted(p.stem for p in (Path(CONF) / g).glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 
 
+# options that need more than their YAML offline: task=openml reads (or builds) a dataset cache
+OFFLINE = {("task", "openml"): lambda tmp: ["task.source=sklearn", f"task.data_dir={tmp}"]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
-def test_every_group_option_composes_and_builds(group, option):
-    cfg = compose_cfg(f"{group}={option}")
+def test_every_group_option_composes_and_builds(group, option, tmp_path):
+    extra = OFFLINE.get((group, option), lambda tmp: [])(tmp_path / "cache")
+    cfg = compose_cfg(f"{group}={option}", *extra)
     spec = Settings.from_config(cfg)
     model = build_model(spec.model)
     assert model.cfg == spec.model
@@ -73,6 +78,8 @@ def test_every_experiment_trains_two_steps(experiment, tiny, tmp_path):
     task = compose_cfg(f"experiment={experiment}").task
     tokens = [o for key, o in (("length", "task.length=9"), ("hops", "task.hops=2"))
               if key in task]
+    if task.name == "openml":  # its cache in the test's folder; the tables' 16 features
+        tokens += [f"task.data_dir={tmp_path / 'cache'}", "model.n_dims=16"]
     cfg = compose_cfg(f"experiment={experiment}", *tiny, *tokens, "trainer.max_steps=2",
                       "curriculum.loops_jitter=2", run_dir=tmp_path / "run")
     result = run(cfg)

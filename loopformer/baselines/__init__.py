@@ -1,6 +1,7 @@
 """In-context baselines (Garg et al. 2022), all with one predictor signature
 (:class:`~loopformer.baselines.base.Baseline`): closed-form ones in
-:mod:`~loopformer.baselines.closed_form`, fitted ones in :mod:`~loopformer.baselines.fitted`;
+:mod:`~loopformer.baselines.closed_form`, fitted ones in :mod:`~loopformer.baselines.fitted`,
+classifiers (class ids in, class ids out) in :mod:`~loopformer.baselines.classifiers`;
 here, building them from the config.
 
 A task's suite is a list in its YAML (``eval.suite`` in ``conf/task/*.yaml``), one entry per
@@ -22,14 +23,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loopformer.baselines.base import Baseline
+from loopformer.baselines.classifiers import (
+    KNNClassifier,
+    LogisticRegression,
+    MajorityClass,
+    XGBoostClassifier,
+)
 from loopformer.baselines.closed_form import Averaging, LeastSquares, NearestNeighbors, Ridge
 from loopformer.baselines.fitted import CpuFitBaseline, DecisionTree, GD2LayerNN, Lasso, XGBoost
 from loopformer.errors import ConfigError, check_type
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Averaging", "Baseline", "CpuFitBaseline", "DecisionTree", "GD2LayerNN", "Lasso",
-           "LeastSquares", "NearestNeighbors", "Ridge", "XGBoost", "allowed_names",
+__all__ = ["Averaging", "Baseline", "CpuFitBaseline", "DecisionTree", "GD2LayerNN",
+           "KNNClassifier", "Lasso", "LeastSquares", "LogisticRegression", "MajorityClass",
+           "NearestNeighbors", "Ridge", "XGBoost", "XGBoostClassifier", "allowed_names",
            "build_baselines"]
 
 CONFIG_KEY = "eval.baselines"
@@ -41,10 +49,13 @@ def _params(cls: type) -> dict[str, inspect.Parameter]:
             if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def allowed_names() -> list[str]:
-    """The strings ``eval.baselines`` accepts, from the classes that set a shorthand."""
+def allowed_names(classifies: bool | None = None) -> list[str]:
+    """The strings ``eval.baselines`` accepts, from the classes that set a shorthand (with
+    ``classifies``: only the classifiers, or only the regressors)."""
     out = ["default"]
     for short, cls in Baseline.by_shorthand.items():
+        if classifies is not None and cls.classifies != classifies:
+            continue
         if cls.suffix is None:
             out.append(short)
         elif _params(cls)[cls.suffix].default is inspect.Parameter.empty:

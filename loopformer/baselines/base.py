@@ -31,6 +31,7 @@ class Baseline:
     shorthand: ClassVar[str] = ""
     suffix: ClassVar[str | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
+    classifies: ClassVar[bool] = False  # class ids in and out (a classification task's)
     # shorthand -> class, filled as subclasses are defined
     by_shorthand: ClassVar[dict[str, type[Baseline]]] = {}
     # counts about the last predict call that results should carry (e.g. unconverged fits)

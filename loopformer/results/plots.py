@@ -137,17 +137,22 @@ def plot_error_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, path:
 
 
 def plot_accuracy_vs_position(curves: Mapping[str, Any], path: str | Path, chance: float,
-                              title: str = "") -> Path:
+                              title: str = "", xlabel: str = "position") -> Path:
     """A classification task's accuracy per position (token, or number of in-context
-    examples), models with bootstrap bands, chance as a dashed line; linear y in [0, 1].
-    Positions that ask nothing are gaps."""
+    examples): models with bootstrap bands, baselines (``kind: baseline``) as lines, chance
+    as a dashed line; linear y in [0, 1]. Positions that ask nothing are gaps."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, (key, c) in enumerate(curves.items()):
-        c = as_dict(c)
+    models = [k for k, c in curves.items() if as_dict(c).get("kind") != "baseline"]
+    for i, key in enumerate(models):
+        c = as_dict(curves[key])
         draw_band(ax, xs_of(c), c, 0.0, key, _MODEL_COLORS[i % 10], linewidth=2.2, zorder=3)
+    for i, key in enumerate(k for k in curves if k not in models):
+        c = as_dict(curves[key])
+        ax.plot(xs_of(c), c["mean"], color=_BASELINE_COLORS[i % 8],
+                linestyle=_BASELINE_STYLES[i % len(_BASELINE_STYLES)], linewidth=1.4, label=key)
     ax.axhline(chance, color="0.4", linestyle="--", linewidth=1, label=f"chance ({chance:.2g})")
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("position")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     return finish(fig, ax, path)
