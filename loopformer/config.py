@@ -385,6 +385,10 @@ class Settings:
                 raise ConfigError(f"model.keep_tokens={model.keep_tokens:g} exceeds the "
                                   f"{seq_len} tokens of a {cur.points.end}-point prompt; use "
                                   f"-{seq_len - 1}..{seq_len} or a fraction in (0,1)")
+        if not self.looped and not cur.loops_rule.fixed:
+            raise ConfigError(f"curriculum.loops_rule.kind={cur.loops_rule.kind} sets a loop "
+                              f"count, which model.family={model.family} has not (its depth is "
+                              f"model.n_layer); use curriculum.loops_rule.kind=fixed")
         for name, c in self.callbacks.items():
             if not isinstance(c, dict) or not isinstance(c.get("_target_"), str):
                 raise ConfigError(f"callbacks.{name} must be a mapping with a _target_ (the "

@@ -40,6 +40,9 @@ class Task:
     vocab: int = 0  # read-in: 0 vector prompts (x, y pairs), V: tokens of V symbols
     n_classes: int = 0  # read-out: 0 one number per token (regression), C: C classes
     has_hops: bool = False  # whether the task has a hop count (the curriculum's hops dial)
+    # the curriculum key of the task's depth dial, which curriculum.loops_rule may follow:
+    # hops (p_hop), points (a token task's length: parity); None: no depth dial
+    dial: str | None = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -81,6 +84,13 @@ class Task:
             raise ConfigError(f"curriculum.hops schedules a hop count, which task.name="
                               f"{self.name} has not; remove it (curriculum.hops=null) or use "
                               f"task.name in {with_hops}")
+        rule = curriculum.loops_rule
+        if not rule.fixed and rule.of != self.dial:
+            has = (f"its depth dial is curriculum.{self.dial}; use curriculum.loops_rule.of="
+                   f"{self.dial}" if self.dial else "it has no depth dial; use "
+                   "curriculum.loops_rule.kind=fixed")
+            raise ConfigError(f"curriculum.loops_rule.of={rule.of} is not a depth dial of "
+                              f"task.name={self.name}: {has}")
 
     def check_active_dims(self, active_dims: int) -> None:
         if not 1 <= active_dims <= self.n_dims:
@@ -283,6 +293,7 @@ class PHop(TokenTask):
 
     name = "p_hop"
     has_hops = True
+    dial = "hops"
     MAX_DRAWS = 1000  # redraws of the undefined rows before giving up (never reached in tests)
 
     def __init__(self, n_dims: int, hops: int = 4, vocab: int = 4, length: int = 64):
@@ -400,6 +411,7 @@ class Parity(TokenTask):
     name = "parity"
     vocab = 2
     n_classes = 2
+    dial = "points"
 
     def __init__(self, n_dims: int, length: int = 16):
         super().__init__(n_dims, length)
