@@ -66,10 +66,12 @@ class LoopsRule:
         return self.kind == "fixed"
 
     def describe(self) -> str:
-        return {"fixed": "b fixed by the loops schedule",
-                "linear": f"b(p) = {self.a} * p + {self.c}",
-                "log2": f"b(p) = {self.a} * ceil(log2 p) + {self.c}"}[self.kind] + (
-            "" if self.fixed else f", p = {self.of}")
+        if self.fixed:
+            return "b fixed by the loops schedule"
+        term = "p" if self.kind == "linear" else "ceil(log2 p)"
+        slope = term if self.a == 1 else f"{self.a} {term}"
+        offset = "" if self.c == 0 else f" {'+' if self.c > 0 else '-'} {abs(self.c)}"
+        return f"b(p) = {slope}{offset}, p = {self.of}"
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "of": self.of, "a": self.a, "c": self.c,

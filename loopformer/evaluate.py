@@ -24,12 +24,14 @@ from omegaconf import OmegaConf
 from loopformer.cli import option
 from loopformer.cli import run as run_tool
 from loopformer.config import EvalConfig, Settings, check_device
+from loopformer.dial import format_dial, score_dial
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, count_parameters
 from loopformer.ood import evaluate_ood, format_ood_table
 from loopformer.results.plots import (
     plot_accuracy_vs_loops,
     plot_accuracy_vs_position,
+    plot_dial,
     plot_error_vs_examples,
     plot_error_vs_loops,
     plot_ood_of_run,
@@ -132,6 +134,9 @@ def evaluate_classes(model: InContextModel, spec: Settings, ev: EvalConfig, devi
     if loop_curve is not None:  # the last position asks something in every prompt
         results["loop_curve"] = {"loops": list(range(1, loop_curve.shape[1] + 1)),
                                  **band(loop_curve)}
+    if ev.dial.factor:
+        results["dial"] = score_dial(model, spec, device, ev.n_resamples, ev.seed,
+                                     ev.batch_size)
     return results
 
 
@@ -171,6 +176,8 @@ def format_accuracy_table(results: dict, columns: list[int] | None = None) -> st
         mean = results["curves"][name]["mean"]
         lines.append(f"{name:<{width}}{results['accuracy'][name]:>10.4f}"
                      + "".join(f"{mean[k]:>10.4f}" for k in columns))
+    if results.get("dial"):
+        lines.append(format_dial(results["dial"]))
     return "\n".join(lines)
 
 
@@ -186,6 +193,9 @@ def write_results(results: dict, run: RunDir) -> None:
             plot_accuracy_vs_loops(results["loop_curve"], results["trained_loops"],
                                    results["chance"], out_dir / "accuracy_vs_loops.png",
                                    title=title)
+        if results.get("dial"):
+            plot_dial(results["dial"], results["chance"], out_dir / "accuracy_vs_dial.png",
+                      title=f"{results['task']}: beyond the trained {results['dial']['of']}")
         return
     title = f"{results['task']} (d={results['active_dims']})"
     plot_error_vs_examples(results["curves"], out_dir / "error_vs_examples.png", title=title)
@@ -242,6 +252,8 @@ class EvaluateOptions:
     ood: Any = option(None, "eval.ood: none | default | a list of shifts")
     settle_tol: float | None = option(None, "eval.settle_tol: stop computing a prompt whose "
                                             "relative state change stayed below it")
+    dial: Any = option(None, "eval.dial: {factor: F, n_prompts: N}: a token task's hops "
+                             "(length) up to F x the trained ones")
 
     def overrides(self) -> dict[str, Any]:
         """The ``eval`` keys given on the command line."""

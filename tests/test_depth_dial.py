@@ -3,16 +3,22 @@ the hop counts drawn in training, the refusals, and a training run whose every s
 rule's loop count for the hop count it drew."""
 
 import re
+import sys
 from collections import Counter
 
 import pytest
-from conftest import compose_cfg
+from conftest import compose_cfg, run_cmd
+from hop_oracles import HopOracle
 
 from loopformer.config import Settings
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Curriculum, LoopsRule, Schedule
+from loopformer.dial import score_dial
 from loopformer.errors import ConfigError
 from loopformer.training import run
+
+# TINY's 5 -> 9 tokens (+2 every 3 steps); 2 hops from step 6, when the prompts hold them
+TINY_P_HOP = ["task=p_hop", "task.length=9", "task.hops=2", "curriculum.hops.interval=6"]
 
 
 def _cur(hops, loops, rule, mix=False):
@@ -100,8 +106,7 @@ def test_the_rule_composes_on_the_presets_and_parity_follows_its_length():
 
 def test_every_training_step_runs_the_rule_for_the_hop_count_it_drew(tiny, tmp_path):
     # TINY: loops 2 -> 3; 1 -> 2 hops from step 6; b(p) = p + 1 with the hop count drawn
-    cfg = compose_cfg(*tiny, "task=p_hop", "task.length=9", "task.hops=2",
-                      "curriculum.hops.interval=6", "curriculum.hops_mix=true",
+    cfg = compose_cfg(*tiny, *TINY_P_HOP, "curriculum.hops_mix=true",
                       f"{RULE}.kind=linear", f"{RULE}.c=1", "trainer.max_steps=24",
                       run_dir=tmp_path / "run")
     run(cfg)
@@ -111,3 +116,74 @@ def test_every_training_step_runs_the_rule_for_the_hop_count_it_drew(tiny, tmp_p
     assert {r["curriculum/train_hops"] for r in rows} == {1.0, 2.0}
     assert all(r["curriculum/train_loops"] == r["curriculum/train_hops"] + 1 for r in rows)
     assert all(r["curriculum/train_hops"] <= r["curriculum/n_hops"] for r in rows)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def _spec(*overrides):
+    return Settings.from_config(compose_cfg(
+        "task=p_hop", "task.vocab=3", "task.length=20", "task.hops=2",
+        "model.n_positions=40", "curriculum.points.start=20", "curriculum.hops.start=1",
+        "curriculum.loops={start:2,end:2}", "curriculum.window=1", "curriculum.hops_mix=true",
+        f"{RULE}.kind=linear", "eval.dial.factor=4", "eval.dial.n_prompts=64", *overrides))
+
+
+def test_the_dial_scores_every_hop_count_at_the_rule_and_at_the_fixed_loop_count():
+    # an oracle whose loop t answers t hops: at the rule b(p) = p it is right at every hop
+    # count; at the fixed b = 2 it answers 2 hops, right at p = 2 only (elsewhere the 2-hop
+    # answer is the p-hop one by chance: well below 1 at 8 hops)
+    spec = _spec()
+    d = score_dial(HopOracle(3, lambda t: t), spec, "cpu", n_resamples=50, seed=0,
+                   batch_size=32)
+    assert d["values"] == list(range(1, 9)) and d["trained"] == 2
+    # 20 tokens hold 9 hops of 3 symbols; 8 hops need 8 * 2 + 2 = 18 <= 20: all at 20
+    assert d["lengths"] == [20] * 8
+    assert d["rule_loops"] == d["values"] and d["fixed_loops"] == 2
+    assert d["loops"] == list(range(1, 9))
+    assert d["at_rule"]["mean"] == [1.0] * 8
+    assert d["at_fixed"]["mean"][1] == 1.0 and d["at_fixed"]["mean"][7] < 0.8
+    for i, v in enumerate(d["values"]):  # the two read-outs are columns of the grid
+        assert d["accuracy_last"][i][v - 1] == d["at_rule"]["mean"][i]
+        assert d["accuracy_last"][i][1] == d["at_fixed"]["mean"][i]
+
+
+def test_longer_hop_counts_get_the_shortest_prompt_that_holds_them():
+    spec = _spec("eval.dial.factor=8")  # 16 hops of 3 symbols need 16 * 2 + 2 = 34 tokens
+    d = score_dial(HopOracle(3, lambda t: t), spec, "cpu", n_resamples=20, seed=0,
+                   batch_size=64)
+    assert d["lengths"] == [max(20, 2 * v + 2) for v in range(1, 17)]
+    assert d["lengths"][-1] == 34 and d["at_rule"]["mean"] == [1.0] * 16
+
+
+def test_a_dial_beyond_the_positions_is_refused_naming_the_key(tmp_path, tiny):
+    with pytest.raises(ConfigError, match=re.escape(
+            "eval.dial.factor=12 scores prompts of up to 50 tokens, beyond "
+            "model.n_positions=40; use model.n_positions >= 50")):
+        _spec("eval.dial.factor=12")
+    with pytest.raises(ConfigError, match=re.escape(
+            "eval.dial.factor=2 scores a depth dial, which task.name=linear_regression has "
+            "not")):
+        Settings.from_config(compose_cfg("eval.dial.factor=2"))
+    # the evaluation's command line: one line, exit 2, before the checkpoint is read
+    cfg = compose_cfg(*tiny, *TINY_P_HOP, "trainer.max_steps=2", run_dir=tmp_path / "run")
+    run(cfg)
+    proc = run_cmd([sys.executable, "-m", "loopformer.evaluate", f"run={tmp_path / 'run'}",
+                    "dial={factor: 8}"])
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: eval.dial.factor=8 scores prompts "
+                                                   "of up to 50 tokens"), lines
+    assert not (tmp_path / "run" / "eval").exists()
+
+
+def test_evaluate_writes_the_dial_and_its_plot(tiny, tmp_path):
+    cfg = compose_cfg(*tiny, *TINY_P_HOP, "trainer.max_steps=2", "curriculum.hops_mix=true",
+                      f"{RULE}.kind=linear", f"{RULE}.c=1", "eval.at_end=true",
+                      "eval.n_prompts=16", "eval.n_resamples=20", "eval.dial.factor=2",
+                      "eval.dial.n_prompts=16", "model.n_positions=16",
+                      run_dir=tmp_path / "run")
+    res = run(cfg).eval_results
+    d = res["dial"]
+    assert d["values"] == [1, 2, 3, 4] and d["rule_loops"] == [2, 3, 4, 5]
+    assert d["lengths"] == [9, 9, 11, 14]  # p hops of 4 symbols: 9 tokens, or 3p + 2
+    assert (tmp_path / "run" / "eval" / "accuracy_vs_dial.png").is_file()

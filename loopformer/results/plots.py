@@ -171,6 +171,49 @@ def plot_accuracy_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, ch
     return finish(fig, ax, path)
 
 
+def plot_dial(dial: Mapping[str, Any], chance: float, path: str | Path, title: str = "") -> Path:
+    """The depth dial (:mod:`loopformer.dial`): left, accuracy at the last position per dial
+    value at the rule's loop count and at the fixed, trained one, with the trained value
+    marked; right (looped models), the accuracy per dial value and loop count, with the two
+    loop counts drawn over it."""
+    looped = len(dial["loops"]) > 1
+    fig, axes = plt.subplots(1, 2 if looped else 1, figsize=(12 if looped else 6.5, 4.4),
+                             squeeze=False)
+    ax = axes[0, 0]
+    x = np.asarray(dial["values"], dtype=float)
+    unit = dial["unit"]
+    draw_band(ax, x, dial["at_fixed"], 0.0,
+              f"fixed: {dial['fixed_loops']} {unit}s", _MODEL_COLORS[0], linewidth=2,
+              marker="o", markersize=3)
+    if dial["at_rule"] is not None:
+        draw_band(ax, x, dial["at_rule"], 0.0, f"rule: {dial['rule']['formula']}",
+                  _MODEL_COLORS[1], linewidth=2, marker="s", markersize=3)
+    ax.axvline(dial["trained"], color="C3", linestyle="--", linewidth=1.2,
+               label=f"trained {dial['of']} = {dial['trained']}")
+    ax.axhline(chance, color="0.4", linestyle=":", linewidth=1, label=f"chance ({chance:.2g})")
+    ax.set(ylim=(0, 1.02), xlabel=dial["of"], ylabel="accuracy at the last position",
+           title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    if looped:
+        ax2 = axes[0, 1]
+        grid = np.asarray(dial["accuracy_last"], dtype=float).T  # (loops, values)
+        im = ax2.imshow(grid, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                        extent=(x[0] - 0.5, x[-1] + 0.5, 0.5, len(dial["loops"]) + 0.5))
+        fig.colorbar(im, ax=ax2, label="accuracy at the last position")
+        ax2.axhline(dial["fixed_loops"], color="w", linestyle="--", linewidth=1.2,
+                    label="fixed loops")
+        if dial["rule_loops"] is not None:
+            ax2.plot(x, dial["rule_loops"], color="C1", linewidth=2, label="rule b(p)")
+        ax2.axvline(dial["trained"], color="C3", linestyle="--", linewidth=1.2)
+        ax2.set(xlabel=dial["of"], ylabel=f"{unit}s at test time",
+                title=f"accuracy per {dial['of']} and {unit} count")
+        ax2.legend(fontsize=8, loc="upper left")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save(fig, path, dpi=130)
+
+
 def plot_training_accuracy(rows: Sequence[Mapping[str, float]], chance: float,
                            path: str | Path, title: str = "") -> Path:
     """A classification run's learning curve from its ``metrics.csv`` rows: training
