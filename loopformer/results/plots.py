@@ -329,19 +329,53 @@ def plot_analysis(r: dict, out: Path) -> None:
         _plot_exit(r, out)
     if "probe" in r:
         _plot_probe(r, out)
+    if "hops" in r:
+        _plot_hops(r, out)
+
+
+def _plot_hops(r: dict, out: Path) -> None:
+    """The read-out's accuracy against the j-hop answer per unit of depth, j* marked, with
+    the linear (t) and doubling (2^t) lines."""
+    h, unit = r["hops"], r["unit"]
+    acc = np.asarray([[np.nan if v is None else v for v in row] for row in h["accuracy"]])
+    L, J = acc.shape
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    im = ax.imshow(acc.T, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                   extent=(0.5, L + 0.5, 0.5, J + 0.5))
+    fig.colorbar(im, ax=ax, label="accuracy against the j-hop answer")
+    t = np.arange(1, L + 1)
+    ax.plot(t, h["j_star"], "o", color="C3", markersize=3, label="best-matching j*(t)")
+    ax.plot(t, np.clip(t, None, J + 0.5), color="w", ls="--", lw=1, label="j = t (linear)")
+    dbl = 2.0 ** t
+    ax.plot(t[dbl <= J], dbl[dbl <= J], color="C1", ls=":", lw=1.5, label="j = 2^t (doubling)")
+    ax.axhline(h["trained_hops"], color="0.8", ls="-.", lw=0.8, label="trained hops")
+    ax.set(xlabel=f"{unit} t", ylabel="hops j", ylim=(0.5, J + 0.5),
+           title=f"which j-hop answer each {unit} gives: {h['reading']}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.25, 0.5), frameon=False)
+    save(fig, out / "hops.png", dpi=130)
 
 
 def _plot_dynamics(r: dict, out: Path) -> None:
     unit, dyn = r["unit"], r["dynamics"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, c in dyn["error"].items():
+    if "accuracy" in dyn:  # a classification task
+        c = dyn["accuracy"]["last"]
+        x = np.arange(1, len(c["mean"]) + 1)
+        ax.plot(x, c["mean"], label=f"last position (k={c['k']})")
+        ax.fill_between(x, c["low"], c["high"], alpha=0.2)
+        ax.plot(x, dyn["accuracy"]["all_asked"], label="every asked position")
+        ax.axvline(r["trained_depth"], color="gray", ls=":", label="trained depth")
+        ax.set(xlabel=unit, ylabel="accuracy", ylim=(0, 1.02), title="accuracy per " + unit)
+        ax.legend(fontsize=8)
+    for name, c in dyn.get("error", {}).items():
         x = np.arange(1, len(c["mean"]) + 1)
         ax.plot(x, np.maximum(c["mean"], 1e-8), label=f"{name} (k={c['k']})")
         ax.fill_between(x, np.maximum(c["low"], 1e-8), np.maximum(c["high"], 1e-8),
                         alpha=0.2)
-    ax.axvline(r["trained_depth"], color="gray", ls=":", label="trained depth")
-    ax.set(xlabel=unit, ylabel="normalised error", yscale="log", title="error per " + unit)
-    ax.legend(fontsize=8)
+    if "error" in dyn:
+        ax.axvline(r["trained_depth"], color="gray", ls=":", label="trained depth")
+        ax.set(xlabel=unit, ylabel="normalised error", yscale="log", title="error per " + unit)
+        ax.legend(fontsize=8)
     sc = dyn["state_change"]
     ax2.plot(sc["loops"], np.maximum(sc["mean"], 1e-12), label="mean over prompts")
     if "median" in sc:  # per prompt: the median, the band to the 90th percentile, the max
