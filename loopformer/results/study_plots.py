@@ -69,6 +69,16 @@ def plot_study_report(study: Study, study_dir: Path, report: dict) -> None:
     b = sorted({t for t in report["trained_loops"].values() if t})
     trained = b[0] if len(b) == 1 else None
     band = "mean over seeds, band min..max"
+    if report.get("metric") == "accuracy":  # a classification task: accuracy, linear axes
+        plot_study(curves, study_dir / "accuracy_vs_position.png", xlabel="position",
+                   ylabel="accuracy", log_y=False, reference=None,
+                   title=f"{study.name}: accuracy ({band})")
+        if loop_curves:
+            plot_study({v: {"x": c["loops"], **c} for v, c in loop_curves.items()},
+                       study_dir / "accuracy_vs_loops.png", xlabel="loop iterations at test "
+                       "time", ylabel="accuracy at the last position", log_y=False,
+                       reference=None, title=f"{study.name}: accuracy ({band})")
+        return
     plot_study(curves, study_dir / "error_vs_examples.png",
                title=f"{study.name}: normalised error ({band})")
     if loop_curves:
