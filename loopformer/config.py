@@ -166,6 +166,21 @@ def check_device(key: str, device: str) -> str:
 
 
 @dataclass
+class DialConfig:
+    """``eval.dial``: a token task scored beyond its trained depth dial (hops, or a parity's
+    length) up to ``factor`` times it, each value at the rule's loop count and at the trained
+    one (:mod:`loopformer.dial`)."""
+
+    factor: int | None = None  # score the dial up to factor x the trained value; null: not
+    n_prompts: int = 256  # fresh prompts per dial value
+
+    def __post_init__(self):
+        if self.factor is not None:
+            at_least("eval.dial.factor", self.factor, 1)
+        at_least("eval.dial.n_prompts", self.n_prompts, 1)
+
+
+@dataclass
 class EvalConfig:
     """The ``eval`` block: how a trained model is scored against baselines."""
 
@@ -187,6 +202,7 @@ class EvalConfig:
     # long-loop scoring stops computing a prompt whose relative state change stayed below this
     # for SETTLE_PATIENCE loops, carrying its last prediction forward; null: every prompt
     settle_tol: float | None = None
+    dial: DialConfig = field(default_factory=DialConfig)  # the depth dial beyond training
 
     def __post_init__(self):
         self.extra_loops = tuple(self.extra_loops or ())  # null: none
@@ -385,6 +401,10 @@ class Settings:
                 raise ConfigError(f"model.keep_tokens={model.keep_tokens:g} exceeds the "
                                   f"{seq_len} tokens of a {cur.points.end}-point prompt; use "
                                   f"-{seq_len - 1}..{seq_len} or a fraction in (0,1)")
+        if not self.looped and not cur.loops_rule.fixed:
+            raise ConfigError(f"curriculum.loops_rule.kind={cur.loops_rule.kind} sets a loop "
+                              f"count, which model.family={model.family} has not (its depth is "
+                              f"model.n_layer); use curriculum.loops_rule.kind=fixed")
         for name, c in self.callbacks.items():
             if not isinstance(c, dict) or not isinstance(c.get("_target_"), str):
                 raise ConfigError(f"callbacks.{name} must be a mapping with a _target_ (the "
@@ -399,6 +419,7 @@ class Settings:
         self.check_baselines()
         if self.function.n_classes:
             self.refuse_regression_features()
+        self.check_dial()
         return self
 
     def check_baselines(self) -> None:
@@ -415,6 +436,21 @@ class Settings:
             raise ConfigError(f"eval.baselines={self.eval.baselines} asks for "
                               f"{', '.join(wrong)}, but task.name={task.name} takes {kind}; "
                               f"allowed: {allowed_names(classifies)}")
+
+    def check_dial(self) -> None:
+        """``eval.dial.factor``: the task has a dial and ``model.n_positions`` holds the
+        longest prompt it scores."""
+        factor = self.eval.dial.factor
+        if factor is None:
+            return
+        final = self.curriculum.final
+        values = self.function.dial_values(self.curriculum, factor)
+        longest = max(self.function.dial_shape(v, final).n_points for v in values)
+        if longest > self.model.n_positions:
+            raise ConfigError(f"eval.dial.factor={factor} scores prompts of up to {longest} "
+                              f"tokens, beyond model.n_positions={self.model.n_positions}; "
+                              f"use model.n_positions >= {longest} or a smaller "
+                              f"eval.dial.factor")
 
     def check_read_out(self) -> None:
         """The model's read-in and read-out must be the task's (its YAML sets them)."""

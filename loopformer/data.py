@@ -53,7 +53,9 @@ class PromptDataModule(L.LightningDataModule):
 
     def sample(self, index: int, step: int, rank: int, device) -> Batch:
         g = generator(torch.device(device), self.seed, index, rank)
-        return self.task.sample_at(self.batch_size, self.curriculum.at(step), g)
+        # the training step's shape: its hop count drawn with curriculum.hops_mix
+        return self.task.sample_at(self.batch_size, self.curriculum.train_state(step, self.seed),
+                                   g)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         if isinstance(batch, Batch):

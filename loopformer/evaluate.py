@@ -26,12 +26,14 @@ from omegaconf import OmegaConf
 from loopformer.cli import option
 from loopformer.cli import run as run_tool
 from loopformer.config import EvalConfig, Settings, check_device
+from loopformer.dial import format_dial, score_dial
 from loopformer.errors import ConfigError
 from loopformer.models import InContextModel, count_parameters
 from loopformer.ood import evaluate_ood, format_ood_table
 from loopformer.results.plots import (
     plot_accuracy_vs_loops,
     plot_accuracy_vs_position,
+    plot_dial,
     plot_error_vs_examples,
     plot_error_vs_loops,
     plot_ood_of_run,
@@ -128,6 +130,9 @@ def evaluate_classes(model: InContextModel, spec: Settings, ev: EvalConfig, devi
     if list(sets) != [spec.function.name]:  # held-out datasets: each its own block
         results["datasets"] = {name: _class_block(s, s["notes"], ev)
                                for name, s in scored.items()}
+    if ev.dial.factor:
+        results["dial"] = score_dial(model, spec, device, ev.n_resamples, ev.seed,
+                                     ev.batch_size)
     return results
 
 
@@ -224,6 +229,8 @@ def _accuracy_table(results: dict, block: dict, dataset: str,
         mean = block["curves"][name]["mean"]
         lines.append(f"{name:<{width}}{block['accuracy'][name]:>10.4f}"
                      + "".join(f"{mean[k]:>10.4f}" for k in columns))
+    if results.get("dial"):
+        lines.append(format_dial(results["dial"]))
     return "\n".join(lines)
 
 
@@ -248,6 +255,9 @@ def write_results(results: dict, run: RunDir) -> None:
             plot_accuracy_vs_loops(results["loop_curve"], results["trained_loops"],
                                    results["chance"], out_dir / "accuracy_vs_loops.png",
                                    title=title)
+        if results.get("dial"):
+            plot_dial(results["dial"], results["chance"], out_dir / "accuracy_vs_dial.png",
+                      title=f"{results['task']}: beyond the trained {results['dial']['of']}")
         return
     title = f"{results['task']} (d={results['active_dims']})"
     plot_error_vs_examples(results["curves"], out_dir / "error_vs_examples.png", title=title)
@@ -304,6 +314,8 @@ class EvaluateOptions:
     ood: Any = option(None, "eval.ood: none | default | a list of shifts")
     settle_tol: float | None = option(None, "eval.settle_tol: stop computing a prompt whose "
                                             "relative state change stayed below it")
+    dial: Any = option(None, "eval.dial: {factor: F, n_prompts: N}: a token task's hops "
+                             "(length) up to F x the trained ones")
 
     def overrides(self) -> dict[str, Any]:
         """The ``eval`` keys given on the command line."""

@@ -60,7 +60,10 @@ class SweepConfig:
             _split(o)
 
 
-MEASURES = ("escape_rate", "final_error", "test_error", "test_area")
+# final_accuracy, test_accuracy, dial_accuracy: a classification study's (accuracy; test_area
+# then averages the test accuracy curve)
+MEASURES = ("escape_rate", "final_error", "test_error", "test_area", "final_accuracy",
+            "test_accuracy", "dial_accuracy")
 DESIGNS = ("paired", "unpaired")
 
 
@@ -76,7 +79,8 @@ class Comparison:
     id: str  # the row's name on the results page (F4a, ...)
     a: str  # a variant of the study
     b: str  # the variant it is compared with
-    measure: str  # escape_rate | final_error | test_error | test_area
+    measure: str  # escape_rate | final_error | test_error | test_area | final_accuracy |
+    # test_accuracy | dial_accuracy (the accuracy at dial value k: hops, or length)
     design: str = "paired"  # paired (by seed) | unpaired
     side: str = "two-sided"  # two-sided | greater (a > b) | less (a < b)
     k: int | None = None  # examples: final_error's (default the study's largest); test_*: the
@@ -112,8 +116,8 @@ class Comparison:
         if self.k is not None and (self.measure == "escape_rate" or self.k < 1):
             raise ConfigError(f"{key}.k={self.k} must be >= 1, for an error measure "
                               f"(escape_rate has no k)")
-        if self.measure == "test_error" and self.step is None:
-            raise ConfigError(f"{key}.step is missing: test_error is read at a stated step")
+        if self.measure in ("test_error", "test_accuracy") and self.step is None:
+            raise ConfigError(f"{key}.step is missing: {self.measure} is read at a stated step")
         if self.step is not None and (not self.measure.startswith("test_") or self.step < 1):
             raise ConfigError(f"{key}.step={self.step} must be >= 1, for test_error or "
                               f"test_area only")

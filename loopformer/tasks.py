@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import replace
 from typing import NamedTuple, get_type_hints
 
 import torch
@@ -40,6 +41,10 @@ class Task:
     vocab: int = 0  # read-in: 0 vector prompts (x, y pairs), V: tokens of V symbols
     n_classes: int = 0  # read-out: 0 one number per token (regression), C: C classes
     has_hops: bool = False  # whether the task has a hop count (the curriculum's hops dial)
+    # the curriculum key of the task's depth dial, which curriculum.loops_rule may follow:
+    # hops (p_hop), points (a token task's length: parity); None: no depth dial
+    dial: str | None = None
+    dial_lengths: str = ""  # how the prompts' length is chosen for each scored dial value
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -93,6 +98,23 @@ class Task:
             raise ConfigError(f"curriculum.hops schedules a hop count, which task.name="
                               f"{self.name} has not; remove it (curriculum.hops=null) or use "
                               f"task.name in {with_hops}")
+        rule = curriculum.loops_rule
+        if not rule.fixed and rule.of != self.dial:
+            has = (f"its depth dial is curriculum.{self.dial}; use curriculum.loops_rule.of="
+                   f"{self.dial}" if self.dial else "it has no depth dial; use "
+                   "curriculum.loops_rule.kind=fixed")
+            raise ConfigError(f"curriculum.loops_rule.of={rule.of} is not a depth dial of "
+                              f"task.name={self.name}: {has}")
+
+    def dial_values(self, curriculum: Curriculum, factor: int) -> list[int]:
+        """The dial values scored beyond training (``eval.dial.factor``): up to ``factor``
+        times the trained one."""
+        raise ConfigError(f"eval.dial.factor={factor} scores a depth dial, which task.name="
+                          f"{self.name} has not; use eval.dial.factor=null")
+
+    def dial_shape(self, value: int, final: CurriculumState) -> CurriculumState:
+        """The prompt shape that dial ``value`` is scored at (loops: the trained count)."""
+        raise NotImplementedError
 
     def check_active_dims(self, active_dims: int) -> None:
         if not 1 <= active_dims <= self.n_dims:
@@ -295,6 +317,9 @@ class PHop(TokenTask):
 
     name = "p_hop"
     has_hops = True
+    dial = "hops"
+    dial_lengths = ("max(task.length, hops * (vocab - 1) + 2) tokens: the trained length where "
+                    "it holds the hops, else the shortest prompt that does")
     MAX_DRAWS = 1000  # redraws of the undefined rows before giving up (never reached in tests)
 
     def __init__(self, n_dims: int, hops: int = 4, vocab: int = 4, length: int = 64):
@@ -331,6 +356,17 @@ class PHop(TokenTask):
 
     def sample_at(self, batch_size, shape, generator=None):
         return self.sample(batch_size, shape.n_points, generator=generator, hops=shape.n_hops)
+
+    def dial_values(self, curriculum, factor):
+        """Every hop count 1..factor * task.hops."""
+        return list(range(1, factor * self.hops + 1))
+
+    def dial_shape(self, value, final):
+        """``value`` hops in the trained length where it holds them, else in the shortest
+        prompt that does (``hops * (vocab - 1) + 2`` tokens, :meth:`check_holds`): positions
+        beyond the trained length are positions the model never saw."""
+        length = max(final.n_points, value * (self.vocab - 1) + 2)
+        return replace(final, n_points=length, n_hops=value)
 
     def sample(self, batch_size: int, n_points: int, active_dims: int | None = None,
                generator: torch.Generator | None = None, dtype=None,
@@ -412,6 +448,8 @@ class Parity(TokenTask):
     name = "parity"
     vocab = 2
     n_classes = 2
+    dial = "points"
+    dial_lengths = "the length is the dial"
 
     def __init__(self, n_dims: int, length: int = 16):
         super().__init__(n_dims, length)
@@ -426,6 +464,15 @@ class Parity(TokenTask):
     def _tokens(self, batch_size, length, g):
         device = g.device if g is not None else torch.device("cpu")
         return torch.randint(0, 2, (batch_size, length), generator=g, device=device)
+
+    def dial_values(self, curriculum, factor):
+        """Lengths from the curriculum's first, on its grid (``curriculum.points.inc``), to
+        ``factor * task.length``."""
+        pts = curriculum.points
+        return list(range(pts.start, factor * self.length + 1, max(1, pts.inc)))
+
+    def dial_shape(self, value, final):
+        return replace(final, n_points=value)
 
     def __repr__(self) -> str:
         return f"Parity(length={self.length})"

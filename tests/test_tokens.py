@@ -269,8 +269,8 @@ def test_evaluate_reports_accuracy_for_a_token_task(tiny, tmp_path, capsys):
     assert len(mean) == 9 and math.isnan(mean[0]) and 0 <= mean[-1] <= 1
     assert len(res["loop_curve"]["mean"]) == 5
     assert (tmp_path / "run" / "eval" / "accuracy_vs_position.png").is_file()
-    # the analysis reads regression predictions: refused in one line, nothing written
-    assert analyze_main([f"run={tmp_path / 'run'}"]) == 2
+    # the analysis's regression parts do not apply: asked for, refused in one line
+    assert analyze_main([f"run={tmp_path / 'run'}", "parts=[match]"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "classification task" in err[0], err
     assert not (tmp_path / "run" / "analysis").exists()

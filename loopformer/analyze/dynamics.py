@@ -75,7 +75,7 @@ class Trajectory:
     unit ``p + 1``; ``p = 1`` is the state rule's change). Hidden states are not kept: each
     is dropped once ``MAX_PERIOD`` later ones are computed."""
 
-    preds: torch.Tensor  # (L, P, n)
+    preds: torch.Tensor  # (L, P, n): predictions, or a classification's answers (class ids)
     changes: dict[str, torch.Tensor]  # rule name -> (L, P)
     returns: torch.Tensor  # (L, P, MAX_PERIOD)
     sigma: dict[int, torch.Tensor] = field(default_factory=dict)  # loop -> (P_jac,)
@@ -134,8 +134,10 @@ def trajectory(model: InContextModel, xs, ys, n_loops: int, batch_size: int,
         prev_z = prev_pred = None
         history: list[torch.Tensor] = []  # the last MAX_PERIOD states
         for t, z, s in model.iterate(x, y, n_loops, settle_tol=settle_tol):
-            pred = model.read(z)  # (b, n)
-            preds[t - 1, i:i + len(x)] = pred.float().cpu()
+            pred = model.read(z)  # (b, n) numbers, or (b, n, C) logits
+            # a classification read-out keeps its answers (arg-max class ids)
+            preds[t - 1, i:i + len(x)] = (pred.argmax(-1) if pred.dim() == 3
+                                          else pred).float().cpu()
             out.returns[t - 1, i:i + len(x)] = return_distances(history, z).float().cpu()
             history = [*history[-MAX_PERIOD + 1:], z]
             if prev_z is not None:

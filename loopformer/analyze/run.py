@@ -23,6 +23,7 @@ from loopformer.analyze.dynamics import (
     trajectory,
 )
 from loopformer.analyze.exits import evaluate_rule, oracle_headroom
+from loopformer.analyze.hops import hops_part
 from loopformer.analyze.probes import LAMBDAS, YangProbe, ridge_probes, yang_probes
 from loopformer.cli import option
 from loopformer.config import Settings, check_device
@@ -30,13 +31,14 @@ from loopformer.data import generator
 from loopformer.errors import ConfigError, typed
 from loopformer.evaluate import load_settings
 from loopformer.models import STOP_RULES, InContextModel
+from loopformer.readout import IGNORE
 from loopformer.results.plots import plot_analysis
 from loopformer.scoring import checkpoint_path, load_model
 from loopformer.stats import bootstrap_band
 
 log = logging.getLogger(__name__)
 
-PARTS = ("dynamics", "match", "probe", "exit")
+PARTS = ("dynamics", "match", "probe", "exit", "hops")
 PROBES = ("linear", "yang")
 LINEAR_TASKS = ("linear_regression", "noisy_linear_regression", "sparse_linear_regression")
 GD_STEPS = (0.1, 0.5, 1.0)  # gradient-descent step sizes, in units of 1/L
@@ -76,6 +78,8 @@ class Options:
     settle_tol: float | None = option(None, "the trajectory stops computing a prompt whose "
                                             "relative state change stayed below this "
                                             "(null: every prompt, every loop)")
+    max_hops: int | None = option(None, "part hops: the j-hop answers matched, j = 1..max_hops "
+                                        "(null: 4 x the trained hops)")
 
     def __post_init__(self):
         if (self.run is None) == (self.study is None):
@@ -100,6 +104,8 @@ class Options:
             raise ConfigError(f"probe_epochs={self.probe_epochs} must be >= 1")
         if self.max_loops is not None and self.max_loops < 1:
             raise ConfigError(f"max_loops={self.max_loops} must be >= 1")
+        if self.max_hops is not None and self.max_hops < 1:
+            raise ConfigError(f"max_hops={self.max_hops} must be >= 1")
         if self.device is not None:
             self.device = check_device("device", self.device)
         if self.run is not None and not self.run.is_dir():
@@ -123,10 +129,15 @@ def defined_parts(spec: Settings) -> dict[str, str | None]:
         reason = ("its layers are distinct maps with no trained read-out before the last, so "
                   "there is no loop map to follow or to stop early")
         why["dynamics"] = why["exit"] = reason
+    if not spec.function.has_hops:
+        why["hops"] = (f"the j-hop answers are defined for a task with a hop count (p_hop), not "
+                       f"task {spec.function.name}")
     if spec.function.n_classes:
-        reason = (f"the analysis reads regression predictions; task.name={spec.function.name} "
-                  f"is a classification task, whose analysis is not built")
-        return dict.fromkeys(PARTS, reason)
+        reason = (f"it reads regression predictions (least squares, gradient descent, Newton, "
+                  f"the regression probes, stopping rules scored by squared error); task "
+                  f"{spec.function.name} is a classification task")
+        why["match"] = why["probe"] = why["exit"] = reason
+        return why
     if spec.function.name not in LINEAR_TASKS:
         reason = (f"defined for the linear-regression tasks ({', '.join(LINEAR_TASKS)}), "
                   f"not task {spec.function.name}")
@@ -192,6 +203,41 @@ def dynamics_part(traj, err, spec, opts, jac) -> dict:
     curves = {}
     for name, pos in _positions(n, d).items():
         curves[name] = {**pos, **_band(err[:, :, pos["k"]].T, spec, opts.seed)}
+    return {"error": curves, **loop_dynamics(traj, spec, opts, jac)}
+
+
+def token_dynamics_part(traj, ys, spec, opts, jac) -> dict:
+    """A classification task's dynamics: accuracy per loop at the last position (band over
+    prompts) and over every asked position, the loop at which each prompt's answers stop
+    changing, and the state's dynamics as for regression (:func:`loop_dynamics`)."""
+    ys = ys.cpu()
+    right = traj.preds == ys  # (L, P, n): answers are class ids
+    ask = ys != IGNORE
+    n = ys.shape[1]
+    per_loop = ((right & ask).sum((1, 2)) / ask.sum().clamp_min(1)).tolist()
+    changed = (traj.preds[1:] != traj.preds[:-1]).any(dim=2)  # (L-1, P)
+    L = traj.preds.shape[0]
+    steps = torch.arange(2, L + 1).unsqueeze(1).expand_as(changed)
+    last_change = torch.where(changed, steps, 1).amax(dim=0).double()  # (P,) 1: never
+    settled = last_change < L  # unchanged over at least the last loop
+    q = last_change[settled].quantile(torch.tensor([0.5, 0.9], dtype=torch.float64)) \
+        if settled.any() else None
+    return {"accuracy": {"last": {"k": n - 1, **_band(right[:, :, -1].T.double(), spec,
+                                                       opts.seed)},
+                         "all_asked": per_loop},
+            "answers_settle": {
+                "rule": "per prompt, the last loop at which any of its answers (arg-max "
+                        "classes, every position) changed; 1: never changed",
+                "share_still_changing_at_last_loop": float((~settled).double().mean()),
+                "median": None if q is None else float(q[0]),
+                "p90": None if q is None else float(q[1])},
+            **loop_dynamics(traj, spec, opts, jac)}
+
+
+def loop_dynamics(traj, spec, opts, jac) -> dict:
+    """The state's dynamics, which any read-out shares: relative state change per loop
+    (spread over prompts), the loop it falls below ``CONVERGED``, the per-prompt classes
+    (fixed point, cycle, moving) and the Jacobian's top singular value."""
     spread = state_change_spread(traj.changes["state"][1:])  # loops 2..L
     below = first_below(spread["mean"], CONVERGED)
     if below["loop"] != "never":
@@ -199,8 +245,7 @@ def dynamics_part(traj, err, spec, opts, jac) -> dict:
     L = traj.returns.shape[0]
     classes = {str(t): class_shares(periods(traj.returns, t, opts.class_tol))
                for t in analysed_loops(trained_depth(spec), L)}
-    return {"error": curves,
-            "state_change": {"loops": list(range(2, L + 1)), **spread,
+    return {"state_change": {"loops": list(range(2, L + 1)), **spread,
                              "space": "after the final LayerNorm (what the read-out sees)"},
             "converged_below": {"level": CONVERGED, **below},
             "classes": {"tol": opts.class_tol, "window": CLASS_WINDOW,
@@ -392,9 +437,49 @@ def yang_probe_part(model: InContextModel, spec: Settings, xs, ys, depth: int, b
     return out
 
 
+def analyze_tokens(model: InContextModel, spec: Settings, opts: Options,
+                   parts: tuple[str, ...], device) -> dict:
+    """A classification task's analysis: the parts ``dynamics`` and ``hops``; the others
+    read regression predictions and say so under ``not_defined``."""
+    shape = spec.curriculum.final
+    b = trained_depth(spec)
+    looping = spec.model.family != "transformer"
+    max_loops = (opts.max_loops or 20 * b) if looping else b
+    xs, ys = spec.function.sample_at(opts.n_prompts, shape,
+                                     generator(torch.device(device), opts.seed, 0))
+    unit = {"looped": "loop", "tied": "application", "transformer": "layer"}[spec.model.family]
+    result = {"run_dir": str(opts.run), "checkpoint": opts.ckpt, "family": spec.model.family,
+              "task": spec.function.name, "metric": "accuracy", "unit": unit,
+              "trained_depth": b, "n_points": shape.n_points, "n_hops": shape.n_hops,
+              "n_prompts": opts.n_prompts, "seed": opts.seed, "parts": list(parts),
+              "not_defined": {p: w for p, w in defined_parts(spec).items() if w},
+              "max_loops": max_loops, "seconds": {}}
+    start = time.perf_counter()
+    jac_loops = tuple(sorted({t for t in (1, b, 5 * b, max_loops) if t <= max_loops}))
+    power = PowerIteration(seed=opts.seed)
+    dyn = "dynamics" in parts
+    traj = trajectory(model, xs, ys, max_loops, spec.eval.batch_size, jac_loops if dyn else (),
+                      JACOBIAN_PROMPTS, power, opts.settle_tol)  # preds: class ids
+    result["kept"] = (f"per {unit} and prompt: the answers (arg-max classes) and each stopping "
+                      f"rule's change; hidden states are dropped once the next one is computed")
+    result["seconds"]["trajectory"] = time.perf_counter() - start
+    if dyn:
+        jac = {"prompts": JACOBIAN_PROMPTS, "power": power.to_dict()}
+        result["dynamics"] = token_dynamics_part(traj, ys, spec, opts, jac)
+    if "hops" in parts:
+        start = time.perf_counter()
+        hops = spec.function.hops
+        result["hops"] = hops_part(traj.preds.long(), xs, opts.max_hops or 4 * hops,
+                                   spec.function.vocab, hops)
+        result["seconds"]["hops"] = time.perf_counter() - start
+    return result
+
+
 def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[str, ...],
             device) -> dict:
     model = model.to(device).eval()
+    if spec.function.n_classes:
+        return analyze_tokens(model, spec, opts, parts, device)
     shape = spec.curriculum.final
     b = trained_depth(spec)
     max_loops = opts.max_loops or 20 * b
@@ -448,7 +533,16 @@ def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[s
 def summary(r: dict) -> str:
     lines = [f"{r['run_dir']}: {r['family']} on {r['task']}, {r['n_prompts']} prompts, "
              f"trained depth {r['trained_depth']} {r['unit']}s"]
-    if "dynamics" in r:
+    if "dynamics" in r and "accuracy" in r["dynamics"]:
+        dyn = r["dynamics"]
+        acc, b = dyn["accuracy"]["last"]["mean"], r["trained_depth"]
+        settle = dyn["answers_settle"]
+        lines.append(f"dynamics: accuracy at the last position {acc[min(b, len(acc)) - 1]:.3f} "
+                     f"at {min(b, len(acc))}, {acc[-1]:.3f} at {len(acc)}; answers still "
+                     f"changing at the last {r['unit']}: "
+                     f"{settle['share_still_changing_at_last_loop']:.1%}")
+        lines += _class_lines(dyn)
+    elif "dynamics" in r:
         dyn = r["dynamics"]
         last = dyn["error"]["last"]["mean"]
         b = min(r["trained_depth"], len(last))
@@ -478,6 +572,16 @@ def summary(r: dict) -> str:
                                              f"tol={rule['chosen_tol']:g}: error {c['error']:.4f}"
                                              f" in {c['mean_loops']:.1f} loops (held out): "
                                              f"{rule['verdict']}"))
+    if "hops" in r:
+        h = r["hops"]
+        js = h["j_star"]
+        forms = "; ".join(f"{k}: offset {f['offset']}, {f['share']:.0%} of {f['loops']} "
+                          f"{r['unit']}s" for k, f in h["forms"].items())
+        lines.append(f"hops: best-matching j per {r['unit']} j*(t) = {js[:12]}"
+                     f"{' ...' if len(js) > 12 else ''}; reading: {h['reading']} ({forms})")
+    for part, why in r.get("not_defined", {}).items():
+        if r.get("metric") == "accuracy":
+            lines.append(f"{part}: not defined: {why}")
     if "probe" in r:
         for name, t in r["probe"]["targets"].items():
             rel = t["relative"]

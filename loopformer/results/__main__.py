@@ -13,7 +13,7 @@ Kinds: ``variants`` (escape rate, median escape step, error over escaped seeds),
 pre-registered comparisons, Holm-corrected), ``runs``
 (one row per run), ``meta`` (how the data was made), ``ood`` and ``ood_trend`` (the
 out-of-distribution suite per shift) and ``analysis`` (the loop analysis).
-``plot-ood``, ``plot-curves`` and ``plot-analysis`` draw a study's data.
+``plot-ood``, ``plot-curves``, ``plot-analysis`` and ``plot-dial`` draw a study's data.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from loopformer.cli import option, run_commands
 from loopformer.results.export import export
 from loopformer.results.pages import rebuild_pages
 from loopformer.results.study_plots import plot_data_file
-from loopformer.stats import ESCAPE_THRESHOLD
+from loopformer.stats import ACCURACY_ESCAPE, ESCAPE_THRESHOLD
 
 log = logging.getLogger("loopformer.results")
 
@@ -37,8 +37,10 @@ class ExportOptions:
     study_dir: Path = option(help="the study's directory (studies/NAME)", positional=True)
     study: str | None = option(None, "conf/study/NAME.yaml (null: the directory's name)")
     out: Path | None = option(None, "the file to write (null: docs/results/data/NAME.json)")
-    threshold: float = option(ESCAPE_THRESHOLD, "escape threshold on the fixed test set's "
-                                                "error at the last position")
+    threshold: float | None = option(None, "escape threshold on the fixed test set's error at "
+                                           f"the last position (null: {ESCAPE_THRESHOLD}; "
+                                           f"accuracy, which must stay above it: "
+                                           f"{ACCURACY_ESCAPE})")
     command: str | None = option(None, "the command that ran the study, as the page states it")
     commit: str | None = option(None, "the commit the study ran at")
     wall_time: float | None = option(None, "the study's wall time in seconds")
@@ -87,6 +89,8 @@ COMMANDS = {
     "plot-curves": (PlotOptions, _plot("curves"), "the fixed test set's learning curve of "
                                                  "each run"),
     "plot-analysis": (PlotOptions, _plot("analysis"), "the loop-analysis plots of a study"),
+    "plot-dial": (PlotOptions, _plot("dial"), "a token study's accuracy beyond the trained "
+                                              "hops (length), per variant"),
 }
 
 

@@ -103,6 +103,7 @@ def aggregate(study: Study, study_dir: Path) -> dict:
     report = {"study": study.name, "seeds": f.seeds_done, "curves": curves,
               "curves_at_loops": extra, "trained_loops": f.trained, "parameters": f.params,
               "loop_curves": loop_curves,
+              "metric": (f.sample or {}).get("metric", "error"),
               "examples": list(study.examples), "groups": {k: list(v) for k, v in
                                                           study.groups.items()}}
     ood = aggregate_ood(study, jobs)

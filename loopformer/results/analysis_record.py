@@ -34,19 +34,21 @@ def record(r: dict) -> dict:
            "seconds": {k: round(v, 1) for k, v in r["seconds"].items()},
            "cpu_seconds": round(r.get("cpu_seconds", float("nan")), 1)}
     for part, compact in (("dynamics", _dynamics), ("match", _match), ("exit", _exit),
-                          ("probe", _probe)):
+                          ("probe", _probe), ("hops", _hops)):
         if part in r:
             out[part] = compact(r[part], r["trained_depth"])
     return out
 
 
 def _dynamics(dyn: dict, b: int) -> dict:
-    n = len(dyn["error"]["last"]["mean"])
+    curves = dyn["error"] if "error" in dyn else {"last": dyn["accuracy"]["last"]}
+    n = len(curves["last"]["mean"])
     grid = depth_grid(n, b)
     out = {
         "loops": grid,
-        "error": {name: {"k": c["k"], "mean": _on(c["mean"], grid)}
-                  for name, c in dyn["error"].items()},
+        # a classification task's accuracy per unit, a regression task's error
+        "accuracy" if "accuracy" in dyn else "error": {
+            name: {"k": c["k"], "mean": _on(c["mean"], grid)} for name, c in curves.items()},
         "state_change": _on(dyn["state_change"]["mean"], grid, offset=2),
         "converged_below": dyn["converged_below"],
         "sigma": {t: {"mean": _r(s["mean"]), "max": _r(s["max"]),
@@ -94,6 +96,14 @@ def _exit(ex: dict, b: int) -> dict:
             "oracle_held_out": {k: _r(v) if isinstance(v, float) else v
                                 for k, v in ex["oracle_held_out"].items()},
             "split": ex["split"], "rules": rules}
+
+
+def _hops(h: dict, b: int) -> dict:
+    grid = depth_grid(len(h["j_star"]), b)
+    return {"loops": grid, "j_star": _on(h["j_star"], grid),
+            "j_star_accuracy": _on(h["j_star_accuracy"], grid), "reading": h["reading"],
+            "forms": h["forms"],
+            "trained_hops": h["trained_hops"]}
 
 
 def _probe(p: dict, b: int) -> dict:

@@ -83,9 +83,39 @@ def family(data: dict) -> Family:
     return Family(comparisons, data["correction"], data["alpha"])
 
 
+ERROR_MEASURES = ("final_error", "test_error")
+ACCURACY_MEASURES = ("final_accuracy", "test_accuracy", "dial_accuracy")
+
+
+def check_metric(data: dict, c: Comparison) -> None:
+    """An error measure asked of accuracy data, or an accuracy measure of error data, is
+    refused naming the comparison."""
+    accuracy = data.get("metric") == "accuracy"
+    if accuracy and c.measure in ERROR_MEASURES:
+        raise ConfigError(f"comparisons[{c.id}].measure={c.measure}: {data['study']} scores "
+                          f"accuracy; use final_accuracy, test_accuracy or dial_accuracy")
+    if not accuracy and c.measure in ACCURACY_MEASURES:
+        raise ConfigError(f"comparisons[{c.id}].measure={c.measure}: {data['study']} scores "
+                          f"error; use final_error, test_error or test_area")
+
+
+def _dial_index(run: dict, c: Comparison) -> int:
+    dial = run.get("dial")
+    if not dial:
+        raise ConfigError(f"comparisons[{c.id}].measure=dial_accuracy: {run['variant']} seed "
+                          f"{run['seed']} has no dial block (eval.dial.factor)")
+    v = c.k if c.k is not None else dial["values"][-1]
+    if v not in dial["values"]:
+        raise ConfigError(f"comparisons[{c.id}].k={v} is not a scored {dial['of']} value "
+                          f"({dial['values'][0]}..{dial['values'][-1]})")
+    return dial["values"].index(v)
+
+
 def _k(data: dict, c: Comparison) -> int:
     last = data["n_points"] - 1
-    if c.measure == "final_error":
+    if c.measure == "dial_accuracy":
+        return last  # k names the dial value (_dial_index)
+    if c.measure in ("final_error", "final_accuracy"):
         k = c.k if c.k is not None else max(data["examples"], default=last)
         if k > last:
             raise ConfigError(f"comparisons[{c.id}].k={k} is beyond the prompt's {last} "
@@ -98,11 +128,12 @@ def _k(data: dict, c: Comparison) -> int:
 
 
 def _test_value(run: dict, c: Comparison, step: int) -> float:
-    steps, errors = run["test"]["step"], run["test"]["error_last"]
+    steps = run["test"]["step"]
+    errors = run["test"]["accuracy_last" if "accuracy_last" in run["test"] else "error_last"]
     if step not in steps:
         raise ConfigError(f"comparisons[{c.id}].step={step} is not a test step of {run['variant']} "
                           f"seed {run['seed']} (steps {steps[0]}..{steps[-1]})")
-    if c.measure == "test_error":
+    if c.measure in ("test_error", "test_accuracy"):
         return errors[steps.index(step)]
     n = steps.index(step)
     area = sum((steps[i + 1] - steps[i]) * (errors[i] + errors[i + 1]) / 2 for i in range(n))
@@ -114,13 +145,22 @@ def _last_step(runs: list[dict]) -> int:
 
 
 def value(run: dict, c: Comparison, data: dict, step: int | None) -> float:
-    """The run's measure: 1/0 escaped; the evaluation's error at k; the fixed test set's error
-    at ``step``; or the area under its curve from the first test step to ``step`` (trapezoids)
-    divided by that span of steps, i.e. the curve's mean height."""
+    """The run's measure: 1/0 escaped; the evaluation's error (accuracy) at k; the fixed test
+    set's error (accuracy) at ``step``; the area under its curve from the first test step to
+    ``step`` (trapezoids) divided by that span of steps, i.e. the curve's mean height; or the
+    accuracy at the last position at dial value k (default the largest scored), at the loops
+    rule's b(p) where the run has a rule, else at its fixed, trained depth."""
+    check_metric(data, c)
     if c.measure == "escape_rate":
         return float(run["escape_step"] is not None)
     if c.measure == "final_error":
         return run["error"]["trained"][_k(data, c)]
+    if c.measure == "final_accuracy":
+        return run["accuracy"]["trained"][_k(data, c)]
+    if c.measure == "dial_accuracy":
+        dial = run["dial"] if run.get("dial") else {}
+        i = _dial_index(run, c)
+        return (dial["at_rule"] if dial["at_rule"] is not None else dial["at_fixed"])[i]
     _k(data, c)
     return _test_value(run, c, step)
 

@@ -27,7 +27,7 @@ from loopformer.csvlog import read_metrics
 from loopformer.errors import ConfigError
 from loopformer.results.analysis_record import record as analysis_record
 from loopformer.rundir import RunDir
-from loopformer.stats import ESCAPE_THRESHOLD, escape_step
+from loopformer.stats import ACCURACY_ESCAPE, ESCAPE_THRESHOLD, escape_step
 from loopformer.study import Study, check_comparisons, load_study, plan
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,13 @@ def _g(x: float) -> float:
     return float(f"{x:.6g}")  # 6 significant digits: pages print 4 decimals
 
 
-def _run_record(variant: str, seed: int, run: RunDir, threshold: float) -> dict | None:
+def _run_record(variant: str, seed: int, run: RunDir, threshold: float | None) -> dict | None:
     if not run.results.is_file():
         return None
     res = json.loads(run.results.read_text())
+    if res.get("metric") == "accuracy":
+        return _accuracy_record(variant, seed, run, res, threshold)
+    threshold = ESCAPE_THRESHOLD if threshold is None else threshold
     error = {}
     for key, c in res["curves"].items():
         if key == "model" or key.startswith("model@"):  # the model's curves, at each loop count
@@ -67,6 +70,51 @@ def _run_record(variant: str, seed: int, run: RunDir, threshold: float) -> dict 
             "escape_step": escape_step(steps, errors, threshold)}
     if res.get("ood"):
         record["ood"] = _ood_record(res["ood"])
+    analysis = run.root / "analysis" / "analysis.json"
+    if analysis.is_file():
+        record["analysis"] = analysis_record(json.loads(analysis.read_text()))
+    return record
+
+
+def _nan_none(x: float) -> float | None:
+    return None if x != x else _g(x)
+
+
+def _accuracy_record(variant: str, seed: int, run: RunDir, res: dict,
+                     threshold: float | None) -> dict:
+    """A classification run's record: accuracy per position at each loop count (None where a
+    position asks nothing) and over every asked position, the fixed test set's accuracy at the
+    last position, the escape (accuracy above ``threshold`` from a test step to the end) and
+    the depth dial's accuracy per dial value."""
+    threshold = ACCURACY_ESCAPE if threshold is None else threshold
+    accuracy = {("trained" if key == "model" else key.removeprefix("model@")):
+                [_nan_none(v) for v in c["mean"]] for key, c in res["curves"].items()}
+    overall = {("trained" if key == "model" else key.removeprefix("model@")): _g(v)
+               for key, v in res["accuracy"].items()}
+    last = f"test/accuracy_pos/{res['n_points'] - 1:03d}"
+    rows = [r for r in read_metrics(run.metrics) if last in r] if run.metrics.is_file() else []
+    if not rows:
+        raise ConfigError(f"{run.metrics} has no fixed-test-set curve ({last}); the escape "
+                          f"is read from it: train with test.every_n_steps > 0")
+    steps = [int(r["step"]) for r in rows]
+    acc_last = [_g(r[last]) for r in rows]
+    cfg = OmegaConf.load(run.config) if run.config.is_file() else None
+    record = {"variant": variant, "seed": seed, "torch": res.get("torch"),
+              "parameters": res.get("parameters"), "trained_loops": res.get("trained_loops"),
+              "accuracy": accuracy, "accuracy_all": overall,
+              "test": {"step": steps, "accuracy_last": acc_last,
+                       "accuracy_mean": [_g(r["test/accuracy"]) for r in rows]},
+              "test_every_n_steps": int(cfg.test.every_n_steps) if cfg else None,
+              # above the threshold to the end: the error 1 - accuracy below 1 - threshold
+              "escape_step": escape_step(steps, [1 - a for a in acc_last], 1 - threshold)}
+    if res.get("dial"):
+        d = res["dial"]
+        record["dial"] = {k: d[k] for k in ("of", "trained", "values", "lengths",
+                                            "fixed_loops", "rule_loops")}
+        record["dial"]["rule"] = d["rule"]["formula"]
+        record["dial"]["at_fixed"] = [_g(v) for v in d["at_fixed"]["mean"]]
+        record["dial"]["at_rule"] = (None if d["at_rule"] is None
+                                     else [_g(v) for v in d["at_rule"]["mean"]])
     analysis = run.root / "analysis" / "analysis.json"
     if analysis.is_file():
         record["analysis"] = analysis_record(json.loads(analysis.read_text()))
@@ -132,7 +180,7 @@ def _span(runs: list[RunDir]) -> float | None:
     return round(max(ends) - min(starts), 1) if starts and ends else None
 
 
-def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOLD,
+def study_data(study: Study, study_dir: Path, threshold: float | None = None,
                meta: dict | None = None) -> dict:
     """The data of a study's finished runs (see the module's docstring)."""
     jobs = plan(study, study_dir)
@@ -147,14 +195,21 @@ def study_data(study: Study, study_dir: Path, threshold: float = ESCAPE_THRESHOL
     config = {k: getattr(study, k) for k in ("name", "base", "variants", "seeds", "examples")}
     family = {"comparisons": [dataclasses.asdict(c) for c in study.comparisons],
               "correction": study.correction, "alpha": study.alpha}
+    classes = first.get("metric") == "accuracy"
+    if threshold is None:
+        threshold = ACCURACY_ESCAPE if classes else ESCAPE_THRESHOLD
+    escape = ({"threshold": threshold, "above": True,
+               "metric": f"test/accuracy_pos/{first['n_points'] - 1:03d}"} if classes else
+              {"threshold": threshold,
+               "metric": f"test/error_pos/{first['n_points'] - 1:03d}"})
     return {"format": FORMAT, "study": study.name, "config": {**config, **family},
-            "task": first["task"],
-            "active_dims": first["active_dims"], "n_points": first["n_points"],
+            "task": first["task"], "metric": "accuracy" if classes else "error",
+            **({"chance": first["chance"]} if classes else {}),
+            "active_dims": first.get("active_dims"), "n_points": first["n_points"],
             "n_prompts": first["n_prompts"], "examples": list(study.examples),
             "variants": [v for v in study.variants if any(r["variant"] == v for r in runs)],
             "seeds": sorted({r["seed"] for r in runs}),
-            "escape": {"threshold": threshold,
-                       "metric": f"test/error_pos/{first['n_points'] - 1:03d}"},
+            "escape": escape,
             **family, "meta": meta, "runs": runs}
 
 
@@ -194,7 +249,7 @@ def _registered_family(study: Study) -> Study:
 
 
 def export(study_dir: Path, out: Path | None = None, name: str | None = None,
-           threshold: float = ESCAPE_THRESHOLD, overrides: dict | None = None) -> Path:
+           threshold: float | None = None, overrides: dict | None = None) -> Path:
     """Rebuild a study's data from its runs into ``out`` (default ``docs/results/data/<study>
     .json``). The study's definition and metadata come from ``STUDY_DIR/data.json`` (written
     by the sweep) if there is one (its comparisons from ``conf/study/<name>.yaml`` if it has none

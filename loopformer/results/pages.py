@@ -19,6 +19,7 @@ from loopformer.results import analysis_tables
 from loopformer.results.tables import (
     table_comparisons,
     table_confirmatory,
+    table_dial,
     table_meta,
     table_ood,
     table_ood_trend,
@@ -30,13 +31,15 @@ log = logging.getLogger(__name__)
 
 TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": table_runs,
           "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis,
-          "ood_trend": table_ood_trend, "confirmatory": table_confirmatory}
+          "ood_trend": table_ood_trend, "confirmatory": table_confirmatory,
+          "dial": table_dial}
 OPTIONS = {"variants": {"data", "variants", "k", "loops"},
            "comparisons": {"data", "pairs", "k", "loops", "of", "with"},
            "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
            "ood": {"data", "variants", "loops", "baselines"},
            "analysis": {"data", "part", "variants"},
-           "ood_trend": {"data", "pairs", "trend", "loops"}, "confirmatory": {"data"}}
+           "ood_trend": {"data", "pairs", "trend", "loops"}, "confirmatory": {"data"},
+           "dial": {"data", "variants", "values"}}
 MARKER = re.compile(r"<!-- table:(\w+)((?: +[\w]+=[^\s>]+)*) *-->\n(.*?)<!-- /table:\1 -->",
                     re.DOTALL)
 

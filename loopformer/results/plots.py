@@ -176,6 +176,49 @@ def plot_accuracy_vs_loops(loop_curve: Mapping[str, Any], trained_loops: int, ch
     return finish(fig, ax, path)
 
 
+def plot_dial(dial: Mapping[str, Any], chance: float, path: str | Path, title: str = "") -> Path:
+    """The depth dial (:mod:`loopformer.dial`): left, accuracy at the last position per dial
+    value at the rule's loop count and at the fixed, trained one, with the trained value
+    marked; right (looped models), the accuracy per dial value and loop count, with the two
+    loop counts drawn over it."""
+    looped = len(dial["loops"]) > 1
+    fig, axes = plt.subplots(1, 2 if looped else 1, figsize=(12 if looped else 6.5, 4.4),
+                             squeeze=False)
+    ax = axes[0, 0]
+    x = np.asarray(dial["values"], dtype=float)
+    unit = dial["unit"]
+    draw_band(ax, x, dial["at_fixed"], 0.0,
+              f"fixed: {dial['fixed_loops']} {unit}s", _MODEL_COLORS[0], linewidth=2,
+              marker="o", markersize=3)
+    if dial["at_rule"] is not None:
+        draw_band(ax, x, dial["at_rule"], 0.0, f"rule: {dial['rule']['formula']}",
+                  _MODEL_COLORS[1], linewidth=2, marker="s", markersize=3)
+    ax.axvline(dial["trained"], color="C3", linestyle="--", linewidth=1.2,
+               label=f"trained {dial['of']} = {dial['trained']}")
+    ax.axhline(chance, color="0.4", linestyle=":", linewidth=1, label=f"chance ({chance:.2g})")
+    ax.set(ylim=(0, 1.02), xlabel=dial["of"], ylabel="accuracy at the last position",
+           title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    if looped:
+        ax2 = axes[0, 1]
+        grid = np.asarray(dial["accuracy_last"], dtype=float).T  # (loops, values)
+        im = ax2.imshow(grid, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                        extent=(x[0] - 0.5, x[-1] + 0.5, 0.5, len(dial["loops"]) + 0.5))
+        fig.colorbar(im, ax=ax2, label="accuracy at the last position")
+        ax2.axhline(dial["fixed_loops"], color="w", linestyle="--", linewidth=1.2,
+                    label="fixed loops")
+        if dial["rule_loops"] is not None:
+            ax2.plot(x, dial["rule_loops"], color="C1", linewidth=2, label="rule b(p)")
+        ax2.axvline(dial["trained"], color="C3", linestyle="--", linewidth=1.2)
+        ax2.set(xlabel=dial["of"], ylabel=f"{unit}s at test time",
+                title=f"accuracy per {dial['of']} and {unit} count")
+        ax2.legend(fontsize=8, loc="upper left")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save(fig, path, dpi=130)
+
+
 def plot_training_accuracy(rows: Sequence[Mapping[str, float]], chance: float,
                            path: str | Path, title: str = "") -> Path:
     """A classification run's learning curve from its ``metrics.csv`` rows: training
@@ -291,19 +334,53 @@ def plot_analysis(r: dict, out: Path) -> None:
         _plot_exit(r, out)
     if "probe" in r:
         _plot_probe(r, out)
+    if "hops" in r:
+        _plot_hops(r, out)
+
+
+def _plot_hops(r: dict, out: Path) -> None:
+    """The read-out's accuracy against the j-hop answer per unit of depth, j* marked, with
+    the linear (t) and doubling (2^t) lines."""
+    h, unit = r["hops"], r["unit"]
+    acc = np.asarray([[np.nan if v is None else v for v in row] for row in h["accuracy"]])
+    L, J = acc.shape
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    im = ax.imshow(acc.T, origin="lower", aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                   extent=(0.5, L + 0.5, 0.5, J + 0.5))
+    fig.colorbar(im, ax=ax, label="accuracy against the j-hop answer")
+    t = np.arange(1, L + 1)
+    ax.plot(t, h["j_star"], "o", color="C3", markersize=3, label="best-matching j*(t)")
+    ax.plot(t, np.clip(t, None, J + 0.5), color="w", ls="--", lw=1, label="j = t (linear)")
+    dbl = 2.0 ** t
+    ax.plot(t[dbl <= J], dbl[dbl <= J], color="C1", ls=":", lw=1.5, label="j = 2^t (doubling)")
+    ax.axhline(h["trained_hops"], color="0.8", ls="-.", lw=0.8, label="trained hops")
+    ax.set(xlabel=f"{unit} t", ylabel="hops j", ylim=(0.5, J + 0.5),
+           title=f"which j-hop answer each {unit} gives: {h['reading']}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.25, 0.5), frameon=False)
+    save(fig, out / "hops.png", dpi=130)
 
 
 def _plot_dynamics(r: dict, out: Path) -> None:
     unit, dyn = r["unit"], r["dynamics"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, c in dyn["error"].items():
+    if "accuracy" in dyn:  # a classification task
+        c = dyn["accuracy"]["last"]
+        x = np.arange(1, len(c["mean"]) + 1)
+        ax.plot(x, c["mean"], label=f"last position (k={c['k']})")
+        ax.fill_between(x, c["low"], c["high"], alpha=0.2)
+        ax.plot(x, dyn["accuracy"]["all_asked"], label="every asked position")
+        ax.axvline(r["trained_depth"], color="gray", ls=":", label="trained depth")
+        ax.set(xlabel=unit, ylabel="accuracy", ylim=(0, 1.02), title="accuracy per " + unit)
+        ax.legend(fontsize=8)
+    for name, c in dyn.get("error", {}).items():
         x = np.arange(1, len(c["mean"]) + 1)
         ax.plot(x, np.maximum(c["mean"], 1e-8), label=f"{name} (k={c['k']})")
         ax.fill_between(x, np.maximum(c["low"], 1e-8), np.maximum(c["high"], 1e-8),
                         alpha=0.2)
-    ax.axvline(r["trained_depth"], color="gray", ls=":", label="trained depth")
-    ax.set(xlabel=unit, ylabel="normalised error", yscale="log", title="error per " + unit)
-    ax.legend(fontsize=8)
+    if "error" in dyn:
+        ax.axvline(r["trained_depth"], color="gray", ls=":", label="trained depth")
+        ax.set(xlabel=unit, ylabel="normalised error", yscale="log", title="error per " + unit)
+        ax.legend(fontsize=8)
     sc = dyn["state_change"]
     ax2.plot(sc["loops"], np.maximum(sc["mean"], 1e-12), label="mean over prompts")
     if "median" in sc:  # per prompt: the median, the band to the 90th percentile, the max

@@ -26,9 +26,14 @@ def study_report(report: dict, sample: dict | None) -> str:
     if sample:
         loops = (f" Columns `k=N` use the trained loop count (b = {', '.join(map(str, b))}); "
                  f"`k=N @L` use L loop iterations." if b else "")
-        lines += [f"Task `{sample['task']}`, d={sample['active_dims']}, "
-                  f"{sample['n_prompts']} prompts per run. Normalised squared error at k "
-                  f"in-context examples: mean over seeds [min, max].{loops}", ""]
+        if sample.get("metric") == "accuracy":  # a classification task: k is a position
+            lines += [f"Task `{sample['task']}`, {sample['n_points']} tokens, "
+                      f"{sample['n_prompts']} prompts per run. Accuracy at position k (chance "
+                      f"{sample['chance']:.3g}): mean over seeds [min, max].{loops}", ""]
+        else:
+            lines += [f"Task `{sample['task']}`, d={sample['active_dims']}, "
+                      f"{sample['n_prompts']} prompts per run. Normalised squared error at k "
+                      f"in-context examples: mean over seeds [min, max].{loops}", ""]
     lines += [head, "|" + "---|" * (len(cols) * len(at) + 3)]
     for name, c in curves.items():
         cells = [_cell(c, k) for k in cols]

@@ -69,6 +69,16 @@ def plot_study_report(study: Study, study_dir: Path, report: dict) -> None:
     b = sorted({t for t in report["trained_loops"].values() if t})
     trained = b[0] if len(b) == 1 else None
     band = "mean over seeds, band min..max"
+    if report.get("metric") == "accuracy":  # a classification task: accuracy, linear axes
+        plot_study(curves, study_dir / "accuracy_vs_position.png", xlabel="position",
+                   ylabel="accuracy", log_y=False, reference=None,
+                   title=f"{study.name}: accuracy ({band})")
+        if loop_curves:
+            plot_study({v: {"x": c["loops"], **c} for v, c in loop_curves.items()},
+                       study_dir / "accuracy_vs_loops.png", xlabel="loop iterations at test "
+                       "time", ylabel="accuracy at the last position", log_y=False,
+                       reference=None, title=f"{study.name}: accuracy ({band})")
+        return
     plot_study(curves, study_dir / "error_vs_examples.png",
                title=f"{study.name}: normalised error ({band})")
     if loop_curves:
@@ -145,21 +155,28 @@ def plot_learning_curves(data: dict, path: Path, variants: list[str] | None = No
     against the training step, one line per run (a colour per variant, seeds that did not
     escape dashed), with the escape threshold."""
     variants = variants or data["variants"]
+    accuracy = data.get("metric") == "accuracy"  # a classification task: accuracy, linear
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colors = plt.get_cmap("tab10")
     for i, v in enumerate(variants):
         for r in runs_of(data, v):
             escaped = r["escape_step"] is not None
-            ax.plot(r["test"]["step"], r["test"]["error_last"], color=colors(i % 10),
+            curve = r["test"]["accuracy_last" if accuracy else "error_last"]
+            ax.plot(r["test"]["step"], curve, color=colors(i % 10),
                     linestyle="-" if escaped else "--", marker="o", markersize=3,
                     linewidth=1.2, alpha=0.85)
         ax.plot([], [], color=colors(i % 10), marker="o", markersize=3, label=v)
     ax.axhline(data["escape"]["threshold"], color="0.4", linestyle=":", linewidth=1,
                label=f"escape threshold {data['escape']['threshold']:g}")
-    ax.axhline(1.0, color="0.6", linestyle="--", linewidth=0.8, label="zero predictor")
-    ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"fixed test set: error at {data['n_points'] - 1} examples")
+    if accuracy:
+        ax.axhline(data["chance"], color="0.6", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(f"fixed test set: accuracy at position {data['n_points'] - 1}")
+    else:
+        ax.axhline(1.0, color="0.6", linestyle="--", linewidth=0.8, label="zero predictor")
+        ax.set_yscale("log")
+        ax.set_ylabel(f"fixed test set: error at {data['n_points'] - 1} examples")
     ax.set_title(f"{data['study']}: learning curves, one line per seed (dashed: not escaped)")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
@@ -248,6 +265,41 @@ def _draw_probes(probe: dict[str, list[dict]]) -> tuple[Any, str]:
 PLOTS = ("ood", "curves", "analysis")
 
 
+def plot_dial_by_variant(data: dict, path: Path, variants: list[str] | None = None) -> Path:
+    """Accuracy at the last position per dial value (hops, or length), mean over all trained
+    seeds with the band min..max, per variant: at the rule's loop count where it has one
+    (solid), at the fixed, trained depth (dashed); the trained value marked."""
+    variants = variants or data["variants"]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = plt.get_cmap("tab10")
+    d0 = None
+    for i, v in enumerate(variants):
+        runs = runs_of(data, v)
+        d0 = runs[0]["dial"]
+        for key, style in (("at_rule", "-"), ("at_fixed", "--")):
+            if any(r["dial"][key] is None for r in runs):
+                continue
+            vals = np.array([r["dial"][key] for r in runs], dtype=float)  # (seeds, values)
+            label = f"{v}: " + ("rule b(p)" if key == "at_rule" else
+                                f"fixed ({d0['fixed_loops']})")
+            ax.plot(d0["values"], vals.mean(0), color=colors(i % 10), linestyle=style,
+                    marker="o", markersize=3, label=label)
+            ax.fill_between(d0["values"], vals.min(0), vals.max(0), color=colors(i % 10),
+                            alpha=0.15, linewidth=0)
+    if d0 is not None:
+        ax.axvline(d0["trained"], color="C3", linestyle=":", label=f"trained {d0['of']}")
+        ax.set_xlabel(d0["of"])
+    if "chance" in data:
+        ax.axhline(data["chance"], color="0.6", linestyle="--", linewidth=0.8, label="chance")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy at the last position")
+    ax.set_title(f"{data['study']}: beyond the trained dial (mean over seeds, band min..max)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path, dpi=120, bbox=None)
+
+
 def plot_data_file(kind: str, data_path: Path, out: Path,
                    variants: list[str] | None = None) -> list[Path]:
     """The ``kind`` figure of a study's data file (``docs/results/data/NAME.json``): ``ood``
@@ -262,6 +314,10 @@ def plot_data_file(kind: str, data_path: Path, out: Path,
         return [plot_ood_by_variant(data, out, variants)]
     if kind == "curves":
         return [plot_learning_curves(data, out, variants)]
+    if kind == "dial":
+        if not all(r.get("dial") for r in data["runs"]):
+            raise ConfigError(f"{data_path}: runs without a dial block (eval.dial.factor)")
+        return [plot_dial_by_variant(data, out, variants)]
     if not any(r.get("analysis") for r in data["runs"]):
         raise ConfigError(f"{data_path}: no run has an analysis; run python -m "
                           f"loopformer.analyze study=STUDY_DIR, then export")

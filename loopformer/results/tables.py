@@ -30,13 +30,28 @@ def runs_of(data: dict, variant: str) -> list[dict]:
     return runs
 
 
+def classes(data: dict) -> bool:
+    """Whether the study scores accuracy (a classification task) rather than error."""
+    return data.get("metric") == "accuracy"
+
+
+def curves(run: dict) -> dict:
+    """A run's evaluated curves per loop count: accuracy per position for a classification
+    task, normalised error per number of examples otherwise."""
+    return run["accuracy"] if "accuracy" in run else run["error"]
+
+
+def _what(data: dict) -> str:
+    return "accuracy" if classes(data) else "error"
+
+
 def _errors(runs: list[dict], k: int, loops: str | None) -> list[float]:
     key = _curve_key(loops)
-    missing = [r["seed"] for r in runs if key not in r["error"]]
+    missing = [r["seed"] for r in runs if key not in curves(r)]
     if missing:
         raise ConfigError(f"loops={loops} is not among the evaluated loop counts of seeds "
-                          f"{missing}; have {sorted(runs[0]['error'])}")
-    return [r["error"][key][k] for r in runs if r["escape_step"] is not None]
+                          f"{missing}; have {sorted(curves(runs[0]))}")
+    return [curves(r)[key][k] for r in runs if r["escape_step"] is not None]
 
 
 def _resolution(data: dict) -> str:
@@ -46,6 +61,11 @@ def _resolution(data: dict) -> str:
 
 def _rule(data: dict) -> str:
     e, n = data["escape"], data["n_points"] - 1
+    if classes(data):
+        return (f"Escaped: the fixed test set's accuracy at the last position {n} "
+                f"({e['metric']}) is above {e['threshold']} from some test step to the end "
+                f"(chance {data.get('chance', float('nan')):.3g}); escape step: the first "
+                f"such step (resolution: {_resolution(data)}). Columns k: positions.")
     return (f"Escaped: the fixed test set's error at {n} examples ({e['metric']}) is below "
             f"{e['threshold']} from some test step to the end; escape step: the first such "
             f"step (resolution: {_resolution(data)}).")
@@ -67,8 +87,9 @@ def table_variants(data: dict, opts: dict) -> list[str]:
     variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
     ks, loops = _examples(data, opts), opts.get("loops")
     last = ks[-1]
-    lines = [_rule(data) + f" Errors {_loops_label(data, loops)}: mean [min, max] over the "
-             f"escaped seeds; the others are listed apart, at k={last}.", "",
+    lines = [_rule(data) + f" {'Accuracy' if classes(data) else 'Errors'} "
+             f"{_loops_label(data, loops)}: mean "
+             f"[min, max] over the escaped seeds; the others are listed apart, at k={last}.", "",
              "| variant | escaped | median escape step | " + " | ".join(f"k={k}" for k in ks)
              + f" | not escaped: k={last} |", "|---|---|---|" + "---|" * (len(ks) + 1)]
     for v in variants:
@@ -77,7 +98,7 @@ def table_variants(data: dict, opts: dict) -> list[str]:
         med = f"{statistics.median(steps):g}" if steps else "-"
         cells = [band_of(_errors(runs, k, loops)) for k in ks]  # checks the loop count first
         key = _curve_key(loops)
-        stuck = ", ".join(f"{r['seed']}: {r['error'][key][last]:.4f}" for r in runs
+        stuck = ", ".join(f"{r['seed']}: {curves(r)[key][last]:.4f}" for r in runs
                           if r["escape_step"] is None) or "-"
         lines.append(f"| {v} | {len(steps)}/{len(runs)} | {med} | " + " | ".join(cells)
                      + f" | {stuck} |")
@@ -158,17 +179,55 @@ def table_runs(data: dict, opts: dict) -> list[str]:
     variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
     ks, loops = _examples(data, opts), opts.get("loops")
     key = _curve_key(loops)
-    lines = [f"Per run: the escape step, the fixed test set's error at {data['n_points'] - 1} "
-             f"examples at the last test step, and the evaluation's error "
-             f"{_loops_label(data, loops)}.", "",
-             "| variant | seed | torch | escape step | test error (last step) | "
+    what = _what(data)
+    where = (f"the last position {data['n_points'] - 1}" if classes(data)
+             else f"{data['n_points'] - 1} examples")
+    lines = [f"Per run: the escape step, the fixed test set's {what} at {where} at the last "
+             f"test step, and the evaluation's {what} {_loops_label(data, loops)}.", "",
+             f"| variant | seed | torch | escape step | test {what} (last step) | "
              + " | ".join(f"k={k}" for k in ks) + " |", "|---|---|---|---|---|" + "---|" * len(ks)]
     for v in variants:
         for r in runs_of(data, v):
             step = r["escape_step"] if r["escape_step"] is not None else "not escaped"
+            test_last = r["test"]["accuracy_last" if classes(data) else "error_last"][-1]
             lines.append(f"| {v} | {r['seed']} | {r['torch'] or '-'} | {step} | "
-                         f"{r['test']['error_last'][-1]:.4f} (step {r['test']['step'][-1]}) | "
-                         + " | ".join(f"{r['error'][key][k]:.4f}" for k in ks) + " |")
+                         f"{test_last:.4f} (step {r['test']['step'][-1]}) | "
+                         + " | ".join(f"{curves(r)[key][k]:.4f}" for k in ks) + " |")
+    return lines
+
+
+def table_dial(data: dict, opts: dict) -> list[str]:
+    """The depth dial per variant: accuracy at the last position at each scored dial value
+    (``values=1,4,16``; default the first, the trained one and its multiples), at the loops
+    rule's b(p) where the run has a rule and at the fixed, trained depth: mean [min, max] over
+    every trained seed."""
+    variants = opts["variants"].split(",") if "variants" in opts else data["variants"]
+    every = [r for v in variants for r in runs_of(data, v)]
+    if not all(r.get("dial") for r in every):
+        raise ConfigError(f"table:dial: runs of {data['study']} without a dial block; "
+                          f"evaluate them with eval.dial.factor=F")
+    d0 = every[0]["dial"]
+    if "values" in opts:
+        values = [int(v) for v in opts["values"].split(",")]
+    else:
+        values = sorted({d0["values"][0]} | {m * d0["trained"] for m in range(1, 5)})
+    values = [v for v in values if v in d0["values"]]
+    idx = [d0["values"].index(v) for v in values]
+    lengths = ", ".join(f"{v}: {d0['lengths'][i]}" for v, i in zip(values, idx, strict=True))
+    lines = [f"Accuracy at the last position per {d0['of']} (trained: {d0['trained']}; prompt "
+             f"lengths {lengths} tokens), mean [min, max] over all trained seeds (escaped or "
+             f"not): at the rule's loop count b(p) ({d0['rule']}) and at the fixed trained "
+             f"depth (loops b, or the model's n_layer).", "",
+             "| variant | depth | " + " | ".join(f"{d0['of']}={v}" for v in values) + " |",
+             "|---|---|" + "---|" * len(values)]
+    for v in variants:
+        runs = runs_of(data, v)
+        rows = [("fixed", "at_fixed", f"fixed ({runs[0]['dial']['fixed_loops']})")]
+        if all(r["dial"]["at_rule"] is not None for r in runs):
+            rows.insert(0, ("rule", "at_rule", "rule b(p)"))
+        for _, key, label in rows:
+            cells = [band_of([r["dial"][key][i] for r in runs]) for i in idx]
+            lines.append(f"| {v} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -309,12 +368,21 @@ def table_meta(data: dict, opts: dict) -> list[str]:
 
 MEASURE_LABELS = {"escape_rate": "escape rate", "final_error": "error at k={k}",
                   "test_error": "test error at step {step} (k={k})",
-                  "test_area": "test-curve area to step {step} (k={k})"}
+                  "test_area": "test-curve area to step {step} (k={k})",
+                  "final_accuracy": "accuracy at position k={k}",
+                  "test_accuracy": "test accuracy at step {step} (k={k})",
+                  "dial_accuracy": "accuracy at the last position at dial value {k} (rule's "
+                                   "b(p), else the fixed depth)"}
 
 
 def _measure(c, data: dict) -> str:
+    if c.measure == "dial_accuracy":
+        dial = next((r["dial"] for r in data["runs"] if r.get("dial")), None)
+        k = c.k if c.k is not None else (dial["values"][-1] if dial else "largest")
+        return MEASURE_LABELS[c.measure].format(k=f"{dial['of']}={k}" if dial else k)
+    final = c.measure in ("final_error", "final_accuracy")
     k = c.k if c.k is not None else (max(data["examples"], default=data["n_points"] - 1)
-                                     if c.measure == "final_error" else data["n_points"] - 1)
+                                     if final else data["n_points"] - 1)
     return MEASURE_LABELS[c.measure].format(k=k, step=c.step if c.step is not None else "last")
 
 
@@ -338,7 +406,7 @@ def _confirmatory_rule(data: dict, rows: list) -> str:
         f"Fisher's exact test (unpaired); errors by the exact sign-flip test of the per-seed "
         f"differences a - b (paired; effect: their mean) or the exact Wilcoxon-Mann-Whitney "
         f"test (unpaired; effect: the Hodges-Lehmann shift of a over b); test-curve area: "
-        f"the fixed test set's error at the last position averaged over the test steps "
+        f"the fixed test set's {_what(data)} at the last position averaged over the test steps "
         f"(trapezoids). Intervals: the shifts (McNemar: a's share of the discordant seeds; "
         f"Fisher: the conditional odds ratio) that the row's own exact test does not reject at "
         f"its threshold (TOST rows: the two-sided interval at twice it). Floor: the smallest p "

@@ -1,0 +1,102 @@
+"""The analysis of token tasks (issue 33, part 4): per loop, the read-out's accuracy against
+the exact j-hop answer for every j, read as linear hopping or pointer doubling on hand-built
+models whose answer after each loop is known; and the analysis of a trained p-hop run, whose
+regression parts say why they do not apply."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from conftest import compose_cfg
+from hop_oracles import HopOracle
+
+from loopformer.analyze.__main__ import main as analyze_main
+from loopformer.analyze.hops import hop_accuracy, hop_reading
+from loopformer.analyze.run import Options, analyze
+from loopformer.config import Settings
+from loopformer.data import generator
+from loopformer.tasks import build_task, hop_targets
+from loopformer.training import run
+
+V, LENGTH, J = 4, 64, 16
+
+
+def _prompts(n=256):
+    task = build_task("p_hop", 1, hops=4, vocab=V, length=LENGTH)
+    return task.sample(n, LENGTH, generator=generator(torch.device("cpu"), 5))
+
+
+def _answers(xs, hops_of_loop, loops):
+    """Loop t answers the hops_of_loop(t)-hop question (class 0 where it is undefined)."""
+    return torch.stack([hop_targets(xs, hops_of_loop(t), V).clamp_min(0)
+                        for t in range(1, loops + 1)])  # (L, P, n)
+
+
+def test_a_model_that_hops_once_per_loop_reads_as_linear():
+    xs, _ = _prompts()
+    acc = hop_accuracy(_answers(xs, lambda t: t, 20), xs, J, V)  # (20, 16)
+    for t in range(1, J + 1):
+        assert acc[t - 1, t - 1] == 1.0  # loop t gives the t-hop answer wherever it is defined
+        # and no other j's answer everywhere: different hop counts differ somewhere
+        assert all(acc[t - 1, j - 1] < 1.0 for j in range(1, J + 1) if j != t)
+    r = hop_reading(acc)
+    assert r["j_star"][:J] == list(range(1, J + 1))
+    assert r["reading"] == "linear"
+    assert r["forms"]["linear"] == {"offset": 0, "share": 1.0, "loops": J}
+
+
+def test_a_model_that_doubles_its_hops_per_loop_reads_as_doubling():
+    xs, _ = _prompts()
+    acc = hop_accuracy(_answers(xs, lambda t: 2 ** t, 6), xs, J, V)  # 2, 4, 8, 16, 32, 64 hops
+    r = hop_reading(acc)
+    assert r["j_star"][:4] == [2, 4, 8, 16]
+    assert [acc[t - 1, 2 ** t - 1].item() for t in range(1, 5)] == [1.0] * 4
+    assert r["reading"] == "doubling"
+    assert r["forms"]["doubling"]["offset"] == 0 and r["forms"]["doubling"]["share"] == 1.0
+
+
+def test_a_model_stuck_at_one_hop_reads_as_neither():
+    xs, _ = _prompts()
+    r = hop_reading(hop_accuracy(_answers(xs, lambda t: 1, 10), xs, J, V))
+    assert r["j_star"] == [1] * 10 and r["reading"] == "neither"
+
+
+def test_a_j_defined_nowhere_is_nan():
+    xs = torch.tensor([[0, 1, 2, 3]])  # no symbol repeats: no hop is ever defined
+    acc = hop_accuracy(torch.zeros(2, 1, 4, dtype=torch.long), xs, 2, V)
+    assert all(math.isnan(v) for v in acc.flatten().tolist())
+
+
+def test_the_analysis_reads_the_oracles_through_the_models_interface(tmp_path):
+    spec = Settings.from_config(compose_cfg(
+        "task=p_hop", f"task.vocab={V}", f"task.length={LENGTH}", "task.hops=4",
+        f"model.n_positions={LENGTH}", "curriculum=fixed", "curriculum.loops.end=4",
+        "curriculum.window=1", "eval.batch_size=128"))
+    opts = Options(run=tmp_path, n_prompts=256, max_loops=12, max_hops=J)
+    for hops_of_loop, reading in ((lambda t: t, "linear"), (lambda t: 2 ** t, "doubling")):
+        r = analyze(HopOracle(V, hops_of_loop), spec, opts, ("hops",), "cpu")
+        assert r["hops"]["reading"] == reading
+        assert set(r["not_defined"]) == {"match", "probe", "exit"}
+        assert all("classification task" in w for w in r["not_defined"].values())
+
+
+def test_a_trained_p_hop_run_is_analysed_and_the_rest_says_why_not(tiny, tmp_path, caplog):
+    cfg = compose_cfg(*tiny, "task=p_hop", "task.length=9", "task.hops=2",
+                      "curriculum.hops.interval=6", "trainer.max_steps=4",
+                      run_dir=tmp_path / "run")
+    run(cfg)
+    with caplog.at_level(logging.INFO, logger="loopformer.analyze.run"):
+        assert analyze_main([f"run={tmp_path / 'run'}", "n_prompts=32", "max_loops=8"]) == 0
+    r = json.loads((tmp_path / "run" / "analysis" / "analysis.json").read_text())
+    assert r["parts"] == ["dynamics", "hops"] and r["metric"] == "accuracy"
+    dyn = r["dynamics"]
+    assert len(dyn["accuracy"]["last"]["mean"]) == 8
+    for shares in dyn["classes"]["at"].values():  # every prompt in one class
+        assert shares["fixed"] + shares["cycle"] + shares["moving"] == pytest.approx(1.0)
+    assert len(r["hops"]["j_star"]) == 8 and len(r["hops"]["accuracy"][0]) == 8  # 4 x 2 hops
+    for name in ("dynamics.png", "hops.png"):
+        assert (tmp_path / "run" / "analysis" / name).is_file()
+    text = caplog.text
+    assert "match: not defined" in text and "reading:" in text
