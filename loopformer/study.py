@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from loopformer.errors import ConfigError, typed
@@ -57,7 +60,7 @@ class SweepConfig:
     def __post_init__(self):
         check_n_jobs("n_jobs", self.n_jobs)
         for o in self.overrides:
-            _split(o)
+            _parse(o)
 
 
 # final_accuracy, test_accuracy, dial_accuracy: a classification study's (accuracy; test_area
@@ -152,6 +155,8 @@ class StudyConfig:
     # family, each read as a Comparison
     correction: str = "holm"  # holm | bonferroni | none, over the comparisons
     alpha: float = 0.05  # the family-wise level of the comparisons
+    escape_threshold: float | None = None  # the escape rule's threshold on the fixed test
+    # set's curve at the last position (null: 0.5 on the error, 0.9 on the accuracy)
 
     def __post_init__(self):
         if self.correction not in CORRECTIONS:
@@ -163,6 +168,9 @@ class StudyConfig:
             raise ConfigError(f"study {'seeds' if self.name else 'name'} is missing; a study "
                               f"names variants and seeds")
         check_n_jobs("study.n_jobs", self.n_jobs)
+        if self.escape_threshold is not None and not 0 < self.escape_threshold < 1:
+            raise ConfigError(f"study.escape_threshold={self.escape_threshold} must lie in "
+                              f"(0, 1): an error or an accuracy at the last position")
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,7 @@ class Study:
     comparisons: tuple[Comparison, ...] = ()  # the confirmatory family, in the YAML's order
     correction: str = "holm"  # over the comparisons: holm | bonferroni | none
     alpha: float = 0.05  # the family-wise level
+    escape_threshold: float | None = None  # the escape rule's (null: the metric's default)
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict) -> Study:
@@ -204,7 +213,7 @@ class Study:
         check_comparisons(comparisons, list(variants))
         return cls(c.name, tuple(c.base), {k: tuple(v) for k, v in variants.items()},
                    tuple(c.seeds), tuple(c.examples), groups, c.launcher, c.n_jobs,
-                   tuple(comparisons), c.correction, c.alpha)
+                   tuple(comparisons), c.correction, c.alpha, c.escape_threshold)
 
 
 def load_study(name: str) -> Study:
@@ -275,26 +284,49 @@ def plan(study: Study, study_dir: Path) -> list[Job]:
     return jobs
 
 
-def _split(override: str) -> tuple[str, str]:
+_PARSER = OverridesParser.create()
+
+
+def _parse(override: str) -> Override:
+    """One override read by Hydra's own grammar (``key={a:1,b:2}`` is a dict, ``key=[]`` a
+    list, as on a command line), or a ConfigError naming it."""
     if "=" not in override:
         raise ConfigError(f"study override {override!r} is not of the form key=value")
-    key, value = override.split("=", 1)
-    return key.lstrip("+~"), value
+    try:
+        (parsed,) = _PARSER.parse_overrides([override])
+    except OverrideParseException as e:
+        raise ConfigError(f"study override {override!r} does not parse: "
+                          f"{' '.join(str(e).splitlines()[:2])}") from None
+    if parsed.is_sweep_override() or parsed.is_delete():
+        raise ConfigError(f"study override {override!r} must set one value: a study runs "
+                          f"each job with one value per key (list values as variants)")
+    return parsed
+
+
+def _is_hydra(override: str) -> bool:
+    """An override of Hydra itself (``hydra.launcher.partition=gpu``, ``hydra/launcher=...``),
+    which belongs on the multirun's command line, not in a job's config."""
+    key = _parse(override).key_or_group
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
 
 
 def job_config(job: Job, overrides: tuple[str, ...]) -> str:
-    """A ``_global_`` config: group choices as defaults overrides, values as a body."""
-    groups, values = [], []
-    for o in overrides:
-        key, value = _split(o)
-        (groups if (CONF / key).is_dir() else values).append((key, value))
-    body = OmegaConf.from_dotlist([f"{k}={v}" for k, v in values])
+    """A ``_global_`` config: group choices as defaults overrides, values as a body (a later
+    override of the same key replaces an earlier one, as on a command line)."""
+    groups, body = {}, OmegaConf.create()
+    for o in map(_parse, overrides):
+        key = o.key_or_group
+        if (CONF / key).is_dir():
+            groups.pop(key, None)
+            groups[key] = o.value()
+        else:
+            OmegaConf.update(body, key, o.value(), merge=True, force_add=True)
     body.seed = job.seed
     body.run_dir = str(job.run_dir)
     body.ckpt_path = "last" if job.started else None
     lines = ["# @package _global_"]
     if groups:
-        lines += ["defaults:"] + [f"  - override /{k}: {v}" for k, v in groups]
+        lines += ["defaults:"] + [f"  - override /{k}: {v}" for k, v in groups.items()]
     return "\n".join(lines) + "\n" + OmegaConf.to_yaml(body)
 
 
@@ -433,6 +465,11 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
     launcher = launcher or study.launcher
     n_jobs = study.n_jobs if n_jobs is None else n_jobs
     hydra_launch = launcher_overrides(launcher, n_jobs, extra)
+    # the runs' extra overrides go into each job's config, after the study's own: on the
+    # multirun's command line Hydra would apply them to the config composed without the job
+    # (the base config: task.hops of a p_hop study is not there yet); Hydra's own stay there
+    hydra_extra = tuple(o for o in extra if _is_hydra(o))
+    run_extra = tuple(o for o in extra if not _is_hydra(o))
     jobs = plan(study, study_dir)
     pending = [j for j in jobs if not j.finished]
     log.info("study %s: %d runs, %d finished, %d to run (%d resume from a checkpoint)",
@@ -443,12 +480,12 @@ def launch(study: Study, study_dir: Path, launcher: str | None = None,
     job_dir = study_dir.resolve() / ".jobs"
     (job_dir / "job").mkdir(parents=True, exist_ok=True)
     for j in pending:
-        overrides = study.base + study.variants[j.variant]
+        overrides = study.base + study.variants[j.variant] + run_extra
         (job_dir / "job" / f"{j.id}.yaml").write_text(job_config(j, overrides))
     cmd = [sys.executable, str(ROOT / "train.py"), "-m",
            f"hydra.searchpath=[file://{job_dir}]",
            f"hydra.sweep.dir={study_dir.resolve() / 'multirun'}",
-           "+job=" + ",".join(j.id for j in pending), *extra, *hydra_launch]
+           "+job=" + ",".join(j.id for j in pending), *hydra_extra, *hydra_launch]
     log.info("launching: %s", " ".join(cmd))
     with Progress(study, jobs, every=progress_every):
         returncode = _run_multirun(cmd)
