@@ -38,7 +38,8 @@ class ExportOptions:
     study: str | None = option(None, "conf/study/NAME.yaml (null: the directory's name)")
     out: Path | None = option(None, "the file to write (null: docs/results/data/NAME.json)")
     threshold: float | None = option(None, "escape threshold on the fixed test set's error at "
-                                           f"the last position (null: {ESCAPE_THRESHOLD}; "
+                                           f"the last position (null: the study's "
+                                           f"escape_threshold, else {ESCAPE_THRESHOLD}; "
                                            f"accuracy, which must stay above it: "
                                            f"{ACCURACY_ESCAPE})")
     command: str | None = option(None, "the command that ran the study, as the page states it")

@@ -100,6 +100,9 @@ def aggregate(study: Study, study_dir: Path) -> dict:
                    if len(rows) == f.seeds_done[v]}
     if f.sample is not None and "least_squares" in f.sample["curves"]:
         curves["least_squares (baseline)"] = f.sample["curves"]["least_squares"]
+    if f.sample is not None and f.sample.get("metric") == "accuracy":  # the classifiers
+        curves.update({f"{name} (baseline)": c for name, c in f.sample["curves"].items()
+                       if c.get("kind") == "baseline"})
     report = {"study": study.name, "seeds": f.seeds_done, "curves": curves,
               "curves_at_loops": extra, "trained_loops": f.trained, "parameters": f.params,
               "loop_curves": loop_curves,

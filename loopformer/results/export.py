@@ -87,10 +87,6 @@ def _accuracy_record(variant: str, seed: int, run: RunDir, res: dict,
     last position, the escape (accuracy above ``threshold`` from a test step to the end) and
     the depth dial's accuracy per dial value."""
     threshold = ACCURACY_ESCAPE if threshold is None else threshold
-    accuracy = {("trained" if key == "model" else key.removeprefix("model@")):
-                [_nan_none(v) for v in c["mean"]] for key, c in res["curves"].items()}
-    overall = {("trained" if key == "model" else key.removeprefix("model@")): _g(v)
-               for key, v in res["accuracy"].items()}
     last = f"test/accuracy_pos/{res['n_points'] - 1:03d}"
     rows = [r for r in read_metrics(run.metrics) if last in r] if run.metrics.is_file() else []
     if not rows:
@@ -101,12 +97,15 @@ def _accuracy_record(variant: str, seed: int, run: RunDir, res: dict,
     cfg = OmegaConf.load(run.config) if run.config.is_file() else None
     record = {"variant": variant, "seed": seed, "torch": res.get("torch"),
               "parameters": res.get("parameters"), "trained_loops": res.get("trained_loops"),
-              "accuracy": accuracy, "accuracy_all": overall,
+              **_accuracy_block(res),
               "test": {"step": steps, "accuracy_last": acc_last,
                        "accuracy_mean": [_g(r["test/accuracy"]) for r in rows]},
               "test_every_n_steps": int(cfg.test.every_n_steps) if cfg else None,
               # above the threshold to the end: the error 1 - accuracy below 1 - threshold
               "escape_step": escape_step(steps, [1 - a for a in acc_last], 1 - threshold)}
+    if res.get("datasets"):  # held-out tables (task=openml): each its own block
+        record["datasets"] = {name: {"n_prompts": block["n_prompts"], **_accuracy_block(block)}
+                              for name, block in res["datasets"].items()}
     if res.get("dial"):
         d = res["dial"]
         record["dial"] = {k: d[k] for k in ("of", "trained", "values", "lengths",
@@ -119,6 +118,21 @@ def _accuracy_record(variant: str, seed: int, run: RunDir, res: dict,
     if analysis.is_file():
         record["analysis"] = analysis_record(json.loads(analysis.read_text()))
     return record
+
+
+def _accuracy_block(res: dict) -> dict:
+    """A classification evaluation's curves (``results.json``, or one held-out dataset's block
+    of it): the model's accuracy per position at each loop count (``trained``, ``"24"``) and
+    over every asked position, and the baselines' (fitted per prompt on the same prompts)."""
+    def key(name: str) -> str:
+        return "trained" if name == "model" else name.removeprefix("model@")
+
+    model = [n for n, c in res["curves"].items() if c.get("kind", "model") == "model"]
+    others = [n for n in res["curves"] if n not in model]
+    return {"accuracy": {key(n): [_nan_none(v) for v in res["curves"][n]["mean"]] for n in model},
+            "accuracy_all": {key(n): _g(res["accuracy"][n]) for n in model},
+            "baselines": {n: [_nan_none(v) for v in res["curves"][n]["mean"]] for n in others},
+            "baselines_all": {n: _g(res["accuracy"][n]) for n in others}}
 
 
 def _ood_record(ood: dict) -> dict:
@@ -184,6 +198,7 @@ def study_data(study: Study, study_dir: Path, threshold: float | None = None,
                meta: dict | None = None) -> dict:
     """The data of a study's finished runs (see the module's docstring)."""
     jobs = plan(study, study_dir)
+    threshold = study.escape_threshold if threshold is None else threshold
     runs = [r for j in jobs if (r := _run_record(j.variant, j.seed, RunDir(j.run_dir),
                                                  threshold))]
     if not runs:
@@ -193,6 +208,8 @@ def study_data(study: Study, study_dir: Path, threshold: float | None = None,
     meta.setdefault("wall_time_s", _span([RunDir(j.run_dir) for j in jobs]))
     meta.setdefault("wall_time_source", "file times: first run started to last run evaluated")
     config = {k: getattr(study, k) for k in ("name", "base", "variants", "seeds", "examples")}
+    if study.escape_threshold is not None:
+        config["escape_threshold"] = study.escape_threshold
     family = {"comparisons": [dataclasses.asdict(c) for c in study.comparisons],
               "correction": study.correction, "alpha": study.alpha}
     classes = first.get("metric") == "accuracy"

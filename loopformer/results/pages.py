@@ -17,6 +17,7 @@ from pathlib import Path
 from loopformer.errors import ConfigError
 from loopformer.results import analysis_tables
 from loopformer.results.tables import (
+    for_dataset,
     table_comparisons,
     table_confirmatory,
     table_dial,
@@ -33,9 +34,9 @@ TABLES = {"variants": table_variants, "comparisons": table_comparisons, "runs": 
           "meta": table_meta, "ood": table_ood, "analysis": analysis_tables.table_analysis,
           "ood_trend": table_ood_trend, "confirmatory": table_confirmatory,
           "dial": table_dial}
-OPTIONS = {"variants": {"data", "variants", "k", "loops"},
-           "comparisons": {"data", "pairs", "k", "loops", "of", "with"},
-           "runs": {"data", "variants", "k", "loops"}, "meta": {"data"},
+OPTIONS = {"variants": {"data", "variants", "k", "loops", "dataset"},
+           "comparisons": {"data", "pairs", "k", "loops", "of", "with", "dataset"},
+           "runs": {"data", "variants", "k", "loops", "dataset"}, "meta": {"data"},
            "ood": {"data", "variants", "loops", "baselines"},
            "analysis": {"data", "part", "variants"},
            "ood_trend": {"data", "pairs", "trend", "loops"}, "confirmatory": {"data"},
@@ -51,6 +52,8 @@ def render(kind: str, opts: dict, data: dict) -> str:
     if unknown:
         raise ConfigError(f"table:{kind} has unknown options {unknown}; allowed: "
                           f"{sorted(OPTIONS[kind])}")
+    if "dataset" in opts:  # one held-out table of a classification study
+        data = for_dataset(data, opts["dataset"])
     return "\n".join(TABLES[kind](data, opts)) + "\n"
 
 

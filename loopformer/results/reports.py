@@ -29,7 +29,10 @@ def study_report(report: dict, sample: dict | None) -> str:
         if sample.get("metric") == "accuracy":  # a classification task: k is a position
             lines += [f"Task `{sample['task']}`, {sample['n_points']} tokens, "
                       f"{sample['n_prompts']} prompts per run. Accuracy at position k (chance "
-                      f"{sample['chance']:.3g}): mean over seeds [min, max].{loops}", ""]
+                      f"{sample['chance']:.3g}): mean over seeds [min, max].{loops}"
+                      + (" Baselines (fitted per prompt): one run's prompts, mean [90% "
+                         "bootstrap band over its prompts]." if any(
+                             n.endswith("(baseline)") for n in curves) else ""), ""]
         else:
             lines += [f"Task `{sample['task']}`, d={sample['active_dims']}, "
                       f"{sample['n_prompts']} prompts per run. Normalised squared error at k "
@@ -42,6 +45,11 @@ def study_report(report: dict, sample: dict | None) -> str:
         n_params = f"{params[name]:,}" if params.get(name) else "-"
         lines.append(f"| {name} | {n_params} | {report['seeds'].get(name, '-')} | "
                      + " | ".join(cells) + " |")
+    if report.get("metric") == "accuracy":  # the figures plot_study_report draws for it
+        lines += ["", "![accuracy vs position](accuracy_vs_position.png)", ""]
+        if report.get("loop_curves"):
+            lines += ["![accuracy vs loops](accuracy_vs_loops.png)", ""]
+        return "\n".join(lines) + "\n"
     lines += ["", "![error vs examples](error_vs_examples.png)", ""]
     if report.get("loop_curves"):
         lines += ["![error vs loops](error_vs_loops.png)", ""]

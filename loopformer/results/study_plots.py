@@ -70,6 +70,8 @@ def plot_study_report(study: Study, study_dir: Path, report: dict) -> None:
     trained = b[0] if len(b) == 1 else None
     band = "mean over seeds, band min..max"
     if report.get("metric") == "accuracy":  # a classification task: accuracy, linear axes
+        # the baselines (one run's prompts) as lines: their bands are over prompts, not seeds
+        curves = {k: {"mean": c["mean"]} if k in baselines else c for k, c in curves.items()}
         plot_study(curves, study_dir / "accuracy_vs_position.png", xlabel="position",
                    ylabel="accuracy", log_y=False, reference=None,
                    title=f"{study.name}: accuracy ({band})")

@@ -41,6 +41,21 @@ def curves(run: dict) -> dict:
     return run["accuracy"] if "accuracy" in run else run["error"]
 
 
+ACCURACY_KEYS = ("accuracy", "accuracy_all", "baselines", "baselines_all")
+
+
+def for_dataset(data: dict, name: str) -> dict:
+    """``dataset=NAME``: a classification study's data with each run's accuracy (and its
+    baselines') those of the held-out dataset NAME (``task=openml``: the top level pools
+    every held-out dataset)."""
+    held_out = sorted({d for r in data["runs"] for d in r.get("datasets", {})})
+    if any(name not in r.get("datasets", {}) for r in data["runs"]):
+        raise ConfigError(f"dataset={name} is not a held-out dataset of every run of "
+                          f"{data['study']}; held out: {held_out or 'none'}")
+    return {**data, "runs": [{**r, **{k: r["datasets"][name][k] for k in ACCURACY_KEYS}}
+                             for r in data["runs"]]}
+
+
 def _what(data: dict) -> str:
     return "accuracy" if classes(data) else "error"
 
@@ -102,7 +117,19 @@ def table_variants(data: dict, opts: dict) -> list[str]:
                           if r["escape_step"] is None) or "-"
         lines.append(f"| {v} | {len(steps)}/{len(runs)} | {med} | " + " | ".join(cells)
                      + f" | {stuck} |")
-    return lines
+    return lines + _baseline_rows(data, variants, ks)
+
+
+def _baseline_rows(data: dict, variants: list[str], ks: list[int]) -> list[str]:
+    """A classification study's baselines (fitted per prompt on each run's evaluation
+    prompts): their accuracy at each k, mean [min, max] over every run of the variants (one
+    value where all runs drew the same prompts)."""
+    every = [r for v in variants for r in runs_of(data, v)]
+    names = list(every[0].get("baselines", {}))
+    return [f"| {b} (baseline) | - | - | "
+            + " | ".join(band_of([r["baselines"][b][k] for r in every
+                                  if r["baselines"].get(b, [None] * (k + 1))[k] is not None],
+                                 collapse=True) for k in ks) + " | - |" for b in names]
 
 
 def _pairs(opts: dict, kind: str) -> list[tuple[str, str]]:
@@ -144,9 +171,9 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
     if of not in ("error", "escape_step"):
         raise ConfigError(f"table:comparisons of={of} is not one of: error, escape_step")
     k, loops = _examples(data, opts)[-1], opts.get("loops")
-    if of == "error":
-        what, col = (f"the error at k={k} {_loops_label(data, loops)}",
-                     f"error at k={k} (A vs B)")
+    if of == "error":  # accuracy, for a classification study
+        what, col = (f"the {_what(data)} at k={k} {_loops_label(data, loops)}",
+                     f"{_what(data)} at k={k} (A vs B)")
     else:
         what, col = (f"the escape step ({_resolution(data)})", "mean escape step (A vs B)")
     lines = [f"{EXPLORATORY} Escape rates: two-sided Fisher's exact test; {what}, over escaped "
@@ -155,7 +182,8 @@ def table_comparisons(data: dict, opts: dict) -> list[str]:
              + (" Variants named STUDY/variant are that study's runs (option with=), trained "
                 "with its own recipe and budget." if "with" in opts else ""),
              "",
-             f"| A vs B | escaped | escape rate: raw p | {col} | {of.replace('_', ' ')}: raw p |",
+             f"| A vs B | escaped | escape rate: raw p | {col} | "
+             f"{_what(data) if of == 'error' else 'escape step'}: raw p |",
              "|---|---|---|---|---|"]
     for a, b in _pairs(opts, "comparisons"):
         ra, rb = runs_of(data, a), runs_of(data, b)
