@@ -84,6 +84,10 @@ class Task:
         task with held-out data draws them from it)."""
         return self.sample_at(batch_size, shape, generator)
 
+    def test_prompts(self) -> str:
+        """What :meth:`sample_test` draws, in words (the analysis states it)."""
+        return "fresh prompts at the final shape"
+
     def eval_sets(self, n_prompts: int, shape: CurriculumState,
                   generator: torch.Generator | None = None) -> dict[str, Batch]:
         """The evaluation's prompts, by name: one set of ``n_prompts`` fresh prompts at the

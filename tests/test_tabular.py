@@ -17,6 +17,7 @@ from conftest import TINY, compose_cfg, run_cmd, train_cmd
 
 from loopformer import baselines as B
 from loopformer import build_model
+from loopformer.analyze.run import Options, analyze, summary
 from loopformer.config import Settings
 from loopformer.csvlog import read_metrics
 from loopformer.curriculum import CurriculumState
@@ -670,3 +671,25 @@ def test_classifiers_are_refused_for_a_regression_task():
                                           r"task.name=linear_regression takes regressors; "
                                           r"allowed: \['default', 'least_squares'"):
         Settings.from_config(compose_cfg("eval.baselines=[knn_3]"))
+
+
+def test_the_analysis_reads_the_held_out_tables_prompts(sk_cache, tmp_path, caplog):
+    # a model whose logits favour class 1 whatever it reads answers class 1 at every loop: its
+    # accuracy at the last position is the share of class 1 among the queries, which on the
+    # held-out breast-cancer rows is near the table's 357 / 569 (training prompts, their
+    # classes renamed at random, would give about 0.5)
+    cfg = compose_cfg(*tiny_openml(sk_cache, "task.permute_labels=true"))
+    spec = Settings.from_config(cfg)
+    model = build_model(spec.model)
+    with torch.no_grad():
+        model.read_out.weight.zero_()
+        model.read_out.bias.copy_(torch.tensor([0.0, 1.0]))
+    r = analyze(model, spec, Options(run=tmp_path, n_prompts=400, max_loops=4),
+                ("dynamics",), "cpu")
+    _, ys = spec.function.sample_test(400, spec.curriculum.final,
+                                      generator(torch.device("cpu"), 0, 0))
+    last = r["dynamics"]["accuracy"]["last"]["mean"]
+    assert last == pytest.approx([float((ys[:, -1] == 1).float().mean())] * 4)
+    assert abs(last[-1] - 357 / 569) < 0.08
+    assert r["prompts"] == "rows of the held-out breast_cancer (task.test_rows=all)"
+    assert "400 prompts (rows of the held-out breast_cancer" in summary(r)

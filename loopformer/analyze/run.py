@@ -445,13 +445,16 @@ def analyze_tokens(model: InContextModel, spec: Settings, opts: Options,
     b = trained_depth(spec)
     looping = spec.model.family != "transformer"
     max_loops = (opts.max_loops or 20 * b) if looping else b
-    xs, ys = spec.function.sample_at(opts.n_prompts, shape,
-                                     generator(torch.device(device), opts.seed, 0))
+    # the fixed test set's prompts: for held-out tables (task=openml) their rows, the tables
+    # the model is scored on, not the training ones with their classes renamed
+    xs, ys = spec.function.sample_test(opts.n_prompts, shape,
+                                       generator(torch.device(device), opts.seed, 0))
     unit = {"looped": "loop", "tied": "application", "transformer": "layer"}[spec.model.family]
     result = {"run_dir": str(opts.run), "checkpoint": opts.ckpt, "family": spec.model.family,
               "task": spec.function.name, "metric": "accuracy", "unit": unit,
               "trained_depth": b, "n_points": shape.n_points, "n_hops": shape.n_hops,
-              "n_prompts": opts.n_prompts, "seed": opts.seed, "parts": list(parts),
+              "n_prompts": opts.n_prompts, "prompts": spec.function.test_prompts(),
+              "seed": opts.seed, "parts": list(parts),
               "not_defined": {p: w for p, w in defined_parts(spec).items() if w},
               "max_loops": max_loops, "seconds": {}}
     start = time.perf_counter()
@@ -531,8 +534,9 @@ def analyze(model: InContextModel, spec: Settings, opts: Options, parts: tuple[s
 
 
 def summary(r: dict) -> str:
-    lines = [f"{r['run_dir']}: {r['family']} on {r['task']}, {r['n_prompts']} prompts, "
-             f"trained depth {r['trained_depth']} {r['unit']}s"]
+    lines = [f"{r['run_dir']}: {r['family']} on {r['task']}, {r['n_prompts']} prompts"
+             + (f" ({r['prompts']})" if r.get("prompts") else "")
+             + f", trained depth {r['trained_depth']} {r['unit']}s"]
     if "dynamics" in r and "accuracy" in r["dynamics"]:
         dyn = r["dynamics"]
         acc, b = dyn["accuracy"]["last"]["mean"], r["trained_depth"]

@@ -228,6 +228,10 @@ class TabularTask(Task):
         which = torch.randint(len(pool.names), (batch_size,), generator=generator, device=device)
         return pool.draw(which, shape.n_points, generator, torch.float32)
 
+    def test_prompts(self) -> str:
+        return (f"rows of the held-out {', '.join(self.test_datasets)} (task.test_rows="
+                f"{self.test_rows})")
+
     def eval_sets(self, n_prompts, shape, generator=None) -> dict[str, Batch]:
         """One set per held-out dataset: a prompt per held-out row (at most ``n_prompts`` of
         them, a random subset), that row the query at the last position
