@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -43,7 +45,20 @@ def refuse(e: ConfigError) -> int:
     return REFUSED
 
 
+_HYDRA = OverridesParser.create()
+
+
 def _value(key: str, text: str, command: str) -> Any:
+    """``text`` read as train.py's command line reads a value (Hydra's grammar:
+    ``{factor:2,n_prompts:32}`` is a dict, which YAML reads as keys ``factor:2``); where that
+    grammar does not take it (an ``=`` inside, ``run=.../seed=1``, ``ckpt=step=500``; a
+    comma list, ``a,b``), as YAML."""
+    try:
+        (parsed,) = _HYDRA.parse_overrides([f"v={text}"])
+        if not parsed.is_sweep_override():
+            return parsed.value()
+    except HydraException:
+        pass
     try:
         return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))["v"]
     except OmegaConfBaseException as e:

@@ -76,3 +76,12 @@ def test_group_choices_are_checked_against_every_config_source(tmp_path):
     with pytest.raises(ConfigError, match="task=nope is not an option of the task group"):
         cli.check_group_choices(["-m", "task=linear_regression,nope"], conf, "config")
     cli.check_group_choices(["--cfg", "job", "task=nope"], conf, "config")  # Hydra's own flags
+
+
+def test_values_read_as_train_py_reads_them():
+    # Hydra's grammar, as on train.py's command line: {factor:2,n_prompts:16} is a dict (YAML
+    # would read keys "factor:2"); values Hydra does not take (an "=" inside) stay strings
+    o = cli.parse(EvaluateOptions, ["run=/runs/looped/seed=1", "ckpt=step=500",
+                                    "dial={factor:2,n_prompts:16}", "extra_loops=[24]"], "cmd")
+    assert str(o.run) == "/runs/looped/seed=1" and o.ckpt == "step=500"
+    assert o.dial == {"factor": 2, "n_prompts": 16} and o.extra_loops == [24]
