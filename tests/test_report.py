@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from loopformer.errors import ConfigError
 from loopformer.results.__main__ import main
 from loopformer.results.export import export
+from loopformer.results.findings import FIGURE, confirmatory_rows, findings_errors
 from loopformer.results.pages import MARKER, pages_with_tables, rebuild
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,29 +354,35 @@ def test_meta_names_the_variants_with_other_seeds(study_dir, tmp_path):
 
 
 FINDINGS = re.compile(r"<!-- findings -->\n(.*?)<!-- /findings -->", re.DOTALL)
-VERDICTS = ("holds", "does not hold", "not resolved")
+FINDING_ROW = re.compile(r"\| (\d+)[a-z]? \|")
 
 
-def test_the_findings_table_quotes_the_generated_tables():
-    """seed_variants_cpu.md gives each of the seed's ten findings a row whose verdict is one of
-    holds / does not hold / not resolved, and every figure it quotes (errors to 4 decimals,
-    escape counts, p-values) appears in a table generated from the committed data of the three
-    studies it quotes."""
-    page = (ROOT / "docs" / "results" / "seed_variants_cpu.md").read_text()
-    block = FINDINGS.search(page)
+def test_the_findings_table_is_decided_by_the_confirmatory_families():
+    """seed_variants_cpu.md gives each of the seed's ten findings one row per verdict,
+    ``| N | claim | decided by | figures | verdict |``. A row decided by confirmatory rows
+    (plateau_cpu's E*, findings_cpu's F*) quotes only their figures and states their verdict,
+    which their adjusted p supports (:func:`findings_errors`); a row no pre-registered
+    comparison decides says "not tested" and quotes only figures of the generated tables."""
+    results = ROOT / "docs" / "results"
+    block = FINDINGS.search((results / "seed_variants_cpu.md").read_text())
     assert block, "seed_variants_cpu.md has no <!-- findings --> table"
-    rows = [r for r in block.group(1).splitlines() if re.match(r"\| \d+ \|", r)]
-    assert [int(r.split("|")[1]) for r in rows] == list(range(1, 11))
-    for r in rows:
-        verdict = r.rstrip(" |").rsplit(" | ", 1)[1]
-        assert any(v in verdict for v in VERDICTS), r
-    pages = ("seed_variants_cpu", "seed_claims_cpu", "plateau_cpu")  # the studies it quotes
-    generated = "".join(m.group(3) for name in pages for m in MARKER.finditer(
-        (ROOT / "docs" / "results" / f"{name}.md").read_text()))
-    figures = re.findall(r"\b\d\.\d{4}\b|\bp = \d\.\d+|\b\d+/\d+\b", block.group(1))
-    assert figures
-    missing = sorted({f for f in figures if f not in generated})
-    assert not missing, f"figures of the findings table not in any generated table: {missing}"
+    rows = [r for r in block.group(1).splitlines() if FINDING_ROW.match(r)]
+    assert sorted({int(FINDING_ROW.match(r).group(1)) for r in rows}) == list(range(1, 11))
+    pages = {name: (results / f"{name}.md").read_text() for name in
+             ("seed_variants_cpu", "seed_claims_cpu", "plateau_cpu", "findings_cpu")}
+    confirmatory = [r for name in ("plateau_cpu", "findings_cpu")
+                    for r in confirmatory_rows(pages[name])]
+    assert {r.split(" | ")[0].strip("| ")[0] for r in confirmatory} == {"E", "F"}
+    generated = "".join(m.group(3) for text in pages.values() for m in MARKER.finditer(text))
+    for row in rows:
+        _, decided_by, figures, verdict = [c.strip() for c in row.strip(" |").split(" | ")][1:]
+        if decided_by == "-":
+            assert verdict.startswith("not tested"), row
+            missing = [f for f in FIGURE.findall(figures) if f not in generated]
+            assert not missing, f"{row}: {missing} not in any generated table"
+        else:
+            assert findings_errors([f"| {decided_by} | {figures} | {verdict} |"],
+                                   confirmatory) == [], row
 
 
 def test_seed_42_of_seed_variants_cpu_reproduces():
