@@ -15,7 +15,7 @@ LAYERS = [
       "loopformer.models", "loopformer.ssm", "loopformer.graphs", "loopformer.rundir",
       "loopformer.checkpoints", "loopformer.csvlog", "loopformer.data", "loopformer.baselines",
       "loopformer.stats", "loopformer.exact", "loopformer.formatting", "loopformer.cli",
-      "loopformer.readout", "loopformer.tabular"}),
+      "loopformer.readout", "loopformer.tabular", "loopformer.files"}),
     ("scoring", {"loopformer.scoring"}),
     ("shifted prompts and the analysis' computations",
      {"loopformer.ood", "loopformer.analyze", "loopformer.analyze.algorithms",

@@ -54,10 +54,7 @@ def _run_record(variant: str, seed: int, run: RunDir, threshold: float | None) -
             error["trained" if key == "model" else key.removeprefix("model@")] = [
                 _g(v) for v in c["mean"]]
     last = f"test/error_pos/{res['n_points'] - 1:03d}"  # the most in-context examples
-    rows = [r for r in read_metrics(run.metrics) if last in r] if run.metrics.is_file() else []
-    if not rows:
-        raise ConfigError(f"{run.metrics} has no fixed-test-set curve ({last}); the escape "
-                          f"is read from it: train with test.every_n_steps > 0")
+    rows = _test_rows(run, last)
     steps = [int(r["step"]) for r in rows]
     errors = [_g(r[last]) for r in rows]
     cfg = OmegaConf.load(run.config) if run.config.is_file() else None
@@ -76,6 +73,16 @@ def _run_record(variant: str, seed: int, run: RunDir, threshold: float | None) -
     return record
 
 
+def _test_rows(run: RunDir, last: str) -> list[dict]:
+    """The run's logged rows of the fixed test set (those with ``last``, its curve at the last
+    position, from which the escape is read)."""
+    rows = [r for r in read_metrics(run.metrics) if last in r] if run.metrics.is_file() else []
+    if not rows:
+        raise ConfigError(f"{run.metrics} has no fixed-test-set curve ({last}); the escape "
+                          f"is read from it: train with test.every_n_steps > 0")
+    return rows
+
+
 def _nan_none(x: float) -> float | None:
     return None if x != x else _g(x)
 
@@ -88,10 +95,7 @@ def _accuracy_record(variant: str, seed: int, run: RunDir, res: dict,
     the depth dial's accuracy per dial value."""
     threshold = ACCURACY_ESCAPE if threshold is None else threshold
     last = f"test/accuracy_pos/{res['n_points'] - 1:03d}"
-    rows = [r for r in read_metrics(run.metrics) if last in r] if run.metrics.is_file() else []
-    if not rows:
-        raise ConfigError(f"{run.metrics} has no fixed-test-set curve ({last}); the escape "
-                          f"is read from it: train with test.every_n_steps > 0")
+    rows = _test_rows(run, last)
     steps = [int(r["step"]) for r in rows]
     acc_last = [_g(r[last]) for r in rows]
     cfg = OmegaConf.load(run.config) if run.config.is_file() else None

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from loopformer.errors import ConfigError
+from loopformer.files import write_atomic
 from loopformer.tabular.selection import FILTER_VERSION, SPLIT_SEED, TEST_SIZE, Prepared, Rules
 
 MANIFEST = "manifest.json"
@@ -76,18 +75,9 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is shared like any data
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` into ``path`` through a temporary file in the same folder and a rename; readable
+    by all, as any data (``mkstemp`` makes it private)."""
+    write_atomic(path, lambda f: f.write(data), mode=0o644)
 
 
 def _safe(name: str) -> str:
