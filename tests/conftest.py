@@ -40,6 +40,25 @@ def tiny():
     return list(TINY)
 
 
+def resume_is_bitwise(tmp_path: Path, *overrides: str) -> set[str]:
+    """Train 8 steps in one go and 4 + 4 with a resume from ``last``; assert the two runs end
+    with equal weights and equal logs, and return the metric names they logged."""
+    from loopformer.csvlog import read_metrics
+    from loopformer.training import run
+
+    run(compose_cfg(*overrides, "trainer.max_steps=8", run_dir=tmp_path / "a"))
+    run(compose_cfg(*overrides, "trainer.max_steps=4", run_dir=tmp_path / "b"))
+    run(compose_cfg(*overrides, "trainer.max_steps=8", "ckpt_path=last", run_dir=tmp_path / "b"))
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=False)
+            for r in "ab")
+    assert a["global_step"] == b["global_step"] == 8
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    rows_a, rows_b = (read_metrics(tmp_path / r / "metrics.csv") for r in "ab")
+    assert rows_a == rows_b
+    return {k for r in rows_a for k in r}
+
+
 def train_cmd(*overrides: str) -> list[str]:
     """``python train.py`` with the tiny settings and ``overrides``."""
     return [sys.executable, str(ROOT / "train.py"), *TINY, *overrides]

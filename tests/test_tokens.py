@@ -7,12 +7,11 @@ import re
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cmd, train_cmd
+from conftest import compose_cfg, resume_is_bitwise, run_cmd, train_cmd
 
 from loopformer import build_model
 from loopformer.analyze.__main__ import main as analyze_main
 from loopformer.config import Settings
-from loopformer.csvlog import read_metrics
 from loopformer.curriculum import Curriculum, Schedule
 from loopformer.errors import ConfigError
 from loopformer.models import ModelConfig
@@ -241,19 +240,8 @@ TINY_P_HOP = ["task=p_hop", "task.length=9", "task.hops=2", "curriculum.hops.int
 
 def test_resume_equals_uninterrupted_for_a_token_task(tiny, tmp_path):
     tiny = [*tiny, *TINY_P_HOP]
-    common = ["checkpoint.every_n_steps=4", "test.every_n_steps=4"]
-    run(compose_cfg(*tiny, *common, "trainer.max_steps=8", run_dir=tmp_path / "a"))
-    run(compose_cfg(*tiny, *common, "trainer.max_steps=4", run_dir=tmp_path / "b"))
-    run(compose_cfg(*tiny, *common, "trainer.max_steps=8", "ckpt_path=last",
-                    run_dir=tmp_path / "b"))
-    a, b = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=False)
-            for r in "ab")
-    assert a["global_step"] == b["global_step"] == 8
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    rows_a, rows_b = (read_metrics(tmp_path / r / "metrics.csv") for r in "ab")
-    assert rows_a == rows_b
-    logged = {k for r in rows_a for k in r}
+    logged = resume_is_bitwise(tmp_path, *tiny, "checkpoint.every_n_steps=4",
+                               "test.every_n_steps=4")
     assert {"train/accuracy", "test/accuracy", "test/loss", "curriculum/n_hops"} <= logged
     assert "test/accuracy_pos/008" in logged and "test/accuracy_pos/000" not in logged
 
