@@ -15,6 +15,7 @@ from loopformer.errors import ConfigError
 from loopformer.results.aggregate import aggregate
 from loopformer.results.export import export
 from loopformer.results.pages import rebuild
+from loopformer.results.study_plots import plot_data_file
 from loopformer.rundir import RunDir
 from loopformer.study import Comparison, Job, Study, job_config, launch
 
@@ -135,6 +136,36 @@ def test_a_classification_study_aggregates_exports_and_renders_its_tables(tmp_pa
             "dataset=iris is not a held-out dataset of every run of tab; held out: "
             "['breast_cancer', 'wine']")):
         rebuild(page)
+
+
+def _exported(tmp_path: Path) -> Path:
+    study_dir = tmp_path / "tab"
+    for (variant, seed) in TEST:
+        _write_run(study_dir / "runs" / variant / f"seed={seed}", variant, seed)
+    aggregate(_study(), study_dir)
+    return export(study_dir, tmp_path / "data" / "tab.json")
+
+
+def test_plot_examples_draws_each_held_out_table_and_refuses_what_it_cannot_draw(tmp_path):
+    data = _exported(tmp_path)
+    for dataset in (None, "wine"):
+        png = tmp_path / f"examples_{dataset}.png"
+        assert plot_data_file("examples", data, png, dataset=dataset) == [png]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError, match="dataset=iris is not a held-out dataset"):
+        plot_data_file("examples", data, tmp_path / "x.png", dataset="iris")
+    with pytest.raises(ConfigError, match="applies to plot-examples only"):
+        plot_data_file("curves", data, tmp_path / "x.png", dataset="wine")
+    # the classifiers are drawn once: runs whose evaluations scored other prompts are refused
+    d = json.loads(data.read_text())
+    d["runs"][1]["baselines"]["knn_3"][2] += 0.1
+    data.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="the baseline knn_3 differs between runs"):
+        plot_data_file("examples", data, tmp_path / "x.png")
+    d["metric"] = "error"
+    data.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="this study regresses"):
+        plot_data_file("examples", data, tmp_path / "x.png")
 
 
 def test_a_job_config_reads_overrides_by_hydras_grammar(tmp_path):

@@ -13,7 +13,8 @@ Kinds: ``variants`` (escape rate, median escape step, error over escaped seeds),
 pre-registered comparisons, Holm-corrected), ``runs``
 (one row per run), ``meta`` (how the data was made), ``ood`` and ``ood_trend`` (the
 out-of-distribution suite per shift) and ``analysis`` (the loop analysis).
-``plot-ood``, ``plot-curves``, ``plot-analysis`` and ``plot-dial`` draw a study's data.
+``plot-ood``, ``plot-curves``, ``plot-analysis``, ``plot-dial`` and ``plot-examples``
+draw a study's data.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class PlotOptions:
     out: Path = option(help="the PNG to write (plot-analysis: the folder for "
                             "analysis_<study>_<part>.png)", positional=True)
     variants: list[str] | None = option(None, "the variants to draw (null: all)")
+    dataset: str | None = option(None, "plot-examples: one held-out table of task=openml "
+                                       "(null: all held-out prompts pooled)")
 
 
 def _export(o: ExportOptions) -> None:
@@ -78,7 +81,7 @@ def _tables(o: TablesOptions) -> int:
 
 def _plot(kind: str):
     def draw(o: PlotOptions) -> None:
-        for path in plot_data_file(kind, o.data, o.out, o.variants):
+        for path in plot_data_file(kind, o.data, o.out, o.variants, o.dataset):
             log.info("wrote %s", path)
     return draw
 
@@ -92,6 +95,8 @@ COMMANDS = {
     "plot-analysis": (PlotOptions, _plot("analysis"), "the loop-analysis plots of a study"),
     "plot-dial": (PlotOptions, _plot("dial"), "a token study's accuracy beyond the trained "
                                               "hops (length), per variant"),
+    "plot-examples": (PlotOptions, _plot("examples"), "a classification study's accuracy vs "
+                                                      "in-context examples, with the baselines"),
 }
 
 

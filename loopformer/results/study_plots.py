@@ -16,7 +16,7 @@ import numpy as np
 from loopformer.errors import ConfigError
 from loopformer.results.analysis_tables import analysed_runs
 from loopformer.results.plots import as_dict, draw_band, finish, plt, save, xs_of
-from loopformer.results.tables import factor_key, runs_of
+from loopformer.results.tables import factor_key, for_dataset, runs_of
 from loopformer.study import Study
 
 
@@ -186,6 +186,51 @@ def plot_learning_curves(data: dict, path: Path, variants: list[str] | None = No
     return save(fig, path, dpi=120, bbox=None)
 
 
+def plot_examples_by_variant(data: dict, path: Path, variants: list[str] | None = None,
+                             dataset: str | None = None) -> Path:
+    """A classification study's accuracy against the number of in-context examples at the
+    trained loop count: one thin line per run, the mean over all runs of a variant thick, and
+    the per-prompt classifiers of the evaluation (the same prompts in every run: their curves
+    are drawn once, from the first run, and must agree across runs). ``dataset``: one held-out
+    table of ``task=openml`` (None: every held-out prompt pooled)."""
+    if data.get("metric") != "accuracy":
+        raise ConfigError(f"{data['study']}: plot-examples draws a classification study's "
+                          f"accuracy; this study regresses (use its report's error plots)")
+    data = for_dataset(data, dataset) if dataset else data
+    variants = variants or data["variants"]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    colors = plt.get_cmap("tab10")
+    for i, v in enumerate(variants):
+        curves = np.array([[math.nan if a is None else a for a in r["accuracy"]["trained"]]
+                           for r in runs_of(data, v)], dtype=float)  # (runs, positions)
+        ks = np.arange(curves.shape[1])
+        asked = ~np.isnan(curves).all(0)
+        for row in curves:
+            ax.plot(ks[asked], row[asked], color=colors(i % 10), linewidth=0.8, alpha=0.45)
+        ax.plot(ks[asked], curves[:, asked].mean(0), color=colors(i % 10), linewidth=2.2,
+                label=f"{v} (mean of {len(curves)} runs; thin: each run)")
+    runs = data["runs"]
+    for j, name in enumerate(runs[0]["baselines"]):
+        base = np.array([math.nan if a is None else a for a in runs[0]["baselines"][name]])
+        for r in runs[1:]:
+            other = np.array([math.nan if a is None else a for a in r["baselines"][name]])
+            if not np.allclose(base, other, equal_nan=True):
+                raise ConfigError(f"{data['study']}: the baseline {name} differs between runs; "
+                                  f"their evaluations scored different prompts")
+        asked = ~np.isnan(base)
+        ax.plot(np.arange(len(base))[asked], base[asked], color="0.25", linewidth=1.1,
+                linestyle=("--", ":", "-.", (0, (5, 1, 1, 1)))[j % 4], label=name)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("in-context examples before the query")
+    ax.set_ylabel("accuracy")
+    where = f"held-out {dataset}" if dataset else "all held-out prompts"
+    ax.set_title(f"{data['study']}: accuracy vs examples, {where}")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path, dpi=120, bbox=None)
+
+
 # --- the loop analysis per variant ----------------------------------------------------------
 
 def _mean_curve(curves: list[list[float | None]]) -> list[float]:
@@ -303,19 +348,23 @@ def plot_dial_by_variant(data: dict, path: Path, variants: list[str] | None = No
 
 
 def plot_data_file(kind: str, data_path: Path, out: Path,
-                   variants: list[str] | None = None) -> list[Path]:
+                   variants: list[str] | None = None, dataset: str | None = None) -> list[Path]:
     """The ``kind`` figure of a study's data file (``docs/results/data/NAME.json``): ``ood``
     and ``curves`` write the PNG ``out``, ``analysis`` one PNG per part into the folder
     ``out``."""
     if not data_path.is_file():
         raise ConfigError(f"data file {data_path} does not exist")
     data = json.loads(data_path.read_text())
+    if dataset is not None and kind != "examples":
+        raise ConfigError(f"dataset={dataset} applies to plot-examples only, not plot-{kind}")
     if kind == "ood":
         if not all(r.get("ood") for r in data["runs"]):
             raise ConfigError(f"{data_path}: runs without an out-of-distribution block")
         return [plot_ood_by_variant(data, out, variants)]
     if kind == "curves":
         return [plot_learning_curves(data, out, variants)]
+    if kind == "examples":
+        return [plot_examples_by_variant(data, out, variants, dataset)]
     if kind == "dial":
         if not all(r.get("dial") for r in data["runs"]):
             raise ConfigError(f"{data_path}: runs without a dial block (eval.dial.factor)")
