@@ -37,6 +37,7 @@ class Schedule:
 
 
 RULES = ("fixed", "linear", "log2")
+BACKPROP = ("window", "all")  # curriculum.backprop
 DIALS = ("hops", "points")
 
 
@@ -95,6 +96,12 @@ class Curriculum:
     points: Schedule
     loops: Schedule = field(default_factory=lambda: Schedule(1, 1))
     window: int = 1
+    # the iterations a looped model's training step backpropagates through: "window" (the
+    # loss's window only; the state entering it is a constant, as in Yang et al.) or "all"
+    # (every iteration, with the loss still on the window's; with window 1, the loss on the
+    # output and gradients through the whole loop, as in Saunshi et al.). The transformer and
+    # the weight-tied model always backpropagate through every layer or application
+    backprop: str = "window"
     # each training step runs b + u loops, u uniform in [-loops_jitter, loops_jitter] around the
     # scheduled b (at least 1); the test set and the evaluation keep b. 0: every step runs b.
     # Like the loop schedule, it does nothing for the transformer and the weight-tied model
@@ -162,6 +169,9 @@ class Curriculum:
                 getattr(self, name).validate(f"curriculum.{name}")
         if self.window < 1:
             raise ConfigError(f"curriculum.window={self.window} must be >= 1")
+        if self.backprop not in BACKPROP:
+            raise ConfigError(f"curriculum.backprop={self.backprop!r} is unknown; choose one of "
+                              f"{', '.join(BACKPROP)}")
         if self.loops_jitter < 0:
             raise ConfigError(f"curriculum.loops_jitter={self.loops_jitter} must be >= 0")
         if self.loops_jitter >= self.loops.end:

@@ -424,7 +424,8 @@ class Transformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, cfg.n_layer)
 
-    def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None):
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None,
+                backprop=None):
         _no_early_exit(self, tol)
         p = self.layout(xs, ys, queries)
         h = self.backbone(p.e, pos=self.wpe(p.slots), mask=p.mask)
@@ -454,7 +455,8 @@ class TiedTransformer(InContextModel):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, 1)
 
-    def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None):
+    def forward(self, xs, ys, n_loops=None, window=None, tol=None, rule=None, queries=None,
+                backprop=None):
         _no_early_exit(self, tol)
         p = self.layout(xs, ys, queries)
         h, pos = p.e, self.wpe(p.slots)  # (B, T, C), (T, C)
@@ -523,9 +525,11 @@ class LoopedTransformer(InContextModel):
 
     def forward(self, xs, ys, n_loops: int | None = None, window: int | None = None,
                 tol: float | None = None, rule: str | StopRule = "prediction",
-                queries: torch.Tensor | None = None, settle_tol: float | None = None):
+                queries: torch.Tensor | None = None, settle_tol: float | None = None,
+                backprop: str = "window"):
         """Run ``n_loops`` iterations; return the predictions of the last ``window`` ones,
-        ``(window, B, n)``. Iterations before them run without gradient and store nothing.
+        ``(window, B, n)``. Iterations before them run without gradient and store nothing
+        (``backprop="all"``: every iteration runs with gradient).
         With ``tol`` (inference, ``window=1``), each prompt stops at the first iteration whose
         ``rule`` change (default: the largest change of its predictions) is below ``tol``.
         With ``queries``, the predictions at the side queries (:meth:`InContextModel.layout`).
@@ -556,8 +560,9 @@ class LoopedTransformer(InContextModel):
             return torch.stack([self.read(z, p.read_at) for t, z, _ in steps
                                 if t > b - window])  # (window, B, n)
         preds = []
+        first_grad = 0 if backprop == "all" else b - window
         for t in range(b):
-            grad = t >= b - window and torch.is_grad_enabled()
+            grad = t >= first_grad and torch.is_grad_enabled()
             with torch.set_grad_enabled(grad):
                 if grad and self.checkpoint_window:
                     z_new = checkpoint(self.step, z, e, s, pos, mask, masked,

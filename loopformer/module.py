@@ -94,7 +94,8 @@ class LoopformerModule(L.LightningModule):
         classification task: the mean cross-entropy over the window's logits and the
         statistics of :func:`~loopformer.readout.class_loss` ``(3, n)`` (always: they give the
         step's accuracy)."""
-        preds = self.model(xs, ys, n_loops=n_loops, window=window)  # (K, B, n[, C])
+        preds = self.model(xs, ys, n_loops=n_loops, window=window,
+                           backprop=self.spec.curriculum.backprop)  # (K, B, n[, C])
         if self.spec.model.n_classes:
             return class_loss(preds, ys)
         sq = (preds - ys).square()  # (K, B, n), ys broadcast over the K iterations
