@@ -66,21 +66,24 @@ RULE = "curriculum.loops_rule"
 @pytest.mark.parametrize("overrides,message", [
     ([f"{RULE}.kind=sqrt"], f"{RULE}.kind='sqrt' is unknown"),
     ([f"{RULE}.kind=linear", f"{RULE}.a=0", f"{RULE}.c=12"], f"{RULE}.a=0 must be >= 1"),
-    ([f"{RULE}.a=2"], f"{RULE}.a=2 and {RULE}.c=0 have no effect with {RULE}.kind=fixed"),
-    ([f"{RULE}.kind=linear", f"{RULE}.c=2"],
-     "curriculum.loops.end=12 differs from the rule's b = 10 at hops = 8"),
+    ([f"{RULE}.kind=fixed", f"{RULE}.a=2", f"{RULE}.c=0"],
+     f"{RULE}.a=2 and {RULE}.c=0 have no effect with {RULE}.kind=fixed"),
+    ([f"{RULE}.kind=linear", f"{RULE}.c=4"],
+     "curriculum.loops.end=10 differs from the rule's b = 12 at hops = 8"),
     ([f"{RULE}.kind=log2", f"{RULE}.c=0", "curriculum.loops={start:3,end:3}",
       "curriculum.window=3"],
      "gives b = 0 loops at hops = 1; raise curriculum.loops_rule.c to at least 1"),
-    ([f"{RULE}.kind=linear", f"{RULE}.c=4", "curriculum.hops.start=8"],
-     "gives the same b = 12 for every hops trained (8..8): it has no effect"),
-    ([f"{RULE}.kind=linear", f"{RULE}.c=4", f"{RULE}.of=points"],
-     "curriculum.loops.end=12 differs from the rule's b = 36 at points = 32"),
+    (["curriculum.hops.start=8", "curriculum.hops_mix=false"],
+     "gives the same b = 10 for every hops trained (8..8): it has no effect"),
+    ([f"{RULE}.of=points", "curriculum.points={start:16,end:32,inc:8,interval:100}"],
+     "curriculum.loops.end=10 differs from the rule's b = 34 at points = 32"),
+    ([f"{RULE}.of=points"], f"{RULE} (b(p) = p + 2, p = points) gives the same b = 34 for "
+                            f"every points trained (32..32): it has no effect"),
     # linear regression's points 11 -> 41, loops 15 -> 30: b(41) = 5 * 6 = 30 fits the schedule
     (["task=linear_regression", f"{RULE}.kind=log2", f"{RULE}.a=5", f"{RULE}.of=points"],
      f"{RULE}.of=points is not a depth dial of task.name=linear_regression: it has no depth "
      f"dial"),
-    ([f"{RULE}.kind=linear", f"{RULE}.c=4", "model=transformer"],
+    (["model=transformer"],
      f"{RULE}.kind=linear sets a loop count, which model.family=transformer has not"),
 ])
 def test_a_loops_rule_that_does_not_fit_is_refused(overrides, message):
@@ -90,9 +93,10 @@ def test_a_loops_rule_that_does_not_fit_is_refused(overrides, message):
 
 
 def test_the_rule_composes_on_the_presets_and_parity_follows_its_length():
-    s = Settings.from_config(compose_cfg("experiment=p_hop_cpu", f"{RULE}.kind=linear",
-                                         f"{RULE}.c=4", "curriculum.hops_mix=true"))
-    assert s.curriculum.final.n_loops == 12 and s.curriculum.at(0).n_loops == 4
+    # the preset: b(p) = p + 2 under a constant 10, hops 1 -> 8 (+1 every 300 steps)
+    s = Settings.from_config(compose_cfg("experiment=p_hop_cpu"))
+    assert s.curriculum.final.n_loops == 10
+    assert [s.curriculum.at(t).n_loops for t in (0, 300, 1800, 2100, 2999)] == [3, 4, 9, 10, 10]
     # parity: 4 bits, +2 every 300 steps; b(n) = 2 ceil(log2 n) + 4 under a constant 12
     p = Settings.from_config(compose_cfg("experiment=parity_cpu", f"{RULE}.kind=log2",
                                          f"{RULE}.a=2", f"{RULE}.c=4",

@@ -199,15 +199,19 @@ def test_the_regression_model_is_unchanged_by_the_new_fields():
     (["eval.baselines=[least_squares]"], "eval.baselines=['least_squares'] fits baselines to "
                                          "vector prompts; task.name=p_hop is tokens"),
     (["eval.ood=default"], "eval.ood=default"),
-    (["curriculum.points.end=24"], "curriculum.points.end=24 differs from task.length=32"),
+    (["curriculum.points={start:16,end:24,inc:8,interval:100}"],
+     "curriculum.points.end=24 differs from task.length=32"),
     (["curriculum.hops.end=6"], "curriculum.hops.end=6 differs from task.hops=8"),
-    # with the length held at 16 tokens until step 1000, 5 hops (step 400) do not fit
-    (["curriculum.points.interval=1000"], "curriculum.hops (at step 400)=5 hops cannot be "
-                                          "held by curriculum.points (at step 400)=16"),
+    # with the length held at 16 tokens until step 2000, 5 hops (step 1200) do not fit
+    (["curriculum.points={start:16,end:32,inc:8,interval:2000}"],
+     "curriculum.hops (at step 1200)=5 hops cannot be held by curriculum.points (at step "
+     "1200)=16"),
 ])
 def test_a_p_hop_config_that_cannot_work_is_refused(overrides, message):
+    # the preset's loops rule set back to the schedule, whose own checks would come first
     with pytest.raises(ConfigError, match=re.escape(message)):
-        Settings.from_config(compose_cfg("experiment=p_hop_cpu", *overrides))
+        Settings.from_config(compose_cfg("experiment=p_hop_cpu", *overrides,
+                                         "curriculum.loops_rule={kind:fixed,of:hops,a:1,c:0}"))
 
 
 @pytest.mark.parametrize("overrides,message", [
