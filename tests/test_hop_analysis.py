@@ -65,8 +65,27 @@ def test_a_model_stuck_at_one_hop_reads_as_neither():
 
 def test_a_j_defined_nowhere_is_nan():
     xs = torch.tensor([[0, 1, 2, 3]])  # no symbol repeats: no hop is ever defined
-    acc = hop_accuracy(torch.zeros(2, 1, 4, dtype=torch.long), xs, 2, V)
+    acc = hop_accuracy(torch.zeros(2, 1, 4, dtype=torch.long), xs, 2, V, min_positions=1)
     assert all(math.isnan(v) for v in acc.flatten().tolist())
+
+
+def test_a_long_chain_defined_only_in_an_alternating_prompt_is_not_scored():
+    # 64 random prompts and one alternating prompt a b a b ...: there every hop moves back one
+    # token and the j-hop answers repeat with period 2, so the 33-hop answer, defined almost
+    # only there, equals the 1-hop answer; a model answering 1 hop with one mistake elsewhere
+    # then matches j = 33 (on few positions) better than j = 1 (on thousands)
+    xs, _ = _prompts(64)
+    xs = torch.cat((xs, torch.arange(LENGTH).remainder(2)[None]))  # (65, 64)
+    answers = _answers(xs, lambda t: 1, 1)  # (1, 65, 64)
+    first = hop_targets(xs[:1], 1, V)[0]
+    i = int((first != -100).nonzero()[0])  # a position of a random prompt with a 1-hop answer
+    answers[0, 0, i] = (answers[0, 0, i] + 1) % V
+    n_33 = int((hop_targets(xs, 33, V) != -100).sum())
+    assert 0 < n_33 < 100
+    loose = hop_accuracy(answers, xs, 40, V, min_positions=1)
+    assert loose[0, 32] == 1.0 > loose[0, 0] and hop_reading(loose)["j_star"][0] > 20
+    acc = hop_accuracy(answers, xs, 40, V)
+    assert math.isnan(acc[0, 32]) and hop_reading(acc)["j_star"] == [1]
 
 
 def test_the_analysis_reads_the_oracles_through_the_models_interface(tmp_path):
@@ -100,3 +119,14 @@ def test_a_trained_p_hop_run_is_analysed_and_the_rest_says_why_not(tiny, tmp_pat
         assert (tmp_path / "run" / "analysis" / name).is_file()
     text = caplog.text
     assert "match: not defined" in text and "reading:" in text
+
+
+def test_the_reading_counts_only_the_loops_whose_j_is_scored():
+    # a linear model whose j = 13..16 are not scored (too few positions): loops 13..20 name no
+    # scored j and are not counted, rather than counted as misses
+    xs, _ = _prompts()
+    acc = hop_accuracy(_answers(xs, lambda t: t, 20), xs, J, V)
+    acc[:, 12:] = float("nan")
+    r = hop_reading(acc)
+    assert r["forms"]["linear"] == {"offset": 0, "share": 1.0, "loops": 12}
+    assert r["reading"] == "linear" and "j = 1..12" in r["rule"]
