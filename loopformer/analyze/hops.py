@@ -39,7 +39,7 @@ def hop_accuracy(answers: torch.Tensor, xs: torch.Tensor, max_hops: int, n_symbo
 def hop_reading(acc: torch.Tensor) -> dict:
     """The best-matching j per loop (``j_star``, with its accuracy) and the reading: the form,
     linear ``j = t + c`` or doubling ``j = 2^(t + c)`` (best offset c in -3..3), that gives
-    j* on at least 75% of the at least 3 loops where it names a tested j, and more of them than
+    j* on at least 75% of the at least 3 loops where it names a scored j, and more of them than
     the other; else ``neither``."""
     J = acc.shape[1]
     filled = acc.nan_to_num(-1.0)
