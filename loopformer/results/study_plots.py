@@ -218,8 +218,9 @@ def plot_examples_by_variant(data: dict, path: Path, variants: list[str] | None 
                 raise ConfigError(f"{data['study']}: the baseline {name} differs between runs; "
                                   f"their evaluations scored different prompts")
         asked = ~np.isnan(base)
-        ax.plot(np.arange(len(base))[asked], base[asked], color="0.25", linewidth=1.1,
-                linestyle=("--", ":", "-.", (0, (5, 1, 1, 1)))[j % 4], label=name)
+        ax.plot(np.arange(len(base))[asked], base[asked], color=colors((len(variants) + j) % 10),
+                linewidth=1.1, linestyle=("--", ":", "-.", (0, (5, 1, 1, 1)))[j % 4],
+                label=f"{name} (fitted per prompt)")
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("in-context examples before the query")
     ax.set_ylabel("accuracy")
@@ -228,7 +229,7 @@ def plot_examples_by_variant(data: dict, path: Path, variants: list[str] | None 
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return save(fig, path, dpi=120, bbox=None)
+    return save(fig, path, dpi=120)
 
 
 # --- the loop analysis per variant ----------------------------------------------------------
