@@ -17,6 +17,7 @@ from loopformer.analyze.hops import hop_accuracy, hop_reading
 from loopformer.analyze.run import Options, analyze
 from loopformer.config import Settings
 from loopformer.data import generator
+from loopformer.errors import ConfigError
 from loopformer.tasks import build_task, hop_targets
 from loopformer.training import run
 
@@ -130,3 +131,31 @@ def test_the_reading_counts_only_the_loops_whose_j_is_scored():
     r = hop_reading(acc)
     assert r["forms"]["linear"] == {"offset": 0, "share": 1.0, "loops": 12}
     assert r["reading"] == "linear" and "j = 1..12" in r["rule"]
+
+
+def test_the_hop_table_gives_each_runs_reading_and_best_match_per_loop():
+    from loopformer.analyze.hops import hops_part
+    from loopformer.results.analysis_record import record
+    from loopformer.results.analysis_tables import table_analysis
+
+    xs, _ = _prompts()
+
+    def run_of(hops_of_loop, seed, escape):
+        part = hops_part(_answers(xs, hops_of_loop, 8), xs, J, V, trained_hops=4)
+        an = {"family": "looped", "unit": "loop", "trained_depth": 4, "n_prompts": 256,
+              "seed": seed, "seconds": {"total": 1.0}, "hops": part}
+        return {"variant": "looped", "seed": seed, "escape_step": escape,
+                "analysis": record(an)}
+
+    data = {"study": "s", "variants": ["looped"],
+            "runs": [run_of(lambda t: t, 1, 100), run_of(lambda t: 2 ** t, 2, None)]}
+    lines = table_analysis(data, {"part": "hop_seeds"})
+    assert lines[2].startswith("| looped | 1 | yes | linear | +0, 100% of 8 | ")
+    assert "| 1: 1 (1.00), 2: 2 (1.00), 3: 3 (1.00), 4: 4 (1.00), 5: 5 (1.00), 6: 6 (1.00), " \
+           "7: 7 (1.00), 8: 8 (1.00) |" in lines[2]
+    assert lines[3].startswith("| looped | 2 | no | doubling | ")
+    assert "1: 2 (1.00), 2: 4 (1.00), 3: 8 (1.00), 4: 16 (1.00)" in lines[3]
+    with pytest.raises(ConfigError, match="has the hops part"):
+        table_analysis({**data, "runs": [{**data["runs"][0], "analysis": {
+            k: v for k, v in data["runs"][0]["analysis"].items() if k != "hops"}}]},
+            {"part": "hop_seeds"})

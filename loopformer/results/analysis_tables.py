@@ -12,7 +12,7 @@ from loopformer.errors import ConfigError
 from loopformer.formatting import band_of
 
 PARTS = ("dynamics", "match", "probe", "exit")
-TABLE_PARTS = (*PARTS, "classes", "exit_seeds", "cost")
+TABLE_PARTS = (*PARTS, "classes", "exit_seeds", "hop_seeds", "cost")
 
 
 
@@ -190,6 +190,8 @@ def table_analysis(data: dict, opts: dict) -> list[str]:
         return _table_cost(data, variants)
     if part == "exit_seeds":
         return _table_exit_seeds(data, variants)
+    if part == "hop_seeds":
+        return _table_hop_seeds(data, variants)
     with_part = [a for a in every if (part if part != "classes" else "dynamics") in a]
     if not with_part:
         raise ConfigError(f"no run in the data of {data['study']} has the {part} part")
@@ -241,6 +243,33 @@ def _table_cost(data: dict, variants: list[str]) -> list[str]:
         lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
 
+
+def _table_hop_seeds(data: dict, variants: list[str]) -> list[str]:
+    """One row per analysed run with the hops part, escaped or not: its reading, each form's
+    best offset and the share of its scored loops where it names the best-matching j, and
+    j*(t) (its accuracy) at every loop up to twice the trained depth."""
+    head = ["escaped", "reading", "linear j = t + c: c, loops named", "doubling j = 2^(t + c): "
+            "c, loops named", "j*(t) (accuracy) for t = 1..2b"]
+    lines = ["| variant | seed | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    found = False
+    for v in variants:
+        for r in (r for r in data["runs"] if r["variant"] == v and r.get("analysis")
+                  and "hops" in r["analysis"]):
+            found = True
+            h, b = r["analysis"]["hops"], r["analysis"]["trained_depth"]
+            forms = [f"{f['offset']:+d}, {f['share']:.0%} of {f['loops']}"
+                     if f["offset"] is not None else "-"
+                     for f in (h["forms"]["linear"], h["forms"]["doubling"])]
+            js = ", ".join(f"{t}: {int(j)} ({a:.2f})" for t, j, a in
+                           zip(h["loops"], h["j_star"], h["j_star_accuracy"], strict=True)
+                           if t <= 2 * b and j is not None)
+            lines.append(f"| {v} | {r['seed']} | "
+                         + " | ".join(["no" if r["escape_step"] is None else "yes",
+                                       h["reading"], *forms, js]) + " |")
+    if not found:
+        raise ConfigError(f"no run in the data of {data['study']} has the hops part; run "
+                          f"python -m loopformer.analyze study=STUDY_DIR on a token study")
+    return lines
 
 def _table_exit_seeds(data: dict, variants: list[str]) -> list[str]:
     """One row per analysed run with the exit part, escaped or not: the rule's held-out

@@ -340,7 +340,7 @@ def plot_analysis(r: dict, out: Path) -> None:
 
 def _plot_hops(r: dict, out: Path) -> None:
     """The read-out's accuracy against the j-hop answer per unit of depth, j* marked, with
-    the linear (t) and doubling (2^t) lines."""
+    the linear (t + c) and doubling (2^(t + c)) lines at the offsets the reading chose."""
     h, unit = r["hops"], r["unit"]
     acc = np.asarray([[np.nan if v is None else v for v in row] for row in h["accuracy"]])
     L, J = acc.shape
@@ -350,9 +350,17 @@ def _plot_hops(r: dict, out: Path) -> None:
     fig.colorbar(im, ax=ax, label="accuracy against the j-hop answer")
     t = np.arange(1, L + 1)
     ax.plot(t, h["j_star"], "o", color="C3", markersize=3, label="best-matching j*(t)")
-    ax.plot(t, np.clip(t, None, J + 0.5), color="w", ls="--", lw=1, label="j = t (linear)")
-    dbl = 2.0 ** t
-    ax.plot(t[dbl <= J], dbl[dbl <= J], color="C1", ls=":", lw=1.5, label="j = 2^t (doubling)")
+    # each form at its best offset c (the one the reading scored), j = t + c and 2^(t + c)
+    c_lin = h["forms"]["linear"]["offset"] or 0
+    c_dbl = h["forms"]["doubling"]["offset"] or 0
+    lin = (t + c_lin).astype(float)
+    keep = (lin >= 1) & (lin <= J)
+    ax.plot(t[keep], lin[keep], color="w", ls="--", lw=1, label=f"j = t{c_lin:+d} (linear)"
+            if c_lin else "j = t (linear)")
+    dbl = 2.0 ** (t + c_dbl)
+    keep = (dbl >= 1) & (dbl <= J)
+    ax.plot(t[keep], dbl[keep], color="C1", ls=":", lw=1.5,
+            label=f"j = 2^(t{c_dbl:+d}) (doubling)" if c_dbl else "j = 2^t (doubling)")
     ax.axhline(h["trained_hops"], color="0.8", ls="-.", lw=0.8, label="trained hops")
     ax.set(xlabel=f"{unit} t", ylabel="hops j", ylim=(0.5, J + 0.5),
            title=f"which j-hop answer each {unit} gives: {h['reading']}")
