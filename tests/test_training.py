@@ -75,9 +75,12 @@ def test_fixed_curriculum_is_constant_at_the_final_shape():
 def test_every_experiment_trains_two_steps(experiment, tiny, tmp_path):
     # TINY trains at b = 3 loops, so a jitter (the quickstart's 4) must stay below 3; a token
     # task's length follows TINY's 9 points, and 2 hops fit in 9 tokens of 4 symbols
-    task = compose_cfg(f"experiment={experiment}").task
+    composed = compose_cfg(f"experiment={experiment}")
+    task = composed.task
     tokens = [o for key, o in (("length", "task.length=9"), ("hops", "task.hops=2"))
               if key in task]
+    if composed.curriculum.loops_rule.kind == "linear":  # b(p) = p + c: b(2) = TINY's 3 loops
+        tokens.append("curriculum.loops_rule.c=1")
     if task.name == "openml":  # its cache in the test's folder; the tables' 16 features
         tokens += [f"task.data_dir={tmp_path / 'cache'}", "model.n_dims=16"]
     cfg = compose_cfg(f"experiment={experiment}", *tiny, *tokens, "trainer.max_steps=2",
