@@ -271,6 +271,7 @@ def _table_hop_seeds(data: dict, variants: list[str]) -> list[str]:
                           f"python -m loopformer.analyze study=STUDY_DIR on a token study")
     return lines
 
+
 def _table_exit_seeds(data: dict, variants: list[str]) -> list[str]:
     """One row per analysed run with the exit part, escaped or not: the rule's held-out
     figures and its verdict against the fixed depths."""

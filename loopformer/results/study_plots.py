@@ -201,8 +201,8 @@ def plot_examples_by_variant(data: dict, path: Path, variants: list[str] | None 
     fig, ax = plt.subplots(figsize=(8, 4.8))
     colors = plt.get_cmap("tab10")
     for i, v in enumerate(variants):
-        curves = np.array([[math.nan if a is None else a for a in r["accuracy"]["trained"]]
-                           for r in runs_of(data, v)], dtype=float)  # (runs, positions)
+        # (runs, positions); None (a position that asks nothing) becomes NaN
+        curves = np.array([r["accuracy"]["trained"] for r in runs_of(data, v)], dtype=float)
         ks = np.arange(curves.shape[1])
         asked = ~np.isnan(curves).all(0)
         for row in curves:
@@ -211,9 +211,9 @@ def plot_examples_by_variant(data: dict, path: Path, variants: list[str] | None 
                 label=f"{v} (mean of {len(curves)} runs; thin: each run)")
     runs = data["runs"]
     for j, name in enumerate(runs[0]["baselines"]):
-        base = np.array([math.nan if a is None else a for a in runs[0]["baselines"][name]])
+        base = np.array(runs[0]["baselines"][name], dtype=float)
         for r in runs[1:]:
-            other = np.array([math.nan if a is None else a for a in r["baselines"][name]])
+            other = np.array(r["baselines"][name], dtype=float)
             if not np.allclose(base, other, equal_nan=True):
                 raise ConfigError(f"{data['study']}: the baseline {name} differs between runs; "
                                   f"their evaluations scored different prompts")
